@@ -1,0 +1,12 @@
+"""Models: the MSCAN backbone family (registered in timm), decode heads, the segmentor and the registry."""
+from .heads import CSAPHead, CSAPHeadConfig, HamHeadConfig, LightHamHead
+from .mscan import MSCAN
+from .registry import (
+    DATASET_NUM_CLASSES, Architecture, create_model, get_architecture, list_models, register_architecture,
+)
+from .segmentor import Segmentor, SegmentorConfig
+
+__all__ = [
+    "Architecture", "CSAPHead", "CSAPHeadConfig", "DATASET_NUM_CLASSES", "HamHeadConfig", "LightHamHead", "MSCAN",
+    "Segmentor", "SegmentorConfig", "create_model", "get_architecture", "list_models", "register_architecture",
+]

@@ -9,8 +9,6 @@ Importing this module registers ``mscan_tiny``, ``mscan_small``, ``mscan_base`` 
 Official ImageNet-1k checkpoints (original release and MMSegmentation copies) load through
 :func:`checkpoint_filter_fn`, which maps their key layout onto this one.
 """
-from __future__ import annotations
-
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -208,7 +206,7 @@ class MSCAN(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         stages = []
         self.feature_info: List[Dict[str, Any]] = []
         prev_chs = in_chans
@@ -404,7 +402,29 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: MSCAN) -> Dict[str, 
         out = {k: v for k, v in out.items() if not k.startswith("head.")}
     elif not any(k.startswith("head.") for k in out):
         out.update({k: v for k, v in own.items() if k.startswith("head.")})
+    _check_backbone_keys(out, own)
     return out
+
+
+def _check_backbone_keys(converted: Dict[str, Any], own: Dict[str, Any]) -> None:
+    """Raise unless the converted checkpoint covers exactly the model's backbone (non-head) keys.
+
+    timm loads pretrained weights with ``strict=False`` whenever ``num_classes`` differs from the checkpoint's, and
+    ``features_only=True`` always counts as such; without this check a checkpoint in an unknown layout (or of another
+    variant) would leave the backbone partly or wholly at random init with no error. ``num_batches_tracked`` may be
+    absent: BatchNorm fills it in on load.
+    """
+    ours = {k for k in own if not k.startswith("head.")}
+    theirs = {k for k in converted if not k.startswith("head.")}
+    missing = sorted(k for k in ours - theirs if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(theirs - ours)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"MSCAN checkpoint does not match the model: {len(missing)} missing backbone key(s) "
+            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, {len(unexpected)} unexpected key(s) "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. Expected the original SegNeXt / "
+            f"MMSegmentation layout or this package's own, of the same variant."
+        )
 
 
 def _create_mscan(variant: str, pretrained: bool = False, **kwargs: Any) -> MSCAN:

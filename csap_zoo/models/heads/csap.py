@@ -1,0 +1,341 @@
+"""CSAP decoder: Cross-Stage Attention Propagation.
+
+Each backbone stage the decoder uses (stride 8, 16 and 32 for MSCAN) gets one pre-norm transformer-style block:
+attention over a small set of pooled cells, then an MLP. Only the deepest stage (the *source*) computes
+query/key attention: channel-reduced queries (one number per head unless ``qk_dim`` widens them) against
+channel-reduced keys of its pooled cells, ``A = softmax(q k^T * scale)`` of shape (B, heads, N_deep, M).
+Shallower stages skip query/key work: they pool their own tokens onto the same M cells, project values, and reuse
+the source map resized to their own query grid (``propagation``: bilinear or nearest; both keep every row a
+probability distribution). Stage outputs are resized to stride 8, concatenated deep-to-shallow and fused.
+
+Because resizing over the query grid is linear and ``A @ v`` acts on the key axis, ``resize(A) @ v`` equals
+``resize(A @ v)``. The default path uses the right-hand side: the value mix runs at the deep stage's resolution
+and only C channels are resized, instead of heads*M map channels. The propagated maps themselves are only
+materialised when asked for (:meth:`CSAPHead.forward_with_attention`).
+
+``attention="independent"`` (per stage or for all) gives a stage its own query/key projections instead, which is
+the ablation baseline and the reference for comparing propagated and independently computed maps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import DropPath, trunc_normal_
+
+__all__ = ["CSAPHead", "CSAPHeadConfig", "ATTENTION_MODES", "PROPAGATION_MODES"]
+
+ATTENTION_MODES = ("propagate", "independent")
+PROPAGATION_MODES = ("bilinear", "nearest")
+
+
+def _resize(x: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class PooledCells(nn.Module):
+    """Average-pool a token grid onto coarse cells, then 1x1 conv -> LayerNorm -> GELU.
+
+    ``ceil_mode`` keeps one cell per started ``pool_ratio`` window, so stages whose grids differ by exactly the
+    pool-ratio factor land on the same number of cells for any input size.
+    """
+
+    def __init__(self, dim: int, pool_ratio: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(pool_ratio, stride=pool_ratio, ceil_mode=True) if pool_ratio > 1 else nn.Identity()
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.norm = nn.LayerNorm(dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(B, C, H, W) -> tokens (B, M, C) and the cell grid (Hm, Wm)."""
+        x = self.proj(self.pool(x))
+        grid = (x.shape[-2], x.shape[-1])
+        return self.act(self.norm(rearrange(x, "b c h w -> b (h w) c"))), grid
+
+
+class StageAttention(nn.Module):
+    """Attention of one stage's tokens over its pooled cells.
+
+    With ``has_qk`` the stage computes its own map from channel-reduced queries and keys; without it the stage is
+    value-only and must be given the (source) map to apply.
+    """
+
+    def __init__(self, dim: int, num_heads: int, pool_ratio: int, has_qk: bool, qk_dim: int = 1) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"stage width {dim} is not divisible by num_heads={num_heads}; choose a head count "
+                             f"that divides every stage's channel count")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.cells = PooledCells(dim, pool_ratio)
+        self.q = nn.Linear(dim, num_heads * qk_dim) if has_qk else None
+        self.k = nn.Linear(dim, num_heads * qk_dim) if has_qk else None
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    @property
+    def has_qk(self) -> bool:
+        return self.q is not None
+
+    def compute_map(self, tokens: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale): (B, heads, N, M)."""
+        assert self.q is not None and self.k is not None
+        q = rearrange(self.q(tokens), "b n (h d) -> b h n d", h=self.num_heads)
+        k = rearrange(self.k(cells), "b m (h d) -> b h m d", h=self.num_heads)
+        return torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+
+    def values(self, cells: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.v(cells), "b m (h d) -> b h m d", h=self.num_heads)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CSAPBlock(nn.Module):
+    """Pre-norm attention + MLP block for one decoder stage."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            pool_ratio: int,
+            has_qk: bool,
+            mlp_ratio: float = 2.0,
+            drop_path: float = 0.0,
+            qk_dim: int = 1,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = StageAttention(dim, num_heads, pool_ratio, has_qk, qk_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            source_map: Optional[torch.Tensor] = None,
+            source_grid: Optional[Tuple[int, int]] = None,
+            propagation: str = "bilinear",
+            need_map: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Refine (B, C, H, W) features; returns them with the attention map used (if computed or requested).
+
+        A value-only block takes ``source_map`` (B, heads, Hs*Ws, M) on the grid ``source_grid``.
+        """
+        height, width = x.shape[-2:]
+        tokens = rearrange(x, "b c h w -> b (h w) c")
+        normed = self.norm1(tokens)
+        cells, cell_grid = self.attn.cells(rearrange(normed, "b (h w) c -> b c h w", h=height, w=width))
+        values = self.attn.values(cells)
+
+        if self.attn.has_qk:
+            attn_map: Optional[torch.Tensor] = self.attn.compute_map(normed, cells)
+            mixed = rearrange(attn_map @ values, "b h n d -> b n (h d)")
+        else:
+            if source_map is None or source_grid is None:
+                raise ValueError("a value-only CSAP stage needs the source stage's attention map")
+            if source_map.shape[-1] != cells.shape[1]:
+                raise ValueError(
+                    f"the source map attends over {source_map.shape[-1]} cells but this stage pools onto "
+                    f"{cells.shape[1]} (grid {cell_grid}); pool ratios must make every stage land on the same cells"
+                )
+            src_h, src_w = source_grid
+            # resize(A) @ v == resize(A @ v): mix values on the source grid, then resize C channels only.
+            mixed = rearrange(source_map @ values, "b h (y x) d -> b (h d) y x", y=src_h, x=src_w)
+            mixed = rearrange(_resize(mixed, (height, width), propagation), "b c y x -> b (y x) c")
+            attn_map = propagate_map(source_map, source_grid, (height, width), propagation) if need_map else None
+
+        tokens = tokens + self.drop_path(self.attn.proj(mixed))
+        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+        return rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width), attn_map
+
+
+def propagate_map(
+        attn_map: torch.Tensor,
+        source_grid: Tuple[int, int],
+        target_grid: Tuple[int, int],
+        propagation: str = "bilinear",
+) -> torch.Tensor:
+    """Resize an attention map (B, heads, Hs*Ws, M) over its query grid to (B, heads, Ht*Wt, M).
+
+    Bilinear (align_corners=False) and nearest weights are convex, so every propagated row still sums to one.
+    """
+    num_heads, num_cells = attn_map.shape[1], attn_map.shape[-1]
+    src_h, src_w = source_grid
+    grid = rearrange(attn_map, "b h (y x) m -> b (h m) y x", y=src_h, x=src_w)
+    grid = _resize(grid, target_grid, propagation)
+    return rearrange(grid, "b (h m) y x -> b h (y x) m", h=num_heads, m=num_cells)
+
+
+class CSAPHead(nn.Module):
+    """CSAP decode head over a list of backbone features (shallow to deep, e.g. strides 8, 16, 32).
+
+    Args:
+        in_channels: channels of each input feature, shallow to deep.
+        num_classes: output classes.
+        num_heads: attention heads of the source map, shared by every stage.
+        pool_ratios: pooling ratio per input (shallow to deep); chosen so all stages pool onto the same cells.
+        mlp_ratio: hidden width of each stage's MLP relative to the stage width.
+        channels: width of the fusion layer.
+        dropout: dropout before the classifier.
+        drop_path: stochastic depth of the stage blocks.
+        attention: "propagate" or "independent" for every non-deepest stage, or one entry per such stage.
+        propagation: how the source map is resized to shallower grids: "bilinear" or "nearest".
+        qk_dim: per-head width of queries and keys (1 = channel-reduced).
+    """
+
+    def __init__(
+            self,
+            in_channels: Sequence[int],
+            num_classes: int,
+            num_heads: int = 8,
+            pool_ratios: Sequence[int] = (8, 4, 2),
+            mlp_ratio: float = 2.0,
+            channels: int = 128,
+            dropout: float = 0.1,
+            drop_path: float = 0.1,
+            attention: Union[str, Sequence[str]] = "propagate",
+            propagation: str = "bilinear",
+            qk_dim: int = 1,
+    ) -> None:
+        super().__init__()
+        in_channels = tuple(int(c) for c in in_channels)
+        if len(in_channels) < 1:
+            raise ValueError("CSAPHead needs at least one input feature")
+        if len(pool_ratios) != len(in_channels):
+            raise ValueError(f"pool_ratios needs one entry per input feature ({len(in_channels)}), "
+                             f"got {tuple(pool_ratios)}")
+        if propagation not in PROPAGATION_MODES:
+            raise ValueError(f"propagation must be one of {PROPAGATION_MODES}, got {propagation!r}")
+        modes = (attention,) * (len(in_channels) - 1) if isinstance(attention, str) else tuple(attention)
+        if len(modes) != len(in_channels) - 1 or any(m not in ATTENTION_MODES for m in modes):
+            raise ValueError(
+                f"attention must be one of {ATTENTION_MODES} or a sequence of them, one per non-deepest stage "
+                f"({len(in_channels) - 1}); got {attention!r}"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.attention_modes = modes
+        self.propagation = propagation
+
+        self.blocks = nn.ModuleList()
+        for i, (dim, ratio) in enumerate(zip(in_channels, pool_ratios)):
+            is_source = i == len(in_channels) - 1
+            has_qk = is_source or modes[i] == "independent"
+            self.blocks.append(CSAPBlock(dim, num_heads, ratio, has_qk, mlp_ratio, drop_path, qk_dim))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(sum(in_channels), channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, mean=0.0, std=(2.0 / fan_out) ** 0.5)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier for a new class count (e.g. to fine-tune on another dataset)."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        old = self.classifier
+        self.classifier = nn.Conv2d(old.in_channels, num_classes, 1, device=old.weight.device)
+        self._init_weights(self.classifier)
+        self.num_classes = num_classes
+
+    def _check_features(self, features: Sequence[torch.Tensor]) -> None:
+        if len(features) != len(self.in_channels):
+            raise ValueError(f"CSAPHead expects {len(self.in_channels)} feature maps, got {len(features)}")
+        got = tuple(f.shape[1] for f in features)
+        if got != self.in_channels:
+            raise ValueError(f"CSAPHead expects feature channels {self.in_channels}, got {got}")
+
+    def forward_stages(
+            self, features: Sequence[torch.Tensor], need_maps: bool = False,
+    ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
+        """Refine every input stage; returns the stage outputs and their attention maps (shallow to deep).
+
+        Maps are (B, heads, H_i*W_i, M). Computed maps (source, independent stages) are always returned;
+        propagated ones only with ``need_maps``.
+        """
+        self._check_features(features)
+        outputs: List[Optional[torch.Tensor]] = [None] * len(features)
+        maps: List[Optional[torch.Tensor]] = [None] * len(features)
+        source = len(features) - 1
+        outputs[source], maps[source] = self.blocks[source](features[source])
+        source_map = maps[source]
+        source_grid = (features[source].shape[-2], features[source].shape[-1])
+        for i in range(source - 1, -1, -1):
+            outputs[i], maps[i] = self.blocks[i](
+                features[i], source_map, source_grid, self.propagation, need_maps,
+            )
+        return [o for o in outputs if o is not None], maps
+
+    def _fuse(self, stage_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = stage_outputs[0].shape[-2:]
+        resized = [_resize(x, (size[0], size[1]), "bilinear") for x in reversed(stage_outputs)]
+        return self.classifier(self.dropout(self.fuse(torch.cat(resized, dim=1))))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits (B, num_classes, H0, W0) at the resolution of the shallowest input."""
+        outputs, _ = self.forward_stages(features)
+        return self._fuse(outputs)
+
+    def forward_with_attention(
+            self, features: Sequence[torch.Tensor],
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Logits plus every stage's attention map (B, heads, H_i*W_i, M), shallow to deep."""
+        outputs, maps = self.forward_stages(features, need_maps=True)
+        return self._fuse(outputs), [m for m in maps if m is not None]
+
+
+@dataclass
+class CSAPHeadConfig:
+    """Hyper-parameters of a :class:`CSAPHead`; the input channels come from the backbone."""
+
+    num_heads: int = 8
+    pool_ratios: Tuple[int, ...] = (8, 4, 2)
+    mlp_ratio: float = 2.0
+    channels: int = 128
+    dropout: float = 0.1
+    drop_path: float = 0.1
+    attention: Union[str, Tuple[str, ...]] = "propagate"
+    propagation: str = "bilinear"
+    qk_dim: int = 1
+
+    def build(self, in_channels: Sequence[int], num_classes: int) -> CSAPHead:
+        return CSAPHead(
+            in_channels, num_classes, num_heads=self.num_heads, pool_ratios=self.pool_ratios,
+            mlp_ratio=self.mlp_ratio, channels=self.channels, dropout=self.dropout, drop_path=self.drop_path,
+            attention=self.attention, propagation=self.propagation, qk_dim=self.qk_dim,
+        )

@@ -1,0 +1,273 @@
+"""SegNeXt's LightHam decoder: a "Hamburger" built around non-negative matrix factorisation (NMF).
+
+The head resizes the features it receives (stages 2-4 of MSCAN: strides 8, 16 and 32) to the shallowest one's
+grid, concatenates and squeezes them, and runs one Hamburger: a 1x1 conv + ReLU ("upper bread"), an NMF low-rank
+reconstruction of the (channels x pixels) matrix ("ham"), and a 1x1 conv + GroupNorm ("lower bread") added back to
+the input. An align layer and a 1x1 classifier give stride-8 logits.
+
+NMF starts from fresh random bases on every call and refines them with a few multiplicative updates that carry no
+gradient; one last coefficient update is differentiable, so the conv layers around the ham are trained through it
+(the one-step gradient of the Hamburger paper).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["NMF2D", "Hamburger", "LightHamHead", "HamHeadConfig"]
+
+
+class NMF2D(nn.Module):
+    """Non-negative matrix factorisation of a feature map, solved by multiplicative updates.
+
+    A (B, C, H, W) input is viewed as ``B * num_splits`` matrices X of shape (D, N) with ``D = C / num_splits`` and
+    ``N = H * W``, factorised as ``X ~ bases @ coef^T`` with bases (D, R) and coef (N, R). The module has no
+    parameters; the result is the low-rank reconstruction, reshaped back to (B, C, H, W). The input is expected to
+    be non-negative (the Hamburger feeds it a ReLU output).
+
+    Args:
+        channels: C of the input.
+        num_bases: rank R of the factorisation.
+        num_splits: number of channel groups factorised independently (S).
+        train_steps: no-grad update iterations in training mode.
+        eval_steps: no-grad update iterations in eval mode.
+        inv_t: inverse temperature of the softmax that initialises the coefficients.
+        eps: added to every denominator of the multiplicative updates.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            num_bases: int = 16,
+            num_splits: int = 1,
+            train_steps: int = 6,
+            eval_steps: int = 7,
+            inv_t: float = 1.0,
+            eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if num_splits < 1 or channels % num_splits:
+            raise ValueError(f"NMF2D: channels ({channels}) must be divisible by num_splits ({num_splits})")
+        if num_bases < 1:
+            raise ValueError(f"NMF2D: num_bases must be >= 1, got {num_bases}")
+        if train_steps < 0 or eval_steps < 0:
+            raise ValueError(f"NMF2D: train_steps and eval_steps must be >= 0, got {train_steps} and {eval_steps}")
+        self.channels = channels
+        self.num_bases = num_bases
+        self.num_splits = num_splits
+        self.train_steps = train_steps
+        self.eval_steps = eval_steps
+        self.inv_t = inv_t
+        self.eps = eps
+
+    @property
+    def steps(self) -> int:
+        """Number of no-grad update iterations the current mode runs."""
+        return self.train_steps if self.training else self.eval_steps
+
+    def init_bases(self, batch: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Random non-negative bases (batch, dim, R), each column of unit L2 norm."""
+        bases = torch.rand(batch, dim, self.num_bases, device=device, dtype=dtype)
+        return F.normalize(bases, dim=1)
+
+    def update_coef(self, x: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """coef <- coef * (X^T bases) / (coef (bases^T bases) + eps).
+
+        Shapes: x (b, D, N), bases (b, D, R), coef (b, N, R).
+        """
+        numerator = torch.bmm(x.transpose(1, 2), bases)
+        denominator = torch.bmm(coef, torch.bmm(bases.transpose(1, 2), bases))
+        return coef * numerator / (denominator + self.eps)
+
+    def update_bases(self, x: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """bases <- bases * (X coef) / (bases (coef^T coef) + eps)."""
+        numerator = torch.bmm(x, coef)
+        denominator = torch.bmm(bases, torch.bmm(coef.transpose(1, 2), coef))
+        return bases * numerator / (denominator + self.eps)
+
+    def step(self, x: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One multiplicative-update iteration: coefficients first, then bases."""
+        coef = self.update_coef(x, bases, coef)
+        bases = self.update_bases(x, bases, coef)
+        return bases, coef
+
+    def decompose(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Factorise matrices x (b, D, N) into bases (b, D, R) and coef (b, N, R).
+
+        ``self.steps`` iterations run without gradient; the final coefficient update is differentiable w.r.t. x.
+        """
+        bases = self.init_bases(x.shape[0], x.shape[1], x.device, x.dtype)
+        coef = torch.softmax(self.inv_t * torch.bmm(x.transpose(1, 2), bases), dim=-1)
+        with torch.no_grad():
+            for _ in range(self.steps):
+                bases, coef = self.step(x, bases, coef)
+        coef = self.update_coef(x, bases, coef)
+        return bases, coef
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> its rank-R reconstruction, same shape and dtype."""
+        b, c, h, w = x.shape
+        if c != self.channels:
+            raise ValueError(f"NMF2D expects {self.channels} channels, got {c}")
+        dtype = x.dtype
+        # Multiplicative updates divide by small numbers: keep them in float32 even under mixed precision.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            mats = x.float().reshape(b * self.num_splits, c // self.num_splits, h * w)
+            bases, coef = self.decompose(mats)
+            recon = torch.bmm(bases, coef.transpose(1, 2))
+        return recon.reshape(b, c, h, w).to(dtype)
+
+
+class Hamburger(nn.Module):
+    """ReLU(x + GN(conv(NMF(ReLU(conv(x)))))): 1x1 conv in, matrix decomposition, 1x1 conv out, residual."""
+
+    def __init__(
+            self,
+            channels: int,
+            num_bases: int = 16,
+            train_steps: int = 6,
+            eval_steps: int = 7,
+            num_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        self.ham_in = nn.Conv2d(channels, channels, 1, bias=True)
+        self.ham = NMF2D(channels, num_bases=num_bases, train_steps=train_steps, eval_steps=eval_steps)
+        self.ham_out = nn.Sequential(
+            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.GroupNorm(num_groups, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.ham_in(x))
+        y = self.ham_out(self.ham(y))
+        return F.relu(x + y)
+
+
+def _conv_gn_relu(in_channels: int, out_channels: int, num_groups: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.GroupNorm(num_groups, out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class LightHamHead(nn.Module):
+    """SegNeXt's decode head over a list of backbone features (shallow to deep, e.g. strides 8, 16, 32).
+
+    Args:
+        in_channels: channels of each input feature, shallow to deep (MSCAN-T stages 2-4: (64, 160, 256)).
+        num_classes: output classes.
+        ham_channels: width of the squeeze layer and the Hamburger.
+        channels: width of the align layer that feeds the classifier.
+        num_bases: NMF rank R.
+        train_steps: NMF iterations in training mode.
+        eval_steps: NMF iterations in eval mode.
+        num_groups: GroupNorm groups of every normalisation layer.
+        dropout: channel dropout before the classifier.
+        align_corners: passed to the bilinear resize of the deeper inputs.
+    """
+
+    def __init__(
+            self,
+            in_channels: Sequence[int],
+            num_classes: int,
+            ham_channels: int = 256,
+            channels: int = 256,
+            num_bases: int = 16,
+            train_steps: int = 6,
+            eval_steps: int = 7,
+            num_groups: int = 32,
+            dropout: float = 0.1,
+            align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        in_channels = tuple(int(c) for c in in_channels)
+        if len(in_channels) < 1:
+            raise ValueError("LightHamHead needs at least one input feature")
+        if any(c < 1 for c in in_channels):
+            raise ValueError(f"LightHamHead: every in_channels entry must be >= 1, got {in_channels}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        for name, width in (("ham_channels", ham_channels), ("channels", channels)):
+            if width < 1 or width % num_groups:
+                raise ValueError(f"LightHamHead: {name}={width} must be a positive multiple of "
+                                 f"num_groups={num_groups} (GroupNorm)")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+
+        self.squeeze = _conv_gn_relu(sum(in_channels), ham_channels, num_groups)
+        self.hamburger = Hamburger(ham_channels, num_bases, train_steps, eval_steps, num_groups)
+        self.align = _conv_gn_relu(ham_channels, channels, num_groups)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.apply(self._init_weights)
+        self._init_classifier(self.classifier)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _init_classifier(conv: nn.Conv2d) -> None:
+        nn.init.normal_(conv.weight, std=0.01)
+        nn.init.zeros_(conv.bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier for a new class count (e.g. to fine-tune on another dataset)."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        old = self.classifier
+        self.classifier = nn.Conv2d(old.in_channels, num_classes, 1, device=old.weight.device, dtype=old.weight.dtype)
+        self._init_classifier(self.classifier)
+        self.num_classes = num_classes
+
+    def _check_features(self, features: Sequence[torch.Tensor]) -> None:
+        if len(features) != len(self.in_channels):
+            raise ValueError(f"LightHamHead expects {len(self.in_channels)} feature maps, got {len(features)}")
+        got = tuple(f.shape[1] for f in features)
+        if got != self.in_channels:
+            raise ValueError(f"LightHamHead expects feature channels {self.in_channels}, got {got}")
+
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+        """Logits (B, num_classes, H0, W0) at the resolution of features[0] (the shallowest input)."""
+        self._check_features(features)
+        size = features[0].shape[-2:]
+        resized = [features[0]] + [
+            F.interpolate(f, size=size, mode="bilinear", align_corners=self.align_corners) for f in features[1:]
+        ]
+        x = self.squeeze(torch.cat(resized, dim=1))
+        x = self.align(self.hamburger(x))
+        return self.classifier(self.dropout(x))
+
+
+@dataclass
+class HamHeadConfig:
+    """Hyper-parameters of a :class:`LightHamHead`; the input channels come from the backbone."""
+
+    ham_channels: int = 256
+    channels: int = 256
+    num_bases: int = 16
+    train_steps: int = 6
+    eval_steps: int = 7
+    num_groups: int = 32
+    dropout: float = 0.1
+
+    def build(self, in_channels: Sequence[int], num_classes: int) -> LightHamHead:
+        return LightHamHead(
+            in_channels, num_classes, ham_channels=self.ham_channels, channels=self.channels,
+            num_bases=self.num_bases, train_steps=self.train_steps, eval_steps=self.eval_steps,
+            num_groups=self.num_groups, dropout=self.dropout,
+        )

@@ -1,0 +1,180 @@
+"""Segmentor: any timm ``features_only`` backbone plus a decode head, for inputs of any size.
+
+The segmentor checks its input, pads it on the right and bottom to a multiple of the backbone's output stride,
+runs backbone and head, and returns logits cropped back to the input's own height and width.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .heads.csap import CSAPHeadConfig
+from .heads.ham import HamHeadConfig
+
+__all__ = ["Segmentor", "SegmentorConfig", "HeadConfig", "select_feature_indices"]
+
+HeadConfig = Union[CSAPHeadConfig, HamHeadConfig]
+
+
+@dataclass
+class SegmentorConfig:
+    """Everything needed to rebuild a segmentor (weights aside)."""
+
+    architecture: str
+    backbone: str
+    head: HeadConfig
+    num_classes: int
+    in_chans: int = 3
+    feature_strides: Tuple[int, ...] = (8, 16, 32)
+    backbone_args: Dict[str, Any] = field(default_factory=dict)
+    dataset: Optional[str] = None
+
+
+def select_feature_indices(reductions: Sequence[int], strides: Sequence[int], backbone_name: str) -> List[int]:
+    """Indices of the backbone features with the wanted output strides (the last one when a stride repeats)."""
+    indices = []
+    for stride in strides:
+        matches = [i for i, r in enumerate(reductions) if r == stride]
+        if not matches:
+            raise ValueError(
+                f"backbone {backbone_name!r} has no feature map at stride {stride} (its feature strides are "
+                f"{list(reductions)}); the head needs strides {list(strides)}. Pick a hierarchical backbone "
+                f"(e.g. a ConvNeXt, ResNet, EfficientNet or MSCAN)."
+            )
+        indices.append(matches[-1])
+    return indices
+
+
+class Segmentor(nn.Module):
+    """Backbone + head. ``forward`` returns logits (B, num_classes, H, W) for any (B, in_chans, H, W) float input.
+
+    Args:
+        backbone: a module returning a list of NCHW features (timm ``features_only`` model).
+        head: a module taking the selected features (shallow to deep) and returning logits at the shallowest one.
+        feature_indices: which backbone outputs the head takes.
+        in_chans: expected input channels.
+        stride: padding multiple (the backbone's largest reduction).
+        min_size: smallest accepted height/width; below it the deepest stage would see mostly padding.
+        config: the config the segmentor was built from, kept for saving and reloading.
+    """
+
+    def __init__(
+            self,
+            backbone: nn.Module,
+            head: nn.Module,
+            feature_indices: Sequence[int],
+            in_chans: int,
+            stride: int,
+            min_size: Optional[int] = None,
+            config: Optional[SegmentorConfig] = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = head
+        self.feature_indices = list(feature_indices)
+        self.in_chans = in_chans
+        self.stride = stride
+        self.min_size = stride if min_size is None else min_size
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: SegmentorConfig) -> "Segmentor":
+        """Build backbone (through timm, no weights) and head from a config."""
+        try:
+            backbone = timm.create_model(
+                config.backbone, pretrained=False, features_only=True, in_chans=config.in_chans,
+                **config.backbone_args,
+            )
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise ValueError(
+                    f"unknown timm backbone {config.backbone!r}; see timm.list_models() for valid names"
+                ) from err
+            raise
+        reductions = backbone.feature_info.reduction()
+        indices = select_feature_indices(reductions, config.feature_strides, config.backbone)
+        channels = [backbone.feature_info.channels()[i] for i in indices]
+        head = config.head.build(channels, config.num_classes)
+        return cls(backbone, head, indices, config.in_chans, stride=max(reductions), config=config)
+
+    @property
+    def num_classes(self) -> int:
+        return self.decode_head.num_classes
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Give the head a fresh classifier for ``num_classes`` classes (backbone and decoder weights are kept)."""
+        self.decode_head.reset_classifier(num_classes)
+        if self.config is not None:
+            self.config.num_classes = num_classes
+
+    def check_input(self, x: Any) -> None:
+        """Raise ValueError, saying what was expected, for anything that is not a usable image batch."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"expected a torch.Tensor of shape (batch, {self.in_chans}, height, width), "
+                             f"got {type(x).__name__}")
+        if x.dim() != 4:
+            hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""
+            raise ValueError(f"expected a 4-D tensor (batch, {self.in_chans}, height, width), "
+                             f"got shape {tuple(x.shape)}{hint}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point tensor (normalised image), got dtype {x.dtype}; "
+                             f"convert with x.float() and normalise with the model's mean/std")
+        batch, chans, height, width = x.shape
+        if batch == 0:
+            raise ValueError("got an empty batch (batch size 0); pass at least one image")
+        if chans != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {chans} (shape {tuple(x.shape)}); "
+                             f"create the model with in_chans={chans} to accept such images")
+        if height < self.min_size or width < self.min_size:
+            raise ValueError(f"image of {height}x{width} is smaller than the minimum size "
+                             f"{self.min_size}x{self.min_size}; upscale it first")
+
+    def pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h = (self.stride - height % self.stride) % self.stride
+        pad_w = (self.stride - width % self.stride) % self.stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The features the head consumes (shallow to deep), for an input already padded to the stride."""
+        features = self.backbone(x)
+        return [features[i] for i in self.feature_indices]
+
+    def _crop_logits(self, logits: torch.Tensor, padded: torch.Tensor, size: Tuple[int, int],
+                     upsample: bool) -> torch.Tensor:
+        if upsample:
+            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+            return logits[..., :size[0], :size[1]]
+        # raw logits: keep every cell that overlaps the real image
+        scale_h = padded.shape[-2] / logits.shape[-2]
+        scale_w = padded.shape[-1] / logits.shape[-1]
+        return logits[..., :math.ceil(size[0] / scale_h), :math.ceil(size[1] / scale_w)]
+
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        """Logits at the input's resolution, or the head's raw (stride-8) logits with ``upsample=False``."""
+        self.check_input(x)
+        size = (x.shape[-2], x.shape[-1])
+        padded = self.pad_to_stride(x)
+        logits = self.decode_head(self.forward_features(padded))
+        return self._crop_logits(logits, padded, size, upsample)
+
+    def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Logits at input resolution plus the head's attention maps (shallow to deep), for analysis.
+
+        Maps are (B, heads, H_i*W_i, M) on the padded feature grids. Only heads with attention support this.
+        """
+        if not hasattr(self.decode_head, "forward_with_attention"):
+            raise ValueError(f"{type(self.decode_head).__name__} has no attention maps to return")
+        self.check_input(x)
+        size = (x.shape[-2], x.shape[-1])
+        padded = self.pad_to_stride(x)
+        logits, maps = self.decode_head.forward_with_attention(self.forward_features(padded))
+        return self._crop_logits(logits, padded, size, True), maps

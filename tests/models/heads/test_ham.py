@@ -1,0 +1,347 @@
+"""Tests for SegNeXt's LightHam decode head and its NMF "Hamburger" (``csap_zoo.models.heads.ham``)."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from csap_zoo.models.heads.ham import HamHeadConfig, Hamburger, LightHamHead, NMF2D
+
+MSCAN_T = (64, 160, 256)
+MSCAN_SBL = (128, 320, 512)
+
+
+def make_features(channels: Sequence[int], size: Tuple[int, int], batch: int = 2) -> List[torch.Tensor]:
+    """Random features at strides 8, 16, 32 for an input whose stride-8 grid is ``size`` (ceil for deeper ones)."""
+    h, w = size
+    feats = []
+    for i, c in enumerate(channels):
+        f = 2 ** i
+        feats.append(torch.randn(batch, c, -(-h // f), -(-w // f)))
+    return feats
+
+
+def low_rank(batch: int, dim: int, n: int, rank: int) -> torch.Tensor:
+    """Non-negative (batch, dim, n) matrices of rank <= ``rank``."""
+    return torch.bmm(torch.rand(batch, dim, rank), torch.rand(batch, rank, n))
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def small_head(**kwargs) -> LightHamHead:
+    cfg = dict(ham_channels=32, channels=32, num_bases=4, num_groups=8)
+    cfg.update(kwargs)
+    return LightHamHead(MSCAN_T, 5, **cfg)
+
+
+# --- output shapes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(16, 16), (12, 20), (9, 5)])
+def test_logits_at_resolution_of_shallowest_feature(size):
+    torch.manual_seed(0)
+    head = small_head().eval()
+    with torch.no_grad():
+        out = head(make_features(MSCAN_T, size))
+    assert out.shape == (2, 5, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_default_widths_on_mscan_tiny_grids():
+    torch.manual_seed(0)
+    head = LightHamHead(MSCAN_T, 150).eval()
+    assert head.num_classes == 150
+    assert head.hamburger.ham.num_bases == 16
+    with torch.no_grad():
+        out = head(make_features(MSCAN_T, (16, 8), batch=1))  # a 128x64 image
+    assert out.shape == (1, 150, 16, 8)
+
+
+def test_single_input_feature():
+    head = LightHamHead((48,), 3, ham_channels=32, channels=16, num_bases=4, num_groups=8).eval()
+    with torch.no_grad():
+        assert head([torch.randn(1, 48, 7, 6)]).shape == (1, 3, 7, 6)
+
+
+def test_deeper_features_are_resized_bilinearly_without_align_corners():
+    """The squeeze conv must see exactly cat(f0, bilinear(f1), bilinear(f2))."""
+    torch.manual_seed(0)
+    head = small_head().eval()
+    feats = make_features(MSCAN_T, (8, 12), batch=1)
+    seen = {}
+
+    def grab(module, inputs, output):
+        seen["x"] = inputs[0]
+
+    head.squeeze.register_forward_hook(grab)
+    with torch.no_grad():
+        head(feats)
+    expected = torch.cat([feats[0]] + [
+        F.interpolate(f, size=(8, 12), mode="bilinear", align_corners=False) for f in feats[1:]
+    ], dim=1)
+    torch.testing.assert_close(seen["x"], expected)
+
+
+# --- NMF: iteration counts ------------------------------------------------------------------------------------
+
+
+def _count_updates(nmf: NMF2D, x: torch.Tensor, monkeypatch) -> Tuple[int, List[bool]]:
+    steps, grad_modes = [], []
+    real_step, real_coef = nmf.step, nmf.update_coef
+
+    def step(*args):
+        steps.append(1)
+        return real_step(*args)
+
+    def update_coef(*args):
+        grad_modes.append(torch.is_grad_enabled())
+        return real_coef(*args)
+
+    monkeypatch.setattr(nmf, "step", step)
+    monkeypatch.setattr(nmf, "update_coef", update_coef)
+    nmf(x)
+    monkeypatch.undo()
+    return len(steps), grad_modes
+
+
+@pytest.mark.parametrize("train_steps,eval_steps", [(6, 7), (2, 5), (0, 3)])
+def test_nmf_runs_train_steps_in_training_and_eval_steps_in_eval(train_steps, eval_steps, monkeypatch):
+    nmf = NMF2D(8, num_bases=3, train_steps=train_steps, eval_steps=eval_steps)
+    x = torch.rand(2, 8, 4, 4, requires_grad=True)
+
+    nmf.train()
+    n, grad_modes = _count_updates(nmf, x, monkeypatch)
+    assert n == train_steps == nmf.steps
+    # every iterated coefficient update runs without gradient, the final one with it
+    assert grad_modes == [False] * train_steps + [True]
+
+    nmf.eval()
+    n, grad_modes = _count_updates(nmf, x, monkeypatch)
+    assert n == eval_steps == nmf.steps
+    assert grad_modes == [False] * eval_steps + [True]
+
+
+def test_head_mode_switch_reaches_the_nmf(monkeypatch):
+    head = small_head(train_steps=2, eval_steps=4)
+    nmf = head.hamburger.ham
+    feats = make_features(MSCAN_T, (4, 4), batch=1)
+    calls = []
+    real = nmf.step
+    monkeypatch.setattr(nmf, "step", lambda *a: calls.append(1) or real(*a))
+    head.train()(feats)
+    assert len(calls) == 2
+    calls.clear()
+    with torch.no_grad():
+        head.eval()(feats)
+    assert len(calls) == 4
+
+
+# --- NMF: numerics --------------------------------------------------------------------------------------------
+
+
+def test_nmf_reconstructs_low_rank_non_negative_input_and_improves_with_steps():
+    torch.manual_seed(0)
+    dim, h, w, rank = 32, 8, 8, 4
+    x = low_rank(2, dim, h * w, rank).reshape(2, dim, h, w)
+    errors = []
+    for steps in (0, 1, 7, 50, 300):
+        nmf = NMF2D(dim, num_bases=8, train_steps=steps, eval_steps=steps).eval()
+        torch.manual_seed(1)  # same random bases for every step count
+        errors.append(rel_error(nmf(x), x))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[2] < 0.2  # the default eval step count already gets close
+    assert errors[-1] < 0.01
+
+
+def test_nmf_matches_an_independent_reference():
+    """Per-matrix float64 multiplicative updates from the same random bases give the same reconstruction."""
+    torch.manual_seed(0)
+    b, c, h, w, splits, r, steps = 2, 12, 3, 5, 2, 3, 4
+    x = torch.rand(b, c, h, w)
+    nmf = NMF2D(c, num_bases=r, num_splits=splits, train_steps=steps, eval_steps=steps, inv_t=0.5).eval()
+    torch.manual_seed(7)
+    out = nmf(x)
+
+    torch.manual_seed(7)
+    bases0 = torch.rand(b * splits, c // splits, r)
+    mats = x.reshape(b * splits, c // splits, h * w).double()
+    recon = []
+    for X, U in zip(mats, bases0.double()):
+        U = U / U.norm(dim=0, keepdim=True)
+        V = torch.softmax(0.5 * X.T @ U, dim=1)
+        for _ in range(steps):
+            V = V * (X.T @ U) / (V @ U.T @ U + 1e-6)
+            U = U * (X @ V) / (U @ V.T @ V + 1e-6)
+        V = V * (X.T @ U) / (V @ U.T @ U + 1e-6)
+        recon.append(U @ V.T)
+    expected = torch.stack(recon).reshape(b, c, h, w).float()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_nmf_factors_stay_non_negative():
+    torch.manual_seed(0)
+    nmf = NMF2D(16, num_bases=6, train_steps=20)
+    x = low_rank(3, 16, 30, 4)
+    x[:, :, :5] = 0.0  # some all-zero columns as well
+    bases, coef = nmf.decompose(x)
+    assert bases.shape == (3, 16, 6) and coef.shape == (3, 30, 6)
+    assert (bases >= 0).all() and (coef >= 0).all()
+    assert torch.isfinite(bases).all() and torch.isfinite(coef).all()
+    assert (nmf(x.reshape(3, 16, 5, 6)) >= 0).all()
+
+
+def test_nmf_draws_fresh_bases_every_call():
+    x = torch.rand(1, 8, 4, 4)
+    nmf = NMF2D(8, num_bases=3, eval_steps=2).eval()
+    torch.manual_seed(3)
+    a = nmf(x)
+    b = nmf(x)
+    torch.manual_seed(3)
+    c = nmf(x)
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(a, c)
+
+
+def test_nmf_splits_channels_into_independent_groups():
+    torch.manual_seed(0)
+    x = torch.rand(1, 8, 3, 3)
+    nmf = NMF2D(8, num_bases=2, num_splits=2, eval_steps=3).eval()
+    torch.manual_seed(5)
+    both = nmf(x)
+    # the second group only: perturbing it must leave the first group's reconstruction unchanged
+    y = x.clone()
+    y[:, 4:] = torch.rand(1, 4, 3, 3)
+    torch.manual_seed(5)
+    other = nmf(y)
+    torch.testing.assert_close(both[:, :4], other[:, :4])
+    assert not torch.allclose(both[:, 4:], other[:, 4:])
+
+
+def test_nmf_keeps_dtype_under_autocast():
+    nmf = NMF2D(8, num_bases=3).eval()
+    x = torch.rand(1, 8, 4, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = nmf(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_hamburger_is_a_non_negative_residual_block():
+    torch.manual_seed(0)
+    ham = Hamburger(16, num_bases=4, num_groups=4).eval()
+    x = torch.randn(2, 16, 5, 5)
+    with torch.no_grad():
+        out = ham(x)
+        torch.manual_seed(1)
+        inner = ham.ham_out(ham.ham(F.relu(ham.ham_in(x))))
+        torch.manual_seed(1)
+        again = ham(x)
+    assert out.shape == x.shape and (out >= 0).all()
+    torch.testing.assert_close(again, F.relu(x + inner))
+    assert ham.ham_in.bias is not None and ham.ham_out[0].bias is None
+
+
+# --- gradients ------------------------------------------------------------------------------------------------
+
+
+def test_gradients_reach_every_head_parameter():
+    torch.manual_seed(0)
+    head = small_head().train()
+    out = head(make_features(MSCAN_T, (8, 8)))
+    (out * torch.randn_like(out)).sum().backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None]
+    zero = [n for n, p in head.named_parameters() if p.grad is not None and not p.grad.abs().sum() > 0]
+    assert missing == [] and zero == []
+    assert len(list(head.parameters())) == 13  # squeeze(2+conv) + ham_in(2) + ham_out(1+2) + align(1+2) + cls(2)
+
+
+def test_gradient_flows_through_the_nmf():
+    torch.manual_seed(0)
+    x = torch.rand(2, 8, 4, 4, requires_grad=True)
+    out = NMF2D(8, num_bases=3).train()(x)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
+def test_wrong_feature_count_is_a_clear_error():
+    head = small_head()
+    feats = make_features(MSCAN_T, (4, 4), batch=1)
+    with pytest.raises(ValueError, match="expects 3 feature maps, got 2"):
+        head(feats[:2])
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    head = small_head()
+    feats = make_features((64, 128, 256), (4, 4), batch=1)
+    with pytest.raises(ValueError, match=r"expects feature channels \(64, 160, 256\), got \(64, 128, 256\)"):
+        head(feats)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(in_channels=()), "at least one input"),
+    (dict(ham_channels=30), "ham_channels=30"),
+    (dict(channels=20), "channels=20"),
+    (dict(num_classes=0), "num_classes"),
+    (dict(num_bases=0), "num_bases"),
+    (dict(train_steps=-1), "train_steps"),
+])
+def test_bad_config_is_a_clear_error(kwargs, match):
+    cfg = dict(in_channels=MSCAN_T, num_classes=4, ham_channels=32, channels=32, num_bases=4, num_groups=8)
+    cfg.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        LightHamHead(**cfg)
+
+
+def test_nmf_rejects_channels_not_divisible_by_splits():
+    with pytest.raises(ValueError, match="divisible by num_splits"):
+        NMF2D(10, num_splits=3)
+    with pytest.raises(ValueError, match="expects 8 channels, got 6"):
+        NMF2D(8)(torch.rand(1, 6, 2, 2))
+
+
+# --- classifier and presets -----------------------------------------------------------------------------------
+
+
+def test_reset_classifier_changes_output_channels_only():
+    torch.manual_seed(0)
+    head = small_head().eval()
+    before = {k: v.clone() for k, v in head.state_dict().items() if not k.startswith("classifier")}
+    head.reset_classifier(11)
+    assert head.num_classes == 11 and head.classifier.out_channels == 11
+    with torch.no_grad():
+        assert head(make_features(MSCAN_T, (6, 10), batch=1)).shape == (1, 11, 6, 10)
+    after = head.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="num_classes"):
+        head.reset_classifier(0)
+
+
+@pytest.mark.parametrize("name,in_channels,width,bases", [
+    ("T", MSCAN_T, 256, 16),
+    ("S", MSCAN_SBL, 256, 16),
+    ("B", MSCAN_SBL, 512, 64),
+    ("L", MSCAN_SBL, 1024, 64),
+])
+def test_segnext_presets_build_from_config(name, in_channels, width, bases):
+    cfg = HamHeadConfig(ham_channels=width, channels=width, num_bases=bases)
+    head = cfg.build(in_channels, 150).eval()
+    assert isinstance(head, LightHamHead) and head.in_channels == tuple(in_channels)
+    assert head.hamburger.ham.num_bases == bases
+    assert head.hamburger.ham.train_steps == 6 and head.hamburger.ham.eval_steps == 7
+    assert head.classifier.in_channels == width
+    with torch.no_grad():
+        assert head(make_features(in_channels, (4, 4), batch=1)).shape == (1, 150, 4, 4)
+
+
+def test_default_config_matches_segnext_tiny_size():
+    head = HamHeadConfig().build(MSCAN_T, 150)
+    params = sum(p.numel() for p in head.parameters())
+    # SegNeXt-T: 4.3M in total, of which the MSCAN-T backbone is 3.90M (REFERENCE sections 2 and 3)
+    assert round(3.90 + params / 1e6, 1) == 4.3
+    assert isinstance(head.dropout, torch.nn.Dropout2d) and head.dropout.p == 0.1
