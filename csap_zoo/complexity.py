@@ -7,7 +7,7 @@ optional dependencies (the ``dev`` extra installs both).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,17 +20,21 @@ __all__ = ["ComplexityReport", "COUNTERS", "count_macs", "measure_complexity"]
 COUNTERS = ("fvcore", "torchprofile")
 
 
+def _fvcore_analysis(module: nn.Module, inputs: Sequence[Any]) -> Any:
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError as err:
+        raise ImportError("counting MACs with fvcore needs `pip install fvcore`") from err
+    analysis = FlopCountAnalysis(module, tuple(inputs))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis
+
+
 def count_macs(module: nn.Module, inputs: Sequence[Any], counter: str = "fvcore") -> int:
     """Multiply-accumulates of one forward call ``module(*inputs)``."""
     if counter == "fvcore":
-        try:
-            from fvcore.nn import FlopCountAnalysis
-        except ImportError as err:
-            raise ImportError("counting MACs with fvcore needs `pip install fvcore`") from err
-        analysis = FlopCountAnalysis(module, tuple(inputs))
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        return int(analysis.total())
+        return int(_fvcore_analysis(module, inputs).total())
     if counter == "torchprofile":
         try:
             from torchprofile import profile_macs
@@ -105,14 +109,23 @@ def measure_complexity(
     """
     model = create_model(name, num_classes=num_classes, **model_kwargs).eval()
     x = torch.randn(1, model.in_chans, height, width)
-    padded = model.pad_to_stride(x)
-    features = model.forward_features(padded)
-    backbone = count_macs(_BackboneFeatures(model), [padded], counter)
-    head = count_macs(_HeadOnFeatures(model.decode_head), features, counter)
-    total = count_macs(model, [x], counter)
+    if counter == "fvcore":
+        total, backbone, head = _fvcore_by_part(model, x)
+    else:
+        padded = model.pad_to_stride(x)
+        features = model.forward_features(padded)
+        backbone = count_macs(_BackboneFeatures(model), [padded], counter)
+        head = count_macs(_HeadOnFeatures(model.decode_head), features, counter)
+        total = count_macs(model, [x], counter)
     return ComplexityReport(
         name=name, height=height, width=width, num_classes=num_classes, counter=counter,
         params_m=_millions(model), backbone_params_m=_millions(model.backbone),
         head_params_m=_millions(model.decode_head),
         backbone_gmacs=backbone / 1e9, head_gmacs=head / 1e9, upsample_gmacs=(total - backbone - head) / 1e9,
     )
+
+
+def _fvcore_by_part(model: Segmentor, x: torch.Tensor) -> Tuple[int, int, int]:
+    """Total, backbone and head MACs from a single fvcore trace."""
+    by_module = _fvcore_analysis(model, [x]).by_module()
+    return int(by_module[""]), int(by_module["backbone"]), int(by_module["decode_head"])

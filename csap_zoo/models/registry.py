@@ -147,7 +147,7 @@ def create_model(
 
 # Built-in architectures. CSAP widths keep every size below its SegNeXt peer's GMACs (benchmarks/flops.py).
 _SIZES = ("tiny", "small", "base", "large")
-_CSAP_FUSION_CHANNELS = {"tiny": 128, "small": 128, "base": 512, "large": 768}
+_CSAP_FUSION_CHANNELS = {"tiny": 128, "small": 128, "base": 768, "large": 1024}
 _HAM = {  # ham_channels == channels, NMF bases R (SegNeXt's official settings)
     "tiny": (256, 16), "small": (256, 16), "base": (512, 64), "large": (1024, 64),
 }

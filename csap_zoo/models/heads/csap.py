@@ -25,7 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
+
+from ..layers import check_head_features, init_conv_linear
 
 __all__ = ["CSAPHead", "CSAPHeadConfig", "ATTENTION_MODES", "PROPAGATION_MODES"]
 
@@ -250,19 +252,7 @@ class CSAPHead(nn.Module):
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, mean=0.0, std=(2.0 / fan_out) ** 0.5)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(init_conv_linear)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier for a new class count (e.g. to fine-tune on another dataset)."""
@@ -270,15 +260,8 @@ class CSAPHead(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         old = self.classifier
         self.classifier = nn.Conv2d(old.in_channels, num_classes, 1, device=old.weight.device)
-        self._init_weights(self.classifier)
+        init_conv_linear(self.classifier)
         self.num_classes = num_classes
-
-    def _check_features(self, features: Sequence[torch.Tensor]) -> None:
-        if len(features) != len(self.in_channels):
-            raise ValueError(f"CSAPHead expects {len(self.in_channels)} feature maps, got {len(features)}")
-        got = tuple(f.shape[1] for f in features)
-        if got != self.in_channels:
-            raise ValueError(f"CSAPHead expects feature channels {self.in_channels}, got {got}")
 
     def forward_stages(
             self, features: Sequence[torch.Tensor], need_maps: bool = False,
@@ -288,7 +271,7 @@ class CSAPHead(nn.Module):
         Maps are (B, heads, H_i*W_i, M). Computed maps (source, independent stages) are always returned;
         propagated ones only with ``need_maps``.
         """
-        self._check_features(features)
+        check_head_features(features, self.in_channels, "CSAPHead")
         outputs: List[Optional[torch.Tensor]] = [None] * len(features)
         maps: List[Optional[torch.Tensor]] = [None] * len(features)
         source = len(features) - 1

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import check_head_features
+
 __all__ = ["NMF2D", "Hamburger", "LightHamHead", "HamHeadConfig"]
 
 
@@ -234,16 +236,9 @@ class LightHamHead(nn.Module):
         self._init_classifier(self.classifier)
         self.num_classes = num_classes
 
-    def _check_features(self, features: Sequence[torch.Tensor]) -> None:
-        if len(features) != len(self.in_channels):
-            raise ValueError(f"LightHamHead expects {len(self.in_channels)} feature maps, got {len(features)}")
-        got = tuple(f.shape[1] for f in features)
-        if got != self.in_channels:
-            raise ValueError(f"LightHamHead expects feature channels {self.in_channels}, got {got}")
-
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         """Logits (B, num_classes, H0, W0) at the resolution of features[0] (the shallowest input)."""
-        self._check_features(features)
+        check_head_features(features, self.in_channels, "LightHamHead")
         size = features[0].shape[-2:]
         resized = [features[0]] + [
             F.interpolate(f, size=size, mode="bilinear", align_corners=self.align_corners) for f in features[1:]
