@@ -7,6 +7,9 @@ the logits to the input size, shown apart.
 
     python benchmarks/flops.py                      # all architectures, both settings
     python benchmarks/flops.py --models 'csap_tiny' 'segnext_tiny' --counter torchprofile --json out.json
+
+Rows named csap_tiny[independent] / csap_tiny[nearest] are CSAP-T with per-stage query/key attention (no
+propagation) and with nearest-neighbour propagation.
 """
 from __future__ import annotations
 
@@ -21,6 +24,17 @@ from csap_zoo.complexity import COUNTERS, ComplexityReport, measure_complexity
 from csap_zoo.models.registry import list_models
 
 SETTINGS = ((512, 150), (1024, 19))
+SIZE_ORDER = {"tiny": 0, "small": 1, "base": 2, "large": 3}
+# CSAP-T ablations: what propagation saves against per-stage query/key (the MetaSeg-style decoder), and the
+# cheaper nearest-neighbour propagation.
+ABLATIONS = (
+    ("csap_tiny[independent]", "csap_tiny", {"attention": "independent"}),
+    ("csap_tiny[nearest]", "csap_tiny", {"propagation": "nearest"}),
+)
+
+
+def _size_then_name(name: str):
+    return SIZE_ORDER.get(name.rsplit("_", 1)[-1], len(SIZE_ORDER)), name
 
 
 def format_table(reports: List[ComplexityReport], baseline: str = "segnext") -> str:
@@ -34,7 +48,8 @@ def format_table(reports: List[ComplexityReport], baseline: str = "segnext") -> 
     for r in reports:
         ratio = ""
         if r.name.startswith("csap_"):
-            peer = by_key.get((r.name.replace("csap_", f"{baseline}_", 1), r.height, r.num_classes))
+            arch = r.name.split("[", 1)[0]
+            peer = by_key.get((arch.replace("csap_", f"{baseline}_", 1), r.height, r.num_classes))
             if peer is not None:
                 ratio = f"{r.gmacs / peer.gmacs:.3f}x"
         lines.append(
@@ -49,19 +64,23 @@ def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None, help="architecture names or patterns (default: all)")
     parser.add_argument("--counter", choices=COUNTERS, default="fvcore")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the CSAP-T ablation rows")
     parser.add_argument("--json", default=None, help="also write the reports to this JSON file")
     args = parser.parse_args(argv)
 
     patterns = args.models or ["*"]
-    names = [n for n in list_models() if any(n in list_models(p) for p in patterns)]
+    names = sorted((n for n in list_models() if any(n in list_models(p) for p in patterns)), key=_size_then_name)
     if not names:
         parser.error(f"no architecture matches {patterns}")
+    jobs = [(name, name, {}) for name in names]
+    if not args.no_ablations and "csap_tiny" in names:
+        jobs += list(ABLATIONS)
     reports = []
     for height, classes in SETTINGS:
-        for name in names:
-            report = measure_complexity(name, height, height, classes, counter=args.counter)
+        for label, name, options in jobs:
+            report = measure_complexity(name, height, height, classes, counter=args.counter, label=label, **options)
             reports.append(report)
-            print(f"counted {name} at {height}x{height}/{classes}: {report.gmacs:.2f} GMACs", file=sys.stderr)
+            print(f"counted {label} at {height}x{height}/{classes}: {report.gmacs:.2f} GMACs", file=sys.stderr)
     print(f"counter: {args.counter}\n")
     print(format_table(reports))
     if args.json:

@@ -100,12 +100,14 @@ def measure_complexity(
         width: int = 512,
         num_classes: int = 150,
         counter: str = "fvcore",
+        label: str = "",
         **model_kwargs: Any,
 ) -> ComplexityReport:
     """Params and GMACs of ``create_model(name)`` on a 1x3xHxW input, backbone and head counted apart.
 
     ``upsample_gmacs`` is what the counter charges for resizing the logits to the input size; it is reported but
-    not part of :attr:`ComplexityReport.gmacs`.
+    not part of :attr:`ComplexityReport.gmacs`. ``model_kwargs`` go to ``create_model`` (e.g. head options);
+    ``label`` names such a variant in the report (default: the model name).
     """
     model = create_model(name, num_classes=num_classes, **model_kwargs).eval()
     x = torch.randn(1, model.in_chans, height, width)
@@ -118,7 +120,7 @@ def measure_complexity(
         head = count_macs(_HeadOnFeatures(model.decode_head), features, counter)
         total = count_macs(model, [x], counter)
     return ComplexityReport(
-        name=name, height=height, width=width, num_classes=num_classes, counter=counter,
+        name=label or name, height=height, width=width, num_classes=num_classes, counter=counter,
         params_m=_millions(model), backbone_params_m=_millions(model.backbone),
         head_params_m=_millions(model.decode_head),
         backbone_gmacs=backbone / 1e9, head_gmacs=head / 1e9, upsample_gmacs=(total - backbone - head) / 1e9,
