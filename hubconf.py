@@ -5,7 +5,8 @@ One entry per architecture (``csap_tiny``, ``segnext_base``, ...) and per archit
 """
 dependencies = ["torch", "torchvision", "timm", "einops", "safetensors", "huggingface_hub"]
 
-from csap_zoo.models.registry import DATASET_NUM_CLASSES, create_model, get_architecture, list_models  # noqa: E402
+from csap_zoo import create_model  # noqa: E402
+from csap_zoo.models.registry import DATASET_NUM_CLASSES, get_architecture, list_models  # noqa: E402
 
 
 def _make_entry(model_name: str):

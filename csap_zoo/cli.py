@@ -8,12 +8,12 @@ from typing import List, Optional
 import torch
 
 from . import __version__
-from .models.registry import create_model, get_architecture, list_models
+from .models.registry import build_model, get_architecture, list_models
 
 
 def _count_params_m(name: str) -> float:
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = create_model(name)
+        model = build_model(name)
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
@@ -32,6 +32,162 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- predict / eval
+_DATASET_CHOICES = ("ade20k", "cityscapes", "cocostuff", "folder")
+
+
+def _load_model(name: str, checkpoint: Optional[str], num_classes: Optional[int] = None):
+    """A registry model (random weights), with a safetensors state dict loaded strictly when given."""
+    from . import create_model
+
+    model = create_model(name) if num_classes is None else create_model(name, num_classes=num_classes)
+    if checkpoint:
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        try:
+            state = load_file(checkpoint)
+        except Exception as err:
+            raise ValueError(f"cannot read {checkpoint} as a safetensors file ({err})") from err
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint {checkpoint} does not fit model {name!r} "
+                             f"({model.num_classes} classes): {err}") from err
+    return model
+
+
+def _inference_config(args: argparse.Namespace, dataset: Optional[str], model):
+    from .inference import InferenceConfig
+
+    overrides = {}
+    if args.mode is not None:
+        overrides["mode"] = args.mode
+    if args.crop_size is not None:
+        overrides["crop_size"] = tuple(args.crop_size) * (2 // len(args.crop_size))
+    if args.stride is not None:
+        overrides["stride"] = tuple(args.stride) * (2 // len(args.stride))
+    if args.resize is not None:
+        overrides["resize"] = None if args.resize == [0] else tuple(args.resize)
+    elif dataset is None and getattr(getattr(model, "data_config", None), "test_size", None):
+        overrides["resize"] = tuple(model.data_config.test_size)  # the checkpoint's own evaluation size
+    return InferenceConfig.for_dataset(dataset, tta=args.tta, **overrides)
+
+
+def _segmenter(args: argparse.Namespace, model, dataset: Optional[str], info=None):
+    from .inference import Segmenter
+
+    return Segmenter(model, _inference_config(args, dataset, model), device=args.device, amp=args.amp,
+                     dataset_info=info)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_paths
+
+    seg = _segmenter(args, _load_model(args.model, args.checkpoint), None)
+    summary = predict_paths(seg, args.inputs, args.out, alpha=args.alpha, legend=not args.no_legend,
+                            progress=not args.no_progress)
+    print(f"wrote {len(summary.written)} label map(s) to {args.out}/labels and overlay(s) to {args.out}/overlays"
+          + (f"; skipped {len(summary.skipped)} file(s)" if summary.skipped else ""))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data import custom_dataset_info, get_dataset_info, open_dataset
+    from .evaluation import evaluate
+
+    info = None
+    num_classes = None
+    if args.dataset == "folder":
+        if args.classes:
+            with open(args.classes, encoding="utf-8") as handle:
+                names = [line.strip() for line in handle if line.strip()]
+            info = custom_dataset_info(names, name="folder")
+            num_classes = info.num_classes
+    else:
+        if "." not in args.model.split(":")[-1]:
+            num_classes = get_dataset_info(args.dataset).num_classes
+    model = _load_model(args.model, args.checkpoint, num_classes)
+    seg = _segmenter(args, model, None if args.dataset == "folder" else args.dataset, info)
+    if args.dataset == "folder" and info is None:
+        info = seg.dataset_info
+    dataset = open_dataset(args.dataset, args.data, split=args.split, info=info)
+    print(f"evaluating {args.model} on {dataset!r}", file=sys.stderr)
+    result = evaluate(seg, dataset, limit=args.limit, progress=not args.no_progress)
+    print(result.table())
+    print(result.summary())
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="NAME", help="registry name, e.g. csap_tiny.ade20k (random weights "
+                                                       "unless --checkpoint is given)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="safetensors state dict to load (strict)")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding windows (default: "
+                                                                   "whole, or the dataset's standard setting)")
+    parser.add_argument("--crop-size", type=_non_negative_int, nargs="+", metavar="N", help="slide window: N or H W")
+    parser.add_argument("--stride", type=_non_negative_int, nargs="+", metavar="N", help="slide stride: N or H W")
+    parser.add_argument("--resize", type=_non_negative_int, nargs="+", metavar="N",
+                        help="keep-ratio resize into LONG SHORT (e.g. 2048 512) before inference; 0 = native size")
+    parser.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16: CUDA only)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("crop_size", "stride"):
+        value = getattr(args, name, None)
+        if value is not None and (len(value) not in (1, 2) or 0 in value):
+            parser.error(f"--{name.replace('_', '-')} takes one or two positive integers")
+    resize = getattr(args, "resize", None)
+    if resize is not None and resize != [0] and (len(resize) != 2 or 0 in resize):
+        parser.error("--resize takes LONG SHORT (two positive integers), or 0 for native size")
+
+
+def _add_predict_eval(sub) -> None:
+    predict = sub.add_parser(
+        "predict", help="segment images and write label maps and overlays",
+        description="Segment images and write OUT/labels/<name>.png (class indices) and OUT/overlays/<name>.png "
+                    "(colour overlay with a legend). Unreadable files in a folder or glob are skipped with one "
+                    "warning; a single named file that cannot be read is an error.",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob pattern (quote it)")
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_inference_args(predict)
+    predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+    predict.add_argument("--no-legend", action="store_true", help="overlays without the class legend")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a model on a dataset (aAcc, mIoU, mAcc, per-class IoU/Acc)",
+        description="Evaluate on a validation split with MMSegmentation's conventions (areas accumulated over the "
+                    "dataset, ignore 255). ade20k/cocostuff resize to (2048, 512) and run whole; cityscapes runs "
+                    "1024x1024 windows with stride 768; the options below override that.",
+    )
+    evaluate.add_argument("--data", required=True, metavar="DIR",
+                          help="dataset root: ADEChallengeData2016 (or its parent); the Cityscapes root with "
+                               "leftImg8bit/ and gtFine/; the COCO-Stuff root with images/ and annotations/; "
+                               "or, for folder, a folder with images/ and masks/")
+    evaluate.add_argument("--dataset", required=True, choices=_DATASET_CHOICES, help="dataset layout")
+    evaluate.add_argument("--split", default=None, help="split to evaluate (default: the validation split)")
+    evaluate.add_argument("--classes", metavar="FILE", help="folder datasets: class names, one per line "
+                                                            "(default: the model's classes)")
+    evaluate.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    _add_inference_args(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csap-zoo", description="Efficient semantic segmentation with Cross-Stage Attention Propagation.",
@@ -42,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="List the registered architectures with their backbone and size.")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'csap_*' (default: all)")
     models.set_defaults(func=_cmd_models)
+    _add_predict_eval(sub)
     return parser
 
 
@@ -51,6 +208,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if args.command in ("predict", "eval"):
+        _check_pairs(parser, args)
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return args.func(args)
 
 

@@ -1,8 +1,8 @@
 """Parameter and multiply-accumulate counts of segmentors, backbone and head apart.
 
 MACs come from an independent counter (fvcore by default, torchprofile as an alternative), both of which count one
-multiply-accumulate as one operation; in segmentation papers that number is called "GFLOPs". Counters are
-optional dependencies (the ``dev`` extra installs both).
+multiply-accumulate as one operation; in segmentation papers that number is called "GFLOPs". torchprofile is
+optional (the ``dev`` extra installs it).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Dict, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .models.registry import create_model
+from .models.registry import build_model
 from .models.segmentor import Segmentor
 
 __all__ = ["ComplexityReport", "COUNTERS", "count_macs", "measure_complexity"]
@@ -103,13 +103,13 @@ def measure_complexity(
         label: str = "",
         **model_kwargs: Any,
 ) -> ComplexityReport:
-    """Params and GMACs of ``create_model(name)`` on a 1x3xHxW input, backbone and head counted apart.
+    """Params and GMACs of ``build_model(name)`` on a 1x3xHxW input, backbone and head counted apart.
 
     ``upsample_gmacs`` is what the counter charges for resizing the logits to the input size; it is reported but
-    not part of :attr:`ComplexityReport.gmacs`. ``model_kwargs`` go to ``create_model`` (e.g. head options);
+    not part of :attr:`ComplexityReport.gmacs`. ``model_kwargs`` go to ``build_model`` (e.g. head options);
     ``label`` names such a variant in the report (default: the model name).
     """
-    model = create_model(name, num_classes=num_classes, **model_kwargs).eval()
+    model = build_model(name, num_classes=num_classes, **model_kwargs).eval()
     x = torch.randn(1, model.in_chans, height, width)
     if counter == "fvcore":
         total, backbone, head = _fvcore_by_part(model, x)

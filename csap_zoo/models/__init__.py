@@ -2,11 +2,11 @@
 from .heads import CSAPHead, CSAPHeadConfig, HamHeadConfig, LightHamHead
 from .mscan import MSCAN
 from .registry import (
-    DATASET_NUM_CLASSES, Architecture, create_model, get_architecture, list_models, register_architecture,
+    DATASET_NUM_CLASSES, Architecture, build_model, get_architecture, list_models, register_architecture,
 )
-from .segmentor import Segmentor, SegmentorConfig
+from .segmentor import DataConfig, Segmentor, SegmentorConfig
 
 __all__ = [
     "Architecture", "CSAPHead", "CSAPHeadConfig", "DATASET_NUM_CLASSES", "HamHeadConfig", "LightHamHead", "MSCAN",
-    "Segmentor", "SegmentorConfig", "create_model", "get_architecture", "list_models", "register_architecture",
+    "DataConfig", "Segmentor", "SegmentorConfig", "build_model", "get_architecture", "list_models", "register_architecture",
 ]

@@ -1,7 +1,8 @@
 """Architecture registry: names -> segmentor configs -> models.
 
 An architecture is a backbone (any timm model name) plus a head config. Names may carry a dataset tag
-(``csap_tiny.ade20k``) that fixes the class count. ``create_model`` is the one factory for every segmentor.
+(``csap_tiny.ade20k``) that fixes the class count. ``build_model`` builds every segmentor; the public
+``csap_zoo.create_model`` adds checkpoint weights on top.
 """
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import dataclasses
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import mscan  # noqa: F401  (registers the MSCAN family with timm)
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
-from .segmentor import HeadConfig, Segmentor, SegmentorConfig
+from .segmentor import DataConfig, HeadConfig, Segmentor, SegmentorConfig
 
 __all__ = [
-    "Architecture", "DATASET_NUM_CLASSES", "DEFAULT_NUM_CLASSES", "create_model", "get_architecture",
+    "Architecture", "DATASET_NUM_CLASSES", "DEFAULT_NUM_CLASSES", "build_model", "get_architecture",
     "list_models", "parse_model_name", "register_architecture",
 ]
 
@@ -96,34 +97,31 @@ def _apply_head_overrides(head: HeadConfig, overrides: Dict[str, Any], model_nam
     return dataclasses.replace(head, **cleaned)
 
 
-def create_model(
+def build_model(
         name: str,
-        pretrained: bool = False,
         num_classes: Optional[int] = None,
         in_chans: int = 3,
         backbone: Optional[str] = None,
         backbone_args: Optional[Dict[str, Any]] = None,
+        pretrained_backbone: Union[bool, str] = False,
+        data_config: Optional[DataConfig] = None,
         **overrides: Any,
 ) -> Segmentor:
-    """Build a segmentor by name.
+    """Build a segmentor by name, without checkpoint weights (``csap_zoo.create_model`` adds those).
 
     Args:
         name: ``arch`` or ``arch.dataset`` (e.g. ``csap_tiny.ade20k``); the dataset tag sets ``num_classes``.
-        pretrained: load published weights (not available in this release).
         num_classes: output classes; overrides the dataset tag (default 150).
         in_chans: input channels.
         backbone: any timm model name to use instead of the architecture's backbone; the head's input
             channels come from that backbone's feature_info.
         backbone_args: extra keyword arguments for the timm backbone (e.g. ``drop_path_rate``).
+        pretrained_backbone: backbone weights: a local checkpoint file, True for timm's defaults, or False.
+        data_config: normalisation / class metadata to attach to the model.
         **overrides: head options, e.g. ``attention="independent"`` or ``propagation="nearest"`` for CSAP.
     """
     arch_name, tag = parse_model_name(name)
     arch = get_architecture(arch_name)
-    if pretrained:
-        raise NotImplementedError(
-            f"pretrained weights for {name!r} cannot be loaded yet: this release has no weight hub. "
-            f"Use pretrained=False and load a state dict yourself."
-        )
     if num_classes is None:
         num_classes = DATASET_NUM_CLASSES[tag] if tag else DEFAULT_NUM_CLASSES
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -142,7 +140,8 @@ def create_model(
         backbone_args=args,
         dataset=tag,
     )
-    return Segmentor.from_config(config)
+    return Segmentor.from_config(config, pretrained_backbone=pretrained_backbone,
+                                 data_config=data_config or DataConfig(dataset=tag))
 
 
 # Built-in architectures. CSAP widths keep every size below its SegNeXt peer's GMACs (benchmarks/flops.py).

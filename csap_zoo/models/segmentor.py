@@ -6,7 +6,7 @@ runs backbone and head, and returns logits cropped back to the input's own heigh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
@@ -17,9 +17,43 @@ import torch.nn.functional as F
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
 
-__all__ = ["Segmentor", "SegmentorConfig", "HeadConfig", "select_feature_indices"]
+__all__ = ["DataConfig", "HEAD_TYPES", "HeadConfig", "Segmentor", "SegmentorConfig", "select_feature_indices"]
 
 HeadConfig = Union[CSAPHeadConfig, HamHeadConfig]
+# Serialised name of each head config type (config.json "head.type").
+HEAD_TYPES: Dict[str, type] = {"csap": CSAPHeadConfig, "ham": HamHeadConfig}
+
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class DataConfig:
+    """How a model's inputs were prepared and what its outputs mean; travels with its weights.
+
+    mean/std are on the 0-255 scale. ``test_size`` is (long side, short side) of the evaluation resize, if any.
+    """
+
+    mean: Tuple[float, float, float] = IMAGENET_MEAN_255
+    std: Tuple[float, float, float] = IMAGENET_STD_255
+    train_crop: Optional[Tuple[int, int]] = None
+    test_size: Optional[Tuple[int, int]] = None
+    dataset: Optional[str] = None
+    class_names: Optional[List[str]] = None
+    palette: Optional[List[Tuple[int, int, int]]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "DataConfig":
+        values = dict(data)
+        for key in ("mean", "std", "train_crop", "test_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        if values.get("palette") is not None:
+            values["palette"] = [tuple(c) for c in values["palette"]]
+        return cls(**values)
 
 
 @dataclass
@@ -34,6 +68,26 @@ class SegmentorConfig:
     feature_strides: Tuple[int, ...] = (8, 16, 32)
     backbone_args: Dict[str, Any] = field(default_factory=dict)
     dataset: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready form (config.json); the head is tagged with its type."""
+        data = asdict(self)
+        head_type = next(name for name, cls in HEAD_TYPES.items() if isinstance(self.head, cls))
+        data["head"] = {"type": head_type, **{k: list(v) if isinstance(v, tuple) else v
+                                             for k, v in asdict(self.head).items()}}
+        data["feature_strides"] = list(self.feature_strides)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "SegmentorConfig":
+        values = dict(data)
+        head = dict(values.pop("head"))
+        head_type = head.pop("type", None)
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"unknown head type {head_type!r} in model config; known: {sorted(HEAD_TYPES)}")
+        head = {k: tuple(v) if isinstance(v, list) else v for k, v in head.items()}
+        values["feature_strides"] = tuple(values.get("feature_strides", (8, 16, 32)))
+        return cls(head=HEAD_TYPES[head_type](**head), **values)
 
 
 def select_feature_indices(reductions: Sequence[int], strides: Sequence[int], backbone_name: str) -> List[int]:
@@ -62,6 +116,7 @@ class Segmentor(nn.Module):
         stride: padding multiple (the backbone's largest reduction).
         min_size: smallest accepted height/width; below it the deepest stage would see mostly padding.
         config: the config the segmentor was built from, kept for saving and reloading.
+        data_config: normalisation, evaluation size and class names that belong with the weights.
     """
 
     def __init__(
@@ -73,6 +128,7 @@ class Segmentor(nn.Module):
             stride: int,
             min_size: Optional[int] = None,
             config: Optional[SegmentorConfig] = None,
+            data_config: Optional[DataConfig] = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -82,14 +138,27 @@ class Segmentor(nn.Module):
         self.stride = stride
         self.min_size = stride if min_size is None else min_size
         self.config = config
+        self.data_config = data_config or DataConfig()
+        self.metrics: Dict[str, Any] = {}  # evaluation results that travel with the weights (model card)
 
     @classmethod
-    def from_config(cls, config: SegmentorConfig) -> "Segmentor":
-        """Build backbone (through timm, no weights) and head from a config."""
+    def from_config(
+            cls,
+            config: SegmentorConfig,
+            pretrained_backbone: Union[bool, str] = False,
+            data_config: Optional[DataConfig] = None,
+    ) -> "Segmentor":
+        """Build backbone (through timm) and head from a config.
+
+        ``pretrained_backbone``: False for random weights, a local checkpoint file for the backbone (converted by
+        the backbone family's checkpoint filter), or True for timm's own default weights.
+        """
+        timm_kwargs: Dict[str, Any] = dict(pretrained=bool(pretrained_backbone))
+        if isinstance(pretrained_backbone, str):
+            timm_kwargs["pretrained_cfg_overlay"] = dict(file=pretrained_backbone)
         try:
             backbone = timm.create_model(
-                config.backbone, pretrained=False, features_only=True, in_chans=config.in_chans,
-                **config.backbone_args,
+                config.backbone, features_only=True, in_chans=config.in_chans, **timm_kwargs, **config.backbone_args,
             )
         except RuntimeError as err:
             if "Unknown model" in str(err):
@@ -101,7 +170,20 @@ class Segmentor(nn.Module):
         indices = select_feature_indices(reductions, config.feature_strides, config.backbone)
         channels = [backbone.feature_info.channels()[i] for i in indices]
         head = config.head.build(channels, config.num_classes)
-        return cls(backbone, head, indices, config.in_chans, stride=max(reductions), config=config)
+        return cls(backbone, head, indices, config.in_chans, stride=max(reductions), config=config,
+                   data_config=data_config)
+
+    def save_pretrained(self, save_directory: str, metrics: Optional[Dict[str, Any]] = None) -> Any:
+        """Write config.json + model.safetensors + README.md (see ``csap_zoo.hub.serialization``)."""
+        from ..hub.serialization import save_pretrained  # the hub layer owns the file format
+
+        return save_pretrained(self, save_directory, metrics=metrics)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload to a Hugging Face Hub model repository (see ``csap_zoo.hub.serialization.push_to_hub``)."""
+        from ..hub.serialization import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     @property
     def num_classes(self) -> int:
@@ -112,6 +194,9 @@ class Segmentor(nn.Module):
         self.decode_head.reset_classifier(num_classes)
         if self.config is not None:
             self.config.num_classes = num_classes
+        if self.data_config.class_names is not None and len(self.data_config.class_names) != num_classes:
+            self.data_config.class_names = None
+            self.data_config.palette = None
 
     def check_input(self, x: Any) -> None:
         """Raise ValueError, saying what was expected, for anything that is not a usable image batch."""

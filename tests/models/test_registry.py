@@ -83,8 +83,9 @@ def test_bad_sizes_are_clear_errors(kwargs):
         csap_zoo.create_model("csap_tiny", **kwargs)
 
 
-def test_pretrained_is_refused_clearly_until_weights_exist():
-    with pytest.raises(NotImplementedError, match="pretrained weights"):
+def test_unpublished_checkpoint_is_a_clear_error():
+    from csap_zoo.hub import CheckpointUnavailableError
+    with pytest.raises(CheckpointUnavailableError, match="'csap_tiny.ade20k' is not published yet"):
         csap_zoo.create_model("csap_tiny.ade20k", pretrained=True)
 
 

@@ -12,7 +12,7 @@ gradient; one last coefficient update is differentiable, so the conv layers arou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..layers import check_head_features
 
-__all__ = ["NMF2D", "Hamburger", "LightHamHead", "HamHeadConfig"]
+__all__ = ["NMF2D", "Hamburger", "LightHamHead", "HamHeadConfig", "mmseg_checkpoint_filter_fn"]
 
 
 class NMF2D(nn.Module):
@@ -266,3 +266,31 @@ class HamHeadConfig:
             num_bases=self.num_bases, train_steps=self.train_steps, eval_steps=self.eval_steps,
             num_groups=self.num_groups, dropout=self.dropout,
         )
+
+
+# MMSegmentation's LightHamHead names -> ours (its ConvModules call the conv "conv" and the GroupNorm "gn").
+_MMSEG_RENAMES = (
+    ("squeeze.conv.", "squeeze.0."),
+    ("squeeze.gn.", "squeeze.1."),
+    ("hamburger.ham_in.conv.", "hamburger.ham_in."),
+    ("hamburger.ham_out.conv.", "hamburger.ham_out.0."),
+    ("hamburger.ham_out.gn.", "hamburger.ham_out.1."),
+    ("align.conv.", "align.0."),
+    ("align.gn.", "align.1."),
+    ("conv_seg.", "classifier."),
+)
+
+
+def mmseg_checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename the keys of an MMSegmentation LightHamHead (without the ``decode_head.`` prefix) to this module's.
+
+    Keys it does not know are kept unchanged, so that a strict load reports them.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in _MMSEG_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out

@@ -1,0 +1,176 @@
+"""Saving and publishing models: ``config.json`` + ``model.safetensors`` + a README model card.
+
+The folder layout is what ``from_pretrained`` reads back, locally or from a Hugging Face Hub repository.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+from safetensors.torch import save_file
+
+from .. import __version__
+from ..models.segmentor import Segmentor
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "MODEL_CARD_NAME", "FORMAT_VERSION", "push_to_hub", "save_pretrained"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_CARD_NAME = "README.md"
+FORMAT_VERSION = 1
+
+
+def model_config_dict(model: Segmentor, metrics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Everything config.json records: the architecture config, the data config and metrics."""
+    if model.config is None:
+        raise ValueError("this segmentor was not built from a SegmentorConfig (csap_zoo.create_model does that), "
+                         "so it cannot be saved in a reloadable form")
+    return {
+        "format_version": FORMAT_VERSION,
+        "csap_zoo_version": __version__,
+        "model": model.config.to_dict(),
+        "data": model.data_config.to_dict(),
+        "metrics": metrics or {},
+    }
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _count_gmacs(model: Segmentor, size: int) -> Optional[float]:
+    try:
+        from ..complexity import count_macs
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                macs = count_macs(model, [torch.randn(1, model.in_chans, size, size)], "fvcore")
+        finally:
+            model.train(was_training)
+        return macs / 1e9
+    except Exception:  # a counter that cannot trace this model must not block saving it
+        return None
+
+
+def render_model_card(model: Segmentor, metrics: Optional[Dict[str, Any]] = None, repo_id: Optional[str] = None,
+                      gmacs_size: int = 512) -> str:
+    """A Hugging Face style README: YAML front matter, then what the model is and how to load it."""
+    config, data = model.config, model.data_config
+    assert config is not None
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    gmacs = _count_gmacs(model, gmacs_size)
+    dataset = data.dataset or config.dataset or "custom"
+    classes = data.class_names
+    lines = [
+        "---",
+        "library_name: csap-zoo",
+        "license: apache-2.0",
+        "pipeline_tag: image-segmentation",
+        "tags: [semantic-segmentation, csap-zoo, timm]",
+        f"datasets: [{dataset}]",
+        "---",
+        "",
+        f"# {config.architecture}" + (f".{dataset}" if dataset != "custom" else ""),
+        "",
+        f"Semantic segmentation model from csap-zoo: backbone `{config.backbone}` with a "
+        f"`{type(model.decode_head).__name__}` decode head.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{config.architecture}` |",
+        f"| dataset | {dataset} |",
+        f"| classes | {config.num_classes} |",
+        f"| input channels | {config.in_chans} |",
+        f"| parameters | {params:.2f} M |",
+        f"| GMACs ({gmacs_size}x{gmacs_size}, fvcore, incl. final resize) | "
+        + (f"{gmacs:.2f} |" if gmacs is not None else "not counted |"),
+    ]
+    if data.train_crop:
+        lines.append(f"| training crop | {data.train_crop[0]}x{data.train_crop[1]} |")
+    if data.test_size:
+        lines.append(f"| evaluation resize | {data.test_size[0]}x{data.test_size[1]} (keep ratio) |")
+    lines.append(f"| mean / std (0-255) | {list(data.mean)} / {list(data.std)} |")
+    lines += ["", "## Metrics", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
+    else:
+        lines.append("No metrics recorded.")
+    if classes:
+        lines += ["", "## Classes", "", ", ".join(f"{i}: {name}" for i, name in enumerate(classes))]
+    alternative = (f'csap_zoo.create_model("hf-hub:{repo_id}")' if repo_id
+                   else f'csap_zoo.create_model("{config.architecture}", pretrained="path/to/this/folder")')
+    lines += [
+        "", "## How to load", "", "```python", "import csap_zoo", "",
+        f'model = csap_zoo.from_pretrained("{repo_id or "path/to/this/folder"}").eval()',
+        f"# or: {alternative}", "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def save_pretrained(
+        model: Segmentor,
+        save_directory: Union[str, Path],
+        metrics: Optional[Dict[str, Any]] = None,
+        repo_id: Optional[str] = None,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``save_directory``.
+
+    The folder is assembled in a temporary sibling and moved into place, so a failure never leaves a
+    half-written model folder; an existing folder's three files are replaced, other files are kept.
+    """
+    target = Path(save_directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    metrics = model.metrics if metrics is None else metrics
+    config = model_config_dict(model, metrics)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "csap_zoo_version": __version__})
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (staging / MODEL_CARD_NAME).write_text(render_model_card(model, metrics, repo_id))
+        if not target.exists():
+            os.replace(staging, target)
+        else:
+            for name in (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME):
+                os.replace(staging / name, target / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def push_to_hub(
+        model: Segmentor,
+        repo_id: str,
+        metrics: Optional[Dict[str, Any]] = None,
+        private: bool = False,
+        commit_message: str = "Upload csap-zoo model",
+        token: Optional[str] = None,
+) -> str:
+    """Save the model into a temporary folder and upload it to a Hugging Face Hub model repository.
+
+    Returns the commit sha of the upload, which is what a manifest entry pins as ``revision``.
+    """
+    from huggingface_hub import HfApi
+
+    metrics = model.metrics if metrics is None else metrics
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model", metrics=metrics, repo_id=repo_id)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 repo_type="model")
+    return getattr(info, "oid", None) or str(info)
