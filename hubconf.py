@@ -1,31 +1,48 @@
 """torch.hub entry points: ``torch.hub.load("<repo or dir>", "csap_tiny_ade20k", source="local")``.
 
-One entry per architecture (``csap_tiny``, ``segnext_base``, ...) and per architecture and dataset
-(``csap_tiny_ade20k``, ``segnext_tiny_cityscapes``, ...), generated from the csap_zoo registry.
+One entry per architecture (``csap_tiny``, ``segnext_base``, ...) and per segmentation checkpoint in the weights
+manifest (``csap_tiny_ade20k``, ``segnext_tiny_cityscapes``, ...). ``pretrained=True`` loads the checkpoint
+(for a bare architecture: its ImageNet backbone) through the manifest, hash-checked and cached.
 """
 dependencies = ["torch", "torchvision", "timm", "einops", "safetensors", "huggingface_hub"]
 
-from csap_zoo import create_model  # noqa: E402
-from csap_zoo.models.registry import DATASET_NUM_CLASSES, get_architecture, list_models  # noqa: E402
+# Private aliases: torch.hub treats every public callable here as an entry point.
+from csap_zoo import create_model as _create_model  # noqa: E402
+from csap_zoo.hub.manifest import default_manifest as _default_manifest  # noqa: E402
+from csap_zoo.models.registry import get_architecture as _get_architecture  # noqa: E402
+from csap_zoo.models.registry import list_models as _list_models  # noqa: E402
+
+
+def _describe_checkpoint(name: str) -> str:
+    manifest = _default_manifest()
+    if name not in manifest:
+        return "Any class count (default 150); pretrained=True loads the ImageNet backbone.\n"
+    entry = manifest.get(name)
+    paper = entry.metrics.get("paper", {})
+    facts = [f"Dataset: {entry.dataset}, {entry.num_classes} classes."]
+    if "mIoU" in paper:
+        facts.append(f"Paper mIoU: {paper['mIoU']}.")
+    if "GFLOPs" in paper:
+        facts.append(f"Paper GFLOPs (MACs): {paper['GFLOPs']}.")
+    facts.append(f"Weights: {entry.status}.")
+    return " ".join(facts) + "\n"
 
 
 def _make_entry(model_name: str):
-    arch_name, _, dataset = model_name.partition(".")
-    arch = get_architecture(arch_name)
-    classes = DATASET_NUM_CLASSES[dataset] if dataset else None
+    arch = _get_architecture(model_name.split(".", 1)[0])
 
     def entry(pretrained: bool = False, **kwargs):
-        return create_model(model_name, pretrained=pretrained, **kwargs)
+        return _create_model(model_name, pretrained=pretrained, **kwargs)
 
     entry.__name__ = model_name.replace(".", "_")
     entry.__doc__ = (
-        f"{arch.description}.\n\n"
-        + (f"Dataset: {dataset}, {classes} classes.\n" if dataset else "Any class count (default 150).\n")
-        + "Keyword arguments go to csap_zoo.create_model (num_classes, in_chans, head options)."
+        f"{arch.description}.\n\n{_describe_checkpoint(model_name)}"
+        "Keyword arguments go to csap_zoo.create_model (num_classes, in_chans, head options, cache_dir, ...)."
     )
     return entry
 
 
-for _name in list_models() + list_models(with_datasets=True):
+_segmentor_checkpoints = [c.name for c in _default_manifest().checkpoints if c.kind == "segmentor"]
+for _name in _list_models() + _segmentor_checkpoints:
     globals()[_name.replace(".", "_")] = _make_entry(_name)
 del _name

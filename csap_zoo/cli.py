@@ -188,6 +188,61 @@ def _add_predict_eval(sub) -> None:
     evaluate.set_defaults(func=_cmd_eval)
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .hub import default_manifest, fetch_checkpoint
+
+    path = fetch_checkpoint(default_manifest().get(args.name), cache_dir=args.cache_dir)
+    print(path)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .hub.convert import convert_checkpoint
+
+    print(convert_checkpoint(args.source, args.destination, args.name, args.format))
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from .hub.publish import publish_entry
+
+    entry = publish_entry(args.model_dir, args.name, hf_repo=args.hf_repo, revision=args.revision, url=args.url,
+                          manifest_path=args.manifest)
+    print(f"{entry.name}: sha256 {entry.sha256}, {entry.size_bytes} bytes, source {entry.source.describe()}")
+    return 0
+
+
+def _add_hub_commands(sub) -> None:
+    download = sub.add_parser("download", help="fetch a manifest checkpoint into the cache (for offline use)",
+                              description="Download and verify a checkpoint listed in the weights manifest.")
+    download.add_argument("name", help="checkpoint name, e.g. segnext_tiny.ade20k")
+    download.add_argument("--cache-dir", default=None, help="cache folder (default: the Hugging Face / csap-zoo cache)")
+    download.set_defaults(func=_cmd_download)
+
+    convert = sub.add_parser(
+        "convert", help="convert an official MSCAN / MMSegmentation SegNeXt checkpoint",
+        description="Convert a foreign checkpoint into a csap-zoo model folder (config.json + model.safetensors). "
+                    "Files are read with safetensors or torch.load(weights_only=True).")
+    convert.add_argument("source", help="checkpoint file (.pth / .safetensors)")
+    convert.add_argument("destination", help="output model folder")
+    convert.add_argument("--name", required=True, help="model name, e.g. segnext_tiny.ade20k or csap_tiny")
+    convert.add_argument("--format", required=True, choices=("mscan-original", "mmseg-segnext"),
+                         help="layout of the source file")
+    convert.set_defaults(func=_cmd_convert)
+
+    publish = sub.add_parser(
+        "publish", help="hash a saved model and write its weights-manifest entry",
+        description="Compute the sha256 of a save_pretrained folder's weights and add or replace its entry in the "
+                    "weights manifest, pointing at where it was uploaded.")
+    publish.add_argument("model_dir", help="folder written by save_pretrained / push_to_hub")
+    publish.add_argument("--name", required=True, help="manifest name, architecture.dataset (csap_tiny.ade20k)")
+    publish.add_argument("--hf-repo", default=None, help="Hugging Face repo id the folder was pushed to")
+    publish.add_argument("--revision", default=None, help="commit sha of that upload (pinned in the manifest)")
+    publish.add_argument("--url", default=None, help="plain URL of the weights file, instead of --hf-repo")
+    publish.add_argument("--manifest", default=None, help="manifest file to edit (default: the packaged one)")
+    publish.set_defaults(func=_cmd_publish)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csap-zoo", description="Efficient semantic segmentation with Cross-Stage Attention Propagation.",
@@ -199,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'csap_*' (default: all)")
     models.set_defaults(func=_cmd_models)
     _add_predict_eval(sub)
+    _add_hub_commands(sub)
     return parser
 
 

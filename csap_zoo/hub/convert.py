@@ -86,3 +86,27 @@ def convert_state_dict(state: Dict[str, torch.Tensor], fmt: str, model: Segmento
         out.update({f"decode_head.{k}": v for k, v in mmseg_checkpoint_filter_fn(head).items()})
         return out
     raise ConversionError(f"unknown checkpoint format {fmt!r}; known: {CHECKPOINT_FORMATS}")
+
+
+def convert_checkpoint(
+        source: Union[str, Path],
+        destination: Union[str, Path],
+        name: str,
+        fmt: str,
+) -> Path:
+    """Convert a foreign checkpoint file into a ``save_pretrained`` folder for model ``name``.
+
+    ``mscan-original`` files initialise the backbone of ``name`` (its head stays random); ``mmseg-segnext`` files
+    give a complete SegNeXt model.
+    """
+    from ..models.registry import build_model, parse_model_name
+    from .pretrained import load_checkpoint_into
+
+    parse_model_name(name)
+    state = read_state_dict(source)
+    model = build_model(name)
+    converted = convert_state_dict(state, fmt, model)
+    if fmt == "mscan-original":  # backbone only: keep the model's own head
+        converted.update({k: v for k, v in model.state_dict().items() if k.startswith("decode_head.")})
+    load_checkpoint_into(model, converted, str(source))
+    return model.save_pretrained(str(destination))
