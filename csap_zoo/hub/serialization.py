@@ -4,6 +4,7 @@ The folder layout is what ``from_pretrained`` reads back, locally or from a Hugg
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from safetensors.torch import save_file
 
 from .. import __version__
@@ -51,17 +53,13 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _count_gmacs(model: Segmentor, size: int) -> Optional[float]:
+    """GMACs of convolutions and matrix products at size x size, counted on a shape-only (meta) copy: no compute."""
     try:
-        from ..complexity import count_macs
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                macs = count_macs(model, [torch.randn(1, model.in_chans, size, size)], "fvcore")
-        finally:
-            model.train(was_training)
-        return macs / 1e9
-    except Exception:  # a counter that cannot trace this model must not block saving it
+        meta = copy.deepcopy(model).to("meta").eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            meta(torch.empty(1, model.in_chans, size, size, device="meta"))
+        return counter.get_total_flops() / 2e9
+    except Exception:  # a model the counter cannot follow must not block saving it
         return None
 
 
@@ -95,7 +93,7 @@ def render_model_card(model: Segmentor, metrics: Optional[Dict[str, Any]] = None
         f"| classes | {config.num_classes} |",
         f"| input channels | {config.in_chans} |",
         f"| parameters | {params:.2f} M |",
-        f"| GMACs ({gmacs_size}x{gmacs_size}, fvcore, incl. final resize) | "
+        f"| GMACs ({gmacs_size}x{gmacs_size}, convolutions and matmuls) | "
         + (f"{gmacs:.2f} |" if gmacs is not None else "not counted |"),
     ]
     if data.train_crop:

@@ -117,7 +117,8 @@ class NMF2D(nn.Module):
             raise ValueError(f"NMF2D expects {self.channels} channels, got {c}")
         dtype = x.dtype
         # Multiplicative updates divide by small numbers: keep them in float32 even under mixed precision.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        autocast_device = x.device.type if x.device.type in ("cpu", "cuda", "xpu", "mps") else "cpu"
+        with torch.autocast(device_type=autocast_device, enabled=False):
             mats = x.float().reshape(b * self.num_splits, c // self.num_splits, h * w)
             bases, coef = self.decompose(mats)
             recon = torch.bmm(bases, coef.transpose(1, 2))

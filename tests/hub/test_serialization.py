@@ -1,0 +1,209 @@
+"""save_pretrained / from_pretrained / push_to_hub, converters and the publish command."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import csap_zoo
+from csap_zoo.cli import main as cli_main
+from csap_zoo.hub import ConversionError, from_pretrained, save_pretrained
+from csap_zoo.hub.download import sha256_of
+from csap_zoo.hub.manifest import MANIFEST_PATH, load_manifest
+
+X = torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(5)
+    return csap_zoo.create_model("csap_tiny.cityscapes", propagation="nearest").eval()
+
+
+def test_save_and_reload_exactly(model, tmp_path):
+    folder = model.save_pretrained(str(tmp_path / "m"), metrics={"mIoU": 12.5})
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = from_pretrained(folder).eval()
+    assert loaded.config == model.config and loaded.decode_head.propagation == "nearest"
+    assert loaded.data_config == model.data_config
+    assert loaded.metrics == {"mIoU": 12.5}
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"]["head"]["type"] == "csap" and config["model"]["num_classes"] == 19
+    card = (folder / "README.md").read_text()
+    for fact in ("csap_tiny", "cityscapes", "| classes | 19 |", "parameters", "GMACs", "mIoU | 12.5",
+                 "from_pretrained"):
+        assert fact in card
+    assert re.search(r"GMACs \(512x512.*\| \d+\.\d\d \|", card)
+
+
+def test_reloading_never_downloads_backbone_weights(model, tmp_path, monkeypatch):
+    folder = model.save_pretrained(str(tmp_path / "m"))
+    monkeypatch.setattr("csap_zoo.hub.pretrained.fetch_checkpoint",
+                        lambda *a, **k: pytest.fail("from_pretrained must not fetch anything"))
+    from_pretrained(folder)
+
+
+def test_custom_class_names_travel_with_the_weights(tmp_path):
+    model = csap_zoo.create_model("csap_tiny", num_classes=3)
+    model.data_config.class_names = ["sky", "road", "tree"]
+    model.data_config.palette = [(0, 0, 255), (128, 64, 128), (0, 128, 0)]
+    loaded = from_pretrained(model.save_pretrained(str(tmp_path / "m")))
+    assert loaded.data_config.class_names == ["sky", "road", "tree"]
+    assert loaded.data_config.palette[1] == (128, 64, 128)
+    assert "0: sky, 1: road, 2: tree" in (tmp_path / "m" / "README.md").read_text()
+
+
+def test_failed_save_leaves_nothing_half_written(model, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("csap_zoo.hub.serialization.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(str(tmp_path / "m"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_a_model_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match="not a csap-zoo model folder"):
+        from_pretrained(tmp_path / "empty")
+    with pytest.raises(ConversionError, match="neither a model folder nor a Hub repo id"):
+        from_pretrained(tmp_path / "missing" / "deeper")
+
+
+def test_loading_is_strict(model, tmp_path):
+    folder = model.save_pretrained(str(tmp_path / "m"))
+    other = csap_zoo.create_model("segnext_tiny.cityscapes")
+    with pytest.raises(ConversionError, match="missing key|shape mismatches"):
+        csap_zoo.create_model("segnext_tiny.cityscapes", pretrained=str(folder / "model.safetensors"))
+    assert other.num_classes == 19
+
+
+def test_push_to_hub_uploads_a_loadable_folder(model, tmp_path, monkeypatch):
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            uploaded["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploaded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            uploaded["model"] = from_pretrained(folder_path)
+
+            class Info:
+                oid = "a" * 40
+            return Info()
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    assert model.push_to_hub("zoo-test/pushed") == "a" * 40
+    assert uploaded["repo"] == "zoo-test/pushed"
+    assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
+    with torch.no_grad():
+        assert torch.equal(uploaded["model"].eval()(X), model(X))
+
+
+def test_publish_writes_a_valid_manifest_entry(model, tmp_path, capsys):
+    folder = model.save_pretrained(str(tmp_path / "m"), metrics={"mIoU": 33.3})
+    manifest_path = tmp_path / "manifest.json"
+    manifest_path.write_text(MANIFEST_PATH.read_text())
+    code = cli_main(["publish", str(folder), "--name", "csap_tiny.cityscapes", "--hf-repo", "zoo/csap-tiny-city",
+                     "--revision", "b" * 40, "--manifest", str(manifest_path)])
+    assert code == 0
+    entry = load_manifest(manifest_path).get("csap_tiny.cityscapes")
+    assert entry.published and entry.sha256 == sha256_of(folder / "model.safetensors")
+    assert entry.size_bytes == (folder / "model.safetensors").stat().st_size
+    assert entry.source.repo_id == "zoo/csap-tiny-city" and entry.source.revision == "b" * 40
+    assert entry.metrics["reproduced"] == {"mIoU": 33.3} and entry.metrics["paper"]["mIoU"] == 80.5
+    assert entry.sha256 in capsys.readouterr().out
+
+
+def test_publish_needs_a_pinned_revision(model, tmp_path):
+    folder = model.save_pretrained(str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="--revision"):
+        cli_main(["publish", str(folder), "--name", "csap_tiny.cityscapes", "--hf-repo", "zoo/x",
+                  "--manifest", str(MANIFEST_PATH)])
+
+
+# ------------------------------------------------------------------ converters
+MSCAN_BLOCK_NAMES = {  # ours -> original SegNeXt layout (REFERENCE section 2)
+    "ls1.gamma": "layer_scale_1", "ls2.gamma": "layer_scale_2",
+    "attn.proj_in.": "attn.proj_1.", "attn.proj_out.": "attn.proj_2.",
+    "attn.gating.local.": "attn.spatial_gating_unit.conv0.",
+    "attn.gating.strips.0.row.": "attn.spatial_gating_unit.conv0_1.",
+    "attn.gating.strips.0.col.": "attn.spatial_gating_unit.conv0_2.",
+    "attn.gating.strips.1.row.": "attn.spatial_gating_unit.conv1_1.",
+    "attn.gating.strips.1.col.": "attn.spatial_gating_unit.conv1_2.",
+    "attn.gating.strips.2.row.": "attn.spatial_gating_unit.conv2_1.",
+    "attn.gating.strips.2.col.": "attn.spatial_gating_unit.conv2_2.",
+    "attn.gating.mix.": "attn.spatial_gating_unit.conv3.",
+    "mlp.dwconv.": "mlp.dwconv.",  # MMSegmentation 1.x layout
+}
+HAM_NAMES = {  # ours -> MMSegmentation LightHamHead
+    "squeeze.0.": "squeeze.conv.", "squeeze.1.": "squeeze.gn.",
+    "hamburger.ham_in.": "hamburger.ham_in.conv.",
+    "hamburger.ham_out.0.": "hamburger.ham_out.conv.", "hamburger.ham_out.1.": "hamburger.ham_out.gn.",
+    "align.0.": "align.conv.", "align.1.": "align.gn.", "classifier.": "conv_seg.",
+}
+
+
+def to_mmseg_layout(state):
+    out = {}
+    for key, value in state.items():
+        part, rest = key.split(".", 1)
+        if part == "backbone":
+            stage, rest = re.match(r"stages_(\d)\.(.*)", rest).groups()
+            s = int(stage) + 1
+            if rest.startswith("downsample."):
+                new = f"patch_embed{s}." + rest[len("downsample."):]
+            elif rest.startswith("norm."):
+                new = f"norm{s}." + rest[len("norm."):]
+            else:
+                block, tail = re.match(r"blocks\.(\d+)\.(.*)", rest).groups()
+                for ours, theirs in MSCAN_BLOCK_NAMES.items():
+                    if tail.startswith(ours):
+                        tail = theirs + tail[len(ours):]
+                        break
+                new = f"block{s}.{block}.{tail}"
+            out[f"backbone.{new}"] = value
+        else:
+            for ours, theirs in HAM_NAMES.items():
+                if rest.startswith(ours):
+                    rest = theirs + rest[len(ours):]
+                    break
+            out[f"decode_head.{rest}"] = value
+    return out
+
+
+def test_mmseg_segnext_checkpoint_converts_exactly(tmp_path, capsys):
+    torch.manual_seed(3)
+    source = csap_zoo.create_model("segnext_tiny.ade20k").eval()
+    path = tmp_path / "segnext_mscan-t_ade20k-12345678.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": to_mmseg_layout(source.state_dict())}, path)
+
+    def run(model):
+        torch.manual_seed(0)  # the NMF draws random bases on every call
+        with torch.no_grad():
+            return model(X)
+
+    direct = csap_zoo.create_model("segnext_tiny.ade20k", pretrained=str(path)).eval()
+    assert torch.equal(run(direct), run(source))
+
+    assert cli_main(["convert", str(path), str(tmp_path / "out"), "--name", "segnext_tiny.ade20k",
+                     "--format", "mmseg-segnext"]) == 0
+    converted = from_pretrained(tmp_path / "out").eval()
+    assert torch.equal(run(converted), run(source))
+
+
+def test_convert_rejects_a_file_of_another_layout(tmp_path):
+    path = tmp_path / "x.pth"
+    torch.save({"state_dict": {"backbone.foo": torch.zeros(1), "decode_head.bar": torch.zeros(1)}}, path)
+    with pytest.raises((ConversionError, RuntimeError), match="missing|does not match"):
+        cli_main(["convert", str(path), str(tmp_path / "out"), "--name", "segnext_tiny.ade20k",
+                  "--format", "mmseg-segnext"])
+    assert not (tmp_path / "out").exists()
