@@ -5,22 +5,29 @@ import sys
 from csap_zoo.cli import main
 
 
-def test_models_table_lists_every_architecture(capsys):
-    assert main(["models"]) == 0
+def test_models_table_lists_architectures_and_checkpoints(capsys):
+    assert main(["models", "*tiny*"]) == 0
     out = capsys.readouterr().out
-    for name in ("csap_tiny", "csap_large", "segnext_tiny", "segnext_large"):
-        assert name in out
-    # params column: csap_tiny has the MSCAN-T backbone (3.90M) plus a 0.76M head at 150 classes
-    row = next(line for line in out.splitlines() if line.startswith("csap_tiny "))
-    assert "4.66" in row
+    header = out.splitlines()[0].split()
+    assert header[:4] == ["name", "backbone", "dataset", "classes"] and "weights" in header
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip() and "GMACs:" not in line}
+    assert set(rows) == {"csap_tiny", "csap_tiny.ade20k", "csap_tiny.cityscapes", "csap_tiny.cocostuff",
+                         "segnext_tiny", "segnext_tiny.ade20k", "segnext_tiny.cityscapes"}
+    # csap_tiny.ade20k: MSCAN-T (3.90M) + 0.76M head, ~5.3 GMACs, paper mIoU 42.9, not trained yet
+    name, backbone, dataset, classes, params, gmacs, miou, weights = rows["csap_tiny.ade20k"]
+    assert (backbone, dataset, classes, params, miou, weights) == ("mscan_tiny", "ade20k", "150", "4.66", "42.9",
+                                                                     "unpublished")
+    assert 5.0 < float(gmacs) < 5.5
+    assert rows["segnext_tiny.ade20k"][-1] == "published"
+    assert rows["csap_tiny.cityscapes"][3] == "19"
 
 
 def test_models_pattern_filters(capsys):
-    assert main(["models", "segnext_*"]) == 0
+    assert main(["models", "segnext_s*"]) == 0
     out = capsys.readouterr().out
-    assert "segnext_small" in out and "csap_small" not in out
+    assert "segnext_small.ade20k" in out and "csap_small" not in out
     assert main(["models", "nope*"]) == 1
-    assert "no architecture matches" in capsys.readouterr().err
+    assert "nothing matches" in capsys.readouterr().err
 
 
 def test_console_script_help_runs():

@@ -4,7 +4,6 @@ The folder layout is what ``from_pretrained`` reads back, locally or from a Hugg
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -12,11 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..complexity import estimate_gmacs
 from ..models.segmentor import Segmentor
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "MODEL_CARD_NAME", "FORMAT_VERSION", "push_to_hub", "save_pretrained"]
@@ -53,12 +51,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _count_gmacs(model: Segmentor, size: int) -> Optional[float]:
-    """GMACs of convolutions and matrix products at size x size, counted on a shape-only (meta) copy: no compute."""
     try:
-        meta = copy.deepcopy(model).to("meta").eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            meta(torch.empty(1, model.in_chans, size, size, device="meta"))
-        return counter.get_total_flops() / 2e9
+        return estimate_gmacs(model, size, size)
     except Exception:  # a model the counter cannot follow must not block saving it
         return None
 
