@@ -8,27 +8,23 @@ from typing import List, Optional
 import torch
 
 from . import __version__
-from .models.registry import build_model, get_architecture, list_models
-
-
-def _count_params_m(name: str) -> float:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = build_model(name)
-    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    names = list_models(args.pattern)
-    if not names:
-        print(f"no architecture matches {args.pattern!r}", file=sys.stderr)
+    from .hub.catalog import model_catalog
+
+    rows = model_catalog(args.pattern)
+    if not rows:
+        print(f"nothing matches {args.pattern!r}", file=sys.stderr)
         return 1
-    rows = [("name", "backbone", "params (M)", "description")]
-    for name in names:
-        arch = get_architecture(name)
-        rows.append((name, arch.backbone, f"{_count_params_m(name):.2f}", arch.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    table = [("name", "backbone", "dataset", "classes", "params (M)", "GMACs@512", "paper mIoU", "weights")]
+    for r in rows:
+        table.append((r.name, r.backbone, r.dataset, str(r.num_classes), f"{r.params_m:.2f}", f"{r.gmacs_512:.2f}",
+                      "-" if r.paper_miou is None else f"{r.paper_miou:.1f}", r.weights))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print("\nGMACs: convolutions and matrix products at 512x512 (benchmarks/flops.py gives fvcore's full count).")
     return 0
 
 
@@ -130,8 +126,8 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="NAME", help="registry name, e.g. csap_tiny.ade20k (random weights "
-                                                       "unless --checkpoint is given)")
+    parser.add_argument("--model", required=True, metavar="NAME",
+                        help="registry name, e.g. csap_tiny.ade20k (random weights unless --checkpoint is given)")
     parser.add_argument("--checkpoint", metavar="PATH", help="safetensors state dict to load (strict)")
     parser.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding windows (default: "
                                                                    "whole, or the dataset's standard setting)")
@@ -249,9 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"csap-zoo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    models = sub.add_parser("models", help="list the registered architectures",
-                            description="List the registered architectures with their backbone and size.")
-    models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'csap_*' (default: all)")
+    models = sub.add_parser("models", help="list architectures and checkpoints",
+                            description="List the architectures and the manifest's segmentation checkpoints: "
+                                        "backbone, dataset, params, GMACs, paper mIoU and weights status.")
+    models.add_argument("pattern", nargs="?", default="*",
+                        help="shell-style filter, e.g. 'csap_*' or '*.ade20k' (default: all)")
     models.set_defaults(func=_cmd_models)
     _add_predict_eval(sub)
     _add_hub_commands(sub)
