@@ -105,8 +105,6 @@ def convert_checkpoint(
     parse_model_name(name)
     state = read_state_dict(source)
     model = build_model(name)
-    converted = convert_state_dict(state, fmt, model)
-    if fmt == "mscan-original":  # backbone only: keep the model's own head
-        converted.update({k: v for k, v in model.state_dict().items() if k.startswith("decode_head.")})
-    load_checkpoint_into(model, converted, str(source))
+    load_checkpoint_into(model, convert_state_dict(state, fmt, model), str(source),
+                         backbone_only=fmt == "mscan-original")
     return model.save_pretrained(str(destination))

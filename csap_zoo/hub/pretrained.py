@@ -34,10 +34,16 @@ PathLike = Union[str, os.PathLike]
 _CLASSIFIER_PREFIX = "decode_head.classifier."
 
 
-def load_checkpoint_into(model: Segmentor, state: Dict[str, torch.Tensor], source: str) -> None:
-    """Strictly load ``state`` into ``model``; a classifier of another class count is skipped with a warning."""
+def load_checkpoint_into(model: Segmentor, state: Dict[str, torch.Tensor], source: str,
+                         backbone_only: bool = False) -> None:
+    """Strictly load ``state`` into ``model``; a classifier of another class count is skipped with a warning.
+
+    ``backbone_only``: the checkpoint holds backbone weights only; the head keeps its own (fresh) weights.
+    """
     own = model.state_dict()
     state = dict(state)
+    if backbone_only:
+        state.update({k: v for k, v in own.items() if k.startswith("decode_head.")})
     skipped = [k for k in state if k.startswith(_CLASSIFIER_PREFIX) and k in own and state[k].shape != own[k].shape]
     if skipped:
         warnings.warn(
@@ -143,7 +149,12 @@ def from_pretrained(
 
 def _from_local_pretrained(name: str, path: Path, num_classes: Optional[int], build_kwargs: Dict[str, Any]) -> Segmentor:
     if path.is_dir():
-        return _model_from_folder(path, str(path), num_classes)
+        model = _model_from_folder(path, str(path), num_classes)
+        wanted = parse_model_name(name)[0]
+        if model.config.architecture != wanted:
+            raise ConversionError(f"{path} holds a {model.config.architecture} model, not {wanted}; load it with "
+                                  f"csap_zoo.from_pretrained({str(path)!r})")
+        return model
     if not path.is_file():
         raise ConversionError(f"pretrained={str(path)!r}: no such file or folder")
     state = read_state_dict(path)
@@ -151,7 +162,8 @@ def _from_local_pretrained(name: str, path: Path, num_classes: Optional[int], bu
     fmt = "mmseg-segnext" if any(k.startswith("decode_head.conv_seg.") for k in state) else "csap-safetensors"
     if not any(k.startswith(("backbone.", "decode_head.")) for k in state):
         fmt = "mscan-original"  # a bare backbone checkpoint
-    load_checkpoint_into(model, convert_state_dict(state, fmt, model), str(path))
+    load_checkpoint_into(model, convert_state_dict(state, fmt, model), str(path),
+                         backbone_only=fmt == "mscan-original")
     return model
 
 

@@ -20,7 +20,7 @@ def publish_entry(
         revision: Optional[str] = None,
         url: Optional[str] = None,
         manifest_path: Union[str, Path, None] = None,
-        license: str = "apache-2.0",
+        license_id: str = "apache-2.0",
 ) -> Checkpoint:
     """Hash ``model_dir``'s weights and write a published manifest entry ``name`` pointing at its upload.
 
@@ -57,7 +57,7 @@ def publish_entry(
         metrics={"paper": previous.metrics["paper"] if previous else {},
                  "upstream": previous.metrics["upstream"] if previous else {},
                  "reproduced": dict(saved.get("metrics", {}))},
-        license=license, status="published", notes="",
+        license=license_id, status="published", notes="",
     )
     manifest.upsert(entry)
     manifest.save(manifest_path)

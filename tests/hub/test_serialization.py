@@ -207,3 +207,29 @@ def test_convert_rejects_a_file_of_another_layout(tmp_path):
         cli_main(["convert", str(path), str(tmp_path / "out"), "--name", "segnext_tiny.ade20k",
                   "--format", "mmseg-segnext"])
     assert not (tmp_path / "out").exists()
+
+
+def test_imagenet_backbone_file_converts_and_keeps_a_fresh_head(tmp_path):
+    import timm
+    torch.manual_seed(9)
+    imagenet = timm.create_model("mscan_tiny").eval()
+    path = tmp_path / "mscan_t.pth"
+    torch.save({"state_dict": imagenet.state_dict()}, path)
+    for model in (
+        csap_zoo.create_model("csap_tiny", pretrained=str(path), num_classes=4),
+        from_pretrained(Path(cli_convert(path, tmp_path / "out"))),
+    ):
+        with torch.no_grad():
+            expected = imagenet.forward_intermediates(X, intermediates_only=True)
+            assert all(torch.equal(a, b) for a, b in zip(expected, model.eval().backbone(X)))
+
+
+def cli_convert(path, out):
+    assert cli_main(["convert", str(path), str(out), "--name", "csap_tiny", "--format", "mscan-original"]) == 0
+    return out
+
+
+def test_folder_of_another_architecture_is_refused(model, tmp_path):
+    folder = model.save_pretrained(str(tmp_path / "m"))
+    with pytest.raises(ConversionError, match="holds a csap_tiny model, not segnext_tiny"):
+        csap_zoo.create_model("segnext_tiny", pretrained=str(folder))
