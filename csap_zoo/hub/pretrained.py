@@ -44,7 +44,9 @@ def load_checkpoint_into(model: Segmentor, state: Dict[str, torch.Tensor], sourc
     state = dict(state)
     if backbone_only:
         state.update({k: v for k, v in own.items() if k.startswith("decode_head.")})
-    skipped = [k for k in state if k.startswith(_CLASSIFIER_PREFIX) and k in own and state[k].shape != own[k].shape]
+    # only a different class count (first dimension) excuses a classifier mismatch
+    skipped = [k for k in state if k.startswith(_CLASSIFIER_PREFIX) and k in own
+               and state[k].shape[0] != own[k].shape[0] and state[k].shape[1:] == own[k].shape[1:]]
     if skipped:
         warnings.warn(
             f"{source}: the checkpoint's classifier has {state[skipped[0]].shape[0]} classes, the model "

@@ -1,6 +1,7 @@
 """save_pretrained / from_pretrained / push_to_hub, converters and the publish command."""
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,10 @@ def test_not_a_model_folder_is_a_clear_error(tmp_path):
 def test_loading_is_strict(model, tmp_path):
     folder = model.save_pretrained(str(tmp_path / "m"))
     other = csap_zoo.create_model("segnext_tiny.cityscapes")
-    with pytest.raises(ConversionError, match="missing key|shape mismatches"):
-        csap_zoo.create_model("segnext_tiny.cityscapes", pretrained=str(folder / "model.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a head of another architecture is a mismatch, not a class-count change
+        with pytest.raises(ConversionError, match="shape mismatches: .*decode_head.classifier.weight"):
+            csap_zoo.create_model("segnext_tiny.cityscapes", pretrained=str(folder / "model.safetensors"))
     assert other.num_classes == 19
 
 

@@ -1,0 +1,261 @@
+"""Dataset readers: image/mask pairs on disk, validated when the reader is built.
+
+Layouts (``root`` is the folder you downloaded/prepared):
+
+- ADE20K: ``ADEChallengeData2016/{images,annotations}/{training,validation}/`` (``root`` may be the
+  ``ADEChallengeData2016`` folder or its parent). Masks hold 0 = "other" and 1..150; ``reduce_zero_label`` maps
+  0 -> 255 (ignored) and the rest to 0..149.
+- Cityscapes: ``{leftImg8bit,gtFine}/{train,val}/<city>/``, images ``*_leftImg8bit.png``, masks
+  ``*_gtFine_labelTrainIds.png`` (19 train ids, 255 ignored; make them with cityscapesscripts'
+  ``createTrainIdLabelImgs``).
+- COCO-Stuff-164K: ``{images,annotations}/{train2017,val2017}/``, masks ``*_labelTrainIds.png`` (171 classes).
+- Folder: any ``images/`` and ``masks/`` pair, matched by path relative to each folder minus the extension.
+
+Building a reader checks that the folders exist and that every image has exactly one mask and vice versa, and
+raises with the offending files listed. Reading a sample checks the mask's values (0..K-1 or 255) and that mask and
+image have the same size.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .io import IMAGE_EXTENSIONS, read_image, read_mask
+from .metadata import DatasetInfo, get_dataset_info
+
+__all__ = [
+    "ADE20KDataset", "CityscapesDataset", "COCOStuffDataset", "FolderDataset", "Sample", "SegmentationDataset",
+    "open_dataset",
+]
+
+PathLike = Union[str, os.PathLike]
+_MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask."""
+
+    image: Path
+    mask: Path
+
+
+def _listing(paths: Sequence[Union[str, Path]]) -> str:
+    shown = [f"  {p}" for p in list(paths)[:_MAX_LISTED]]
+    if len(paths) > _MAX_LISTED:
+        shown.append(f"  ... and {len(paths) - _MAX_LISTED} more")
+    return "\n".join(shown)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if path.is_dir():
+        return path
+    parent = path.parent
+    present = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    hint = f" ({parent} contains: {', '.join(present) or 'no folders'})" if parent.is_dir() else \
+        f" ({parent} does not exist either)"
+    raise FileNotFoundError(f"{what} folder not found: {path}{hint}")
+
+
+def _collect(folder: Path, suffix: str, recursive: bool) -> Dict[str, Path]:
+    """Files under ``folder`` ending in ``suffix`` (an extension list when suffix is ''), keyed by their path
+    relative to ``folder`` with the suffix (or extension) removed."""
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    found: Dict[str, Path] = {}
+    clashes: List[str] = []
+    for path in sorted(files):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        rel = path.relative_to(folder).as_posix()
+        if suffix:
+            if not rel.endswith(suffix):
+                continue
+            key = rel[:-len(suffix)]
+        else:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            key = rel[:-len(path.suffix)]
+        if key in found:
+            clashes.append(f"{found[key]} and {path}")
+        found[key] = path
+    if clashes:
+        raise ValueError(f"several files in {folder} share a name (ignoring the extension), so pairing is "
+                         f"ambiguous:\n{_listing(clashes)}")
+    return found
+
+
+def _pair(images: Dict[str, Path], masks: Dict[str, Path], image_dir: Path, mask_dir: Path) -> List[Sample]:
+    if not images and not masks:
+        raise FileNotFoundError(f"no images found in {image_dir} and no masks in {mask_dir}")
+    lonely_images = sorted(str(images[k]) for k in set(images) - set(masks))
+    lonely_masks = sorted(str(masks[k]) for k in set(masks) - set(images))
+    if lonely_images or lonely_masks:
+        parts = []
+        if lonely_images:
+            parts.append(f"{len(lonely_images)} image(s) without a mask in {mask_dir}:\n{_listing(lonely_images)}")
+        if lonely_masks:
+            parts.append(f"{len(lonely_masks)} mask(s) without an image in {image_dir}:\n{_listing(lonely_masks)}")
+        raise ValueError("unpaired files; every image needs exactly one mask (matched by name):\n"
+                         + "\n".join(parts))
+    return [Sample(images[k], masks[k]) for k in sorted(images)]
+
+
+class SegmentationDataset:
+    """Image/mask pairs. ``dataset[i]`` is ``(image (H, W, 3) uint8, mask (H, W) int64)``.
+
+    Args:
+        samples: the pairs.
+        info: class names and palette (sets the class count used to check masks).
+        reduce_zero_label: map mask 0 -> 255 and v -> v - 1 (ADE20K's convention).
+    """
+
+    def __init__(self, samples: Sequence[Sample], info: DatasetInfo, reduce_zero_label: bool = False) -> None:
+        if not samples:
+            raise ValueError("a dataset needs at least one image/mask pair")
+        self.samples = list(samples)
+        self.info = info
+        self.reduce_zero_label = reduce_zero_label
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image_path(self, index: int) -> Path:
+        return self.samples[index].image
+
+    def mask_path(self, index: int) -> Path:
+        return self.samples[index].mask
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The image as (H, W, 3) uint8 RGB."""
+        return read_image(self.samples[index].image)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The mask as (H, W) int64 in 0..K-1 or 255; other values raise a ValueError naming the file."""
+        path = self.samples[index].mask
+        mask = read_mask(path)
+        ignore = self.info.ignore_index
+        if self.reduce_zero_label:
+            reduced = mask - 1
+            reduced[(mask == 0) | (mask == ignore)] = ignore
+            mask = reduced
+        bad = (mask != ignore) & ((mask < 0) | (mask >= self.num_classes))
+        if bad.any():
+            values = np.unique(mask[bad]).tolist()
+            shown = values if len(values) <= _MAX_LISTED else values[:_MAX_LISTED] + ["..."]
+            stored = " (after reduce_zero_label: stored value - 1)" if self.reduce_zero_label else ""
+            raise ValueError(f"{path}: mask labels {shown}{stored} are outside the class range "
+                             f"0..{self.num_classes - 1} and not the ignore index {ignore}; is this the right "
+                             f"dataset / class count?")
+        return mask
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        image, mask = self.load_image(index), self.load_mask(index)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(f"{self.samples[index].mask}: mask size {mask.shape} differs from image size "
+                             f"{image.shape[:2]} of {self.samples[index].image}")
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} samples, {self.info.name}, {self.num_classes} classes)"
+
+
+def _split_name(split: str, names: Dict[str, str], dataset: str) -> str:
+    key = split.lower()
+    if key not in names:
+        raise ValueError(f"unknown {dataset} split {split!r}; use one of {sorted(set(names.values()))}")
+    return names[key]
+
+
+class ADE20KDataset(SegmentationDataset):
+    """ADE20K (SceneParsing, 150 classes); ``split`` is ``training``/``train`` or ``validation``/``val``."""
+
+    def __init__(self, root: PathLike, split: str = "validation") -> None:
+        root = Path(root)
+        if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
+            root = root / "ADEChallengeData2016"
+        split = _split_name(split, {"training": "training", "train": "training", "validation": "validation",
+                                    "val": "validation"}, "ADE20K")
+        image_dir = _require_dir(root / "images" / split, "ADE20K images")
+        mask_dir = _require_dir(root / "annotations" / split, "ADE20K annotations")
+        samples = _pair(_collect(image_dir, "", False), _collect(mask_dir, ".png", False), image_dir, mask_dir)
+        super().__init__(samples, get_dataset_info("ade20k"), reduce_zero_label=True)
+
+
+class CityscapesDataset(SegmentationDataset):
+    """Cityscapes fine annotations, 19 train ids; ``split`` is ``train`` or ``val``."""
+
+    def __init__(self, root: PathLike, split: str = "val") -> None:
+        root = Path(root)
+        split = _split_name(split, {"train": "train", "val": "val", "validation": "val"}, "Cityscapes")
+        image_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit")
+        mask_dir = _require_dir(root / "gtFine" / split, "Cityscapes gtFine")
+        masks = _collect(mask_dir, "_gtFine_labelTrainIds.png", True)
+        if not masks and any(mask_dir.rglob("*_gtFine_labelIds.png")):
+            raise FileNotFoundError(f"{mask_dir} has *_gtFine_labelIds.png but no *_gtFine_labelTrainIds.png; "
+                                    f"create them with cityscapesscripts' createTrainIdLabelImgs")
+        images = _collect(image_dir, "_leftImg8bit.png", True)
+        super().__init__(_pair(images, masks, image_dir, mask_dir), get_dataset_info("cityscapes"))
+
+
+class COCOStuffDataset(SegmentationDataset):
+    """COCO-Stuff-164K, 171 classes; ``split`` is ``train2017``/``train`` or ``val2017``/``val``."""
+
+    def __init__(self, root: PathLike, split: str = "val2017") -> None:
+        root = Path(root)
+        split = _split_name(split, {"train2017": "train2017", "train": "train2017", "val2017": "val2017",
+                                    "val": "val2017"}, "COCO-Stuff")
+        image_dir = _require_dir(root / "images" / split, "COCO-Stuff images")
+        mask_dir = _require_dir(root / "annotations" / split, "COCO-Stuff annotations")
+        masks = _collect(mask_dir, "_labelTrainIds.png", False)
+        if not masks and any(mask_dir.glob("*.png")):
+            raise FileNotFoundError(f"{mask_dir} has no *_labelTrainIds.png masks; convert the stuffthingmaps to "
+                                    f"train ids (0..170, 255 ignored) first")
+        super().__init__(_pair(_collect(image_dir, "", False), masks, image_dir, mask_dir),
+                         get_dataset_info("cocostuff"))
+
+
+class FolderDataset(SegmentationDataset):
+    """Any image folder and mask folder, matched by relative path without extension (searched recursively).
+
+    Args:
+        images: folder of images.
+        masks: folder of single-channel masks (class indices; 255 ignored).
+        info: class names/palette (``csap_zoo.data.custom_dataset_info``) or a built-in dataset name.
+        reduce_zero_label: treat mask value 0 as ignore and shift the others down by one.
+    """
+
+    def __init__(self, images: PathLike, masks: PathLike, info: Union[DatasetInfo, str],
+                 reduce_zero_label: bool = False) -> None:
+        image_dir = _require_dir(Path(images), "images")
+        mask_dir = _require_dir(Path(masks), "masks")
+        if isinstance(info, str):
+            info = get_dataset_info(info)
+        samples = _pair(_collect(image_dir, "", True), _collect(mask_dir, "", True), image_dir, mask_dir)
+        super().__init__(samples, info, reduce_zero_label=reduce_zero_label)
+
+
+_READERS: Dict[str, Callable[..., SegmentationDataset]] = {
+    "ade20k": ADE20KDataset, "cityscapes": CityscapesDataset, "cocostuff": COCOStuffDataset,
+}
+
+
+def open_dataset(name: str, root: PathLike, split: Optional[str] = None,
+                 info: Optional[DatasetInfo] = None) -> SegmentationDataset:
+    """A reader by dataset name: ``ade20k``, ``cityscapes``, ``cocostuff`` (``split`` defaults to the validation
+    split) or ``folder`` (``root/images`` + ``root/masks``, ``split`` unused, ``info`` required)."""
+    key = name.lower()
+    if key == "folder":
+        if info is None:
+            raise ValueError("a folder dataset needs its classes: pass info=custom_dataset_info([...])")
+        return FolderDataset(Path(root) / "images", Path(root) / "masks", info)
+    canonical = get_dataset_info(key).name
+    reader = _READERS[canonical]
+    return reader(root) if split is None else reader(root, split=split)

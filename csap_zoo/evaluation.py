@@ -1,0 +1,173 @@
+"""Evaluation: a streaming confusion matrix and the standard semantic-segmentation metrics.
+
+MMSegmentation conventions: pixels whose ground truth is ``ignore_index`` (255) are left out; intersection and
+union areas are accumulated over the whole dataset (not averaged per image); a class's IoU is
+``intersection / union`` and its accuracy ``intersection / ground-truth area``, NaN when the denominator is 0 (a
+class absent from both prediction and ground truth has NaN IoU and accuracy; one only predicted has IoU 0 and NaN
+accuracy); mIoU and mAcc are NaN-ignoring means over classes; aAcc is correct pixels / valid pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["EvalResult", "Evaluator", "evaluate"]
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+        raise ValueError(f"label maps must hold integer class indices, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+@dataclass
+class EvalResult:
+    """Metrics (fractions in [0, 1]; per-class arrays hold NaN for undefined entries)."""
+
+    aAcc: float
+    mIoU: float
+    mAcc: float
+    iou: np.ndarray
+    acc: np.ndarray
+    class_names: List[str]
+    confusion_matrix: np.ndarray
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python summary (NaN per-class values become None)."""
+        def clean(v: float) -> Optional[float]:
+            return None if math.isnan(v) else float(v)
+        return {
+            "aAcc": clean(self.aAcc), "mIoU": clean(self.mIoU), "mAcc": clean(self.mAcc),
+            "per_class": {n: {"IoU": clean(i), "Acc": clean(a)}
+                          for n, i, a in zip(self.class_names, self.iou.tolist(), self.acc.tolist())},
+        }
+
+    def summary(self) -> str:
+        """One line: aAcc, mIoU and mAcc in percent."""
+        return f"aAcc: {_pct(self.aAcc)}  mIoU: {_pct(self.mIoU)}  mAcc: {_pct(self.mAcc)}"
+
+    def table(self) -> str:
+        """Per-class IoU and Acc in percent (``nan`` where undefined), one row per class."""
+        width = max([len("class")] + [len(n) for n in self.class_names])
+        lines = [f"{'class'.ljust(width)}  {'IoU':>6}  {'Acc':>6}", f"{'-' * width}  {'-' * 6}  {'-' * 6}"]
+        for name, iou, acc in zip(self.class_names, self.iou, self.acc):
+            lines.append(f"{name.ljust(width)}  {_pct(iou):>6}  {_pct(acc):>6}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"{self.table()}\n{self.summary()}"
+
+
+def _pct(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{100.0 * v:.2f}"
+
+
+class Evaluator:
+    """Accumulates a (num_classes x num_classes) confusion matrix (rows: ground truth, columns: prediction).
+
+    Args:
+        num_classes: number of classes K; valid labels are 0..K-1.
+        ignore_index: ground-truth value to leave out (default 255).
+        class_names: names for the per-class table (default "class 0", ...).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Optional[Sequence[str]] = None):
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names is not None else [f"class {i}" for i in
+                                                                              range(num_classes)]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self.confusion_matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def update(self, pred: Any, target: Any, name: Optional[str] = None) -> None:
+        """Add one label map (H, W) or a batch (B, H, W) of predictions and ground truths (numpy or torch).
+
+        Raises ValueError when shapes differ, when the ground truth holds values outside 0..K-1 other than the
+        ignore index, or when a prediction is outside 0..K-1; ``name`` (e.g. the mask's file) goes in the message.
+        """
+        where = f"{name}: " if name else ""
+        pred_arr, target_arr = _to_numpy(pred), _to_numpy(target)
+        if pred_arr.shape != target_arr.shape:
+            raise ValueError(f"{where}prediction shape {pred_arr.shape} differs from ground-truth shape "
+                             f"{target_arr.shape}; predict at the mask's resolution")
+        k = self.num_classes
+        valid = target_arr != self.ignore_index
+        bad_target = valid & ((target_arr < 0) | (target_arr >= k))
+        if bad_target.any():
+            values = np.unique(target_arr[bad_target]).tolist()
+            raise ValueError(f"{where}ground truth has labels {values[:20]} outside 0..{k - 1} (and not the ignore "
+                             f"index {self.ignore_index}); check the dataset's class count and label encoding "
+                             f"(e.g. reduce_zero_label)")
+        p, t = pred_arr[valid], target_arr[valid]
+        bad_pred = (p < 0) | (p >= k)
+        if bad_pred.any():
+            raise ValueError(f"{where}prediction has labels {np.unique(p[bad_pred]).tolist()[:20]} outside "
+                             f"0..{k - 1}; does the model have {k} classes?")
+        self.confusion_matrix += np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+
+    def compute(self) -> EvalResult:
+        """Metrics from everything accumulated."""
+        cm = self.confusion_matrix.astype(np.float64)
+        intersect = np.diag(cm)
+        area_label = cm.sum(axis=1)
+        area_pred = cm.sum(axis=0)
+        union = area_label + area_pred - intersect
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, intersect / union, np.nan)
+            acc = np.where(area_label > 0, intersect / area_label, np.nan)
+        total = area_label.sum()
+        a_acc = float(intersect.sum() / total) if total > 0 else float("nan")
+        return EvalResult(
+            aAcc=a_acc, mIoU=_nanmean(iou), mAcc=_nanmean(acc), iou=iou, acc=acc,
+            class_names=list(self.class_names), confusion_matrix=self.confusion_matrix.copy(),
+        )
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def evaluate(segmenter: Any, dataset: Any, *, limit: Optional[int] = None, progress: bool = True) -> EvalResult:
+    """Predict every sample of a dataset (``csap_zoo.data.datasets``) and score it.
+
+    Args:
+        segmenter: a ``Segmenter`` whose model has the dataset's class count.
+        dataset: a reader returning ``(image (H, W, 3) uint8, mask (H, W) int64)`` per index, with ``info`` and
+            ``mask_path(i)``.
+        limit: evaluate only the first ``limit`` samples.
+        progress: show a progress bar.
+    """
+    info = dataset.info
+    k = getattr(segmenter, "num_classes", None)
+    if k is not None and k != info.num_classes:
+        raise ValueError(f"the model predicts {k} classes but the dataset has {info.num_classes}; use a model "
+                         f"built for this dataset (e.g. a '.{info.name}' model name)")
+    evaluator = Evaluator(info.num_classes, info.ignore_index, info.class_names)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    indices: Iterable[int] = range(count)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            indices = tqdm(indices, total=count, unit="img", desc="eval")
+        except ImportError:  # pragma: no cover
+            pass
+    for i in indices:
+        image, mask = dataset[i]
+        evaluator.update(segmenter.predict(image), mask, name=str(dataset.mask_path(i)))
+    return evaluator.compute()

@@ -1,0 +1,561 @@
+"""Inference: images in, label maps out.
+
+``Segmenter`` wraps a segmentation model (a ``Segmentor`` or any module mapping a normalised (B, C, H, W) float batch
+to logits at input resolution) with preprocessing, whole / sliding-window / multi-scale + flip inference and
+postprocessing back to each image's original size::
+
+    seg = Segmenter(create_model("csap_tiny.ade20k"), resize=(2048, 512))
+    labels = seg.predict("photo.jpg")                     # (H, W) int64 class indices
+    labels, probs = seg.predict(img, return_probs=True)   # probs: (num_classes, H, W) float32
+
+Conventions (MMSegmentation's test-time ones):
+
+- Inputs: file paths, PIL images, numpy (H, W[, C]) arrays and torch (C, H, W) / (B, C, H, W) tensors, all on the
+  0-255 scale (uint8, uint16 arrays are scaled by 1/257, float tensors are taken as 0-255 and are *not*
+  expected in [0, 1]). Grayscale is repeated to RGB, alpha is dropped, palette images are expanded, 16-bit images are
+  reduced to 8 bits (see ``csap_zoo.data.io``).
+- ``resize=(long, short)`` rescales each image, keeping its aspect ratio, to the largest size whose long side is at
+  most ``long`` and short side at most ``short`` (ADE20K / COCO-Stuff evaluate at (2048, 512)); ``None`` keeps the
+  native size. Predictions are resized (bilinear on the logits) back to the original size before the argmax.
+- ``mode="slide"`` runs ``crop_size`` windows every ``stride`` pixels; the last window of each row/column is moved
+  back to end at the image edge; overlapping logits are summed and divided by the number of windows covering each
+  pixel. Windows larger than the image shrink to the image.
+- Multi-scale + flip: one view per ratio in ``ratios`` (applied to the resize scale, or to the native size), plus
+  its horizontal mirror when ``flip``; the views' softmax probabilities are averaged.
+- Images smaller than the model's minimum size (32 px for the built-in models) are stretched up to that size along
+  the short side(s) before the model and the logits are resized back, so 1x1 images work.
+- ``amp="bf16"`` / ``"fp16"`` runs the model under ``torch.autocast`` (logits are merged in float32). fp16 autocast is
+  CUDA-only here: asking for it on the CPU raises a ValueError (use ``"bf16"`` or ``None`` there).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data.io import IMAGE_EXTENSIONS, ImageLike, save_png, to_rgb_array
+from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "InferenceConfig", "PredictSummary", "Segmenter", "predict_paths",
+    "resolve_inputs",
+]
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+InputLike = Union[ImageLike, torch.Tensor]
+Pair = Tuple[int, int]
+
+_AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+               "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def _pair(value: Union[int, Sequence[int]], what: str) -> Pair:
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"{what} must be a positive int or an (height, width) pair of positive ints, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass
+class InferenceConfig:
+    """How a ``Segmenter`` runs the model.
+
+    Attributes:
+        mode: ``"whole"`` (one pass over the image) or ``"slide"`` (overlapping windows).
+        crop_size: slide window (height, width).
+        stride: slide step (height, width).
+        resize: keep-ratio target scale (long, short), e.g. (2048, 512); None = native size.
+        ratios: multi-scale ratios (1.0 alone = single scale).
+        flip: also run each scale horizontally mirrored and average.
+        slide_batch_size: how many slide windows go through the model at once.
+    """
+
+    mode: str = "whole"
+    crop_size: Pair = (512, 512)
+    stride: Pair = (341, 341)
+    resize: Optional[Pair] = None
+    ratios: Tuple[float, ...] = (1.0,)
+    flip: bool = False
+    slide_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {self.mode!r}")
+        self.crop_size = _pair(self.crop_size, "crop_size")
+        self.stride = _pair(self.stride, "stride")
+        if self.resize is not None:
+            self.resize = _pair(self.resize, "resize")
+        if isinstance(self.ratios, (int, float)):
+            self.ratios = (float(self.ratios),)
+        self.ratios = tuple(float(r) for r in self.ratios)
+        if not self.ratios or min(self.ratios) <= 0:
+            raise ValueError(f"ratios must be a non-empty list of positive numbers, got {self.ratios!r}")
+        if self.slide_batch_size < 1:
+            raise ValueError(f"slide_batch_size must be >= 1, got {self.slide_batch_size}")
+
+    @property
+    def num_views(self) -> int:
+        return len(self.ratios) * (2 if self.flip else 1)
+
+    @classmethod
+    def for_dataset(cls, name: Optional[str], tta: bool = False, **overrides: Any) -> "InferenceConfig":
+        """The standard evaluation setting of a dataset: ADE20K / COCO-Stuff resize to (2048, 512) and run whole;
+        Cityscapes runs 1024x1024 windows with stride 768 at native size. ``tta`` adds ratios 0.5-1.75 and flip."""
+        presets = {
+            "ade20k": dict(mode="whole", resize=(2048, 512)),
+            "cocostuff": dict(mode="whole", resize=(2048, 512)),
+            "cityscapes": dict(mode="slide", crop_size=(1024, 1024), stride=(768, 768), resize=None),
+        }
+        args: dict = {}
+        if name is not None:
+            args.update(presets.get(get_dataset_info(name).name, {}))
+        if tta:
+            args.update(ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
+        args.update(overrides)
+        return cls(**args)
+
+
+def _keep_ratio_size(height: int, width: int, scale: Pair) -> Pair:
+    """(h, w) after a keep-ratio rescale into ``scale`` = (long, short) (mmcv's rescale rule)."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+class Segmenter:
+    """Preprocessing, inference and postprocessing around a segmentation model.
+
+    Args:
+        model: a ``Segmentor`` (or any module: normalised (B, C, H, W) float -> (B, K, H, W) logits).
+        config: an ``InferenceConfig``; keyword overrides of its fields may be given directly
+            (``Segmenter(model, mode="slide", crop_size=512, stride=341)``).
+        mean, std: per-channel normalisation on the 0-255 scale; default: the model's ``data_config`` (which
+            travels with checkpoint weights), else ImageNet's (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375).
+        device: where to run; the model is moved there (default: where the model's parameters are).
+        amp: None, ``"bf16"`` or ``"fp16"`` (CUDA only) autocast for the model.
+        dataset_info: class names and palette for visualisation; default from the model's ``data_config``
+            (class names / palette, else its dataset tag), else generated names and colours.
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            config: Optional[InferenceConfig] = None,
+            *,
+            mean: Optional[Sequence[float]] = None,
+            std: Optional[Sequence[float]] = None,
+            device: Optional[Union[str, torch.device]] = None,
+            amp: Optional[str] = None,
+            dataset_info: Optional[DatasetInfo] = None,
+            **config_overrides: Any,
+    ) -> None:
+        config = config or InferenceConfig()
+        if config_overrides:
+            valid = {f.name for f in dataclasses.fields(InferenceConfig)}
+            unknown = sorted(set(config_overrides) - valid)
+            if unknown:
+                raise TypeError(f"unknown Segmenter option(s) {unknown}; valid ones are {sorted(valid)} "
+                                f"plus mean, std, device, amp, dataset_info")
+            config = dataclasses.replace(config, **config_overrides)
+        self.config = config
+        if device is None:
+            param = next(iter(model.parameters()), None)
+            device = param.device if param is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.in_chans = int(getattr(model, "in_chans", 3))
+        self.min_size = int(getattr(model, "min_size", 1))
+        self.num_classes = getattr(model, "num_classes", None)
+        data_config = getattr(model, "data_config", None)
+        if mean is None:
+            mean = getattr(data_config, "mean", None) or IMAGENET_MEAN
+        if std is None:
+            std = getattr(data_config, "std", None) or IMAGENET_STD
+        if len(mean) != self.in_chans or len(std) != self.in_chans:
+            raise ValueError(f"mean and std need one value per input channel ({self.in_chans}), got mean={mean!r}, "
+                             f"std={std!r}")
+        if min(std) <= 0:
+            raise ValueError(f"std values must be positive, got {std!r}")
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.amp_dtype = self._check_amp(amp)
+        if config.mode == "slide" and min(config.crop_size) < self.min_size:
+            raise ValueError(f"crop_size {config.crop_size} is below the model's minimum input size {self.min_size}")
+        self._dataset_info = dataset_info
+
+    def _check_amp(self, amp: Optional[str]) -> Optional[torch.dtype]:
+        if amp is None or amp is False or amp == "none":
+            return None
+        if isinstance(amp, torch.dtype):
+            dtype = amp
+        else:
+            if str(amp).lower() not in _AMP_DTYPES:
+                raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+            dtype = _AMP_DTYPES[str(amp).lower()]
+        if self.device.type == "cpu" and dtype == torch.float16:
+            raise ValueError("fp16 autocast is only supported on CUDA here; on the CPU use amp='bf16' or amp=None")
+        return dtype
+
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        """Class names and palette: the given ones, else the model's dataset tag's, else generated."""
+        if self._dataset_info is None:
+            data_config = getattr(self.model, "data_config", None)
+            tag = getattr(data_config, "dataset", None) or getattr(getattr(self.model, "config", None), "dataset",
+                                                                     None)
+            names = getattr(data_config, "class_names", None)
+            info = None
+            if names:
+                info = custom_dataset_info(names, getattr(data_config, "palette", None), name=tag or "custom")
+            elif tag:
+                try:
+                    info = get_dataset_info(tag)
+                except ValueError:
+                    info = None
+            k = self.num_classes
+            if info is None or (k is not None and info.num_classes != k):
+                if k is None:
+                    raise ValueError("the model has no num_classes attribute; pass dataset_info=... to Segmenter")
+                info = custom_dataset_info([f"class {i}" for i in range(k)], name="custom")
+            self._dataset_info = info
+        return self._dataset_info
+
+    # ------------------------------------------------------------------ preprocessing
+    def _to_tensors(self, images: Any) -> Tuple[List[torch.Tensor], bool]:
+        """Raw (1, C, H, W) float tensors on the 0-255 scale, and whether the input was a batch."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 4:
+                return [self._tensor_image(t) for t in images], True
+            return [self._tensor_image(images)], False
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("got an empty list of images")
+            return [self._one(img) for img in images], True
+        return [self._one(images)], False
+
+    def _one(self, image: Any) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            return self._tensor_image(image)
+        arr = to_rgb_array(image)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        tensor = torch.from_numpy(arr).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
+        if self.in_chans == 1:
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            tensor = (tensor * weights).sum(1, keepdim=True)
+        elif self.in_chans != 3:
+            raise ValueError(f"the model takes {self.in_chans}-channel input; pass a (C, H, W) tensor with "
+                             f"C={self.in_chans} instead of an RGB image")
+        return tensor.to(self.device)
+
+    def _tensor_image(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() != 3:
+            raise ValueError(f"expected an image tensor of shape (C, H, W) or a batch (B, C, H, W), got "
+                             f"{tuple(t.shape)}")
+        if t.shape[0] not in (1, 3, 4, self.in_chans) and t.shape[-1] in (1, 3, 4):
+            raise ValueError(f"tensor of shape {tuple(t.shape)} looks channels-last; pass (C, H, W): "
+                             f"t.permute(2, 0, 1)")
+        if t.shape[1] == 0 or t.shape[2] == 0:
+            raise ValueError(f"image tensor has an empty side: {tuple(t.shape)}")
+        was_float = t.is_floating_point()
+        t = t.detach().to(self.device, torch.float32)
+        if was_float and t.numel() and 0.0 < t.max() <= 1.0 and t.min() >= 0.0:
+            warnings.warn("float image tensor has all values in [0, 1]; Segmenter expects 0-255 values "
+                          "(multiply by 255)", stacklevel=4)
+        chans = t.shape[0]
+        if chans != self.in_chans:
+            if self.in_chans == 3 and chans == 1:
+                t = t.expand(3, -1, -1)
+            elif self.in_chans == 3 and chans == 4:
+                t = t[:3]
+            else:
+                raise ValueError(f"image tensor has {chans} channels, the model takes {self.in_chans}")
+        return t.unsqueeze(0)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    # ------------------------------------------------------------------ model passes
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            out = self.model(x)
+        if out.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"the model returned logits of size {tuple(out.shape[-2:])} for an input of size "
+                             f"{tuple(x.shape[-2:])}; Segmenter needs logits at input resolution")
+        return out.float()
+
+    def _whole(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
+
+    def _slide(self, x: torch.Tensor) -> torch.Tensor:
+        (crop_h, crop_w), (stride_h, stride_w) = self.config.crop_size, self.config.stride
+        batch, _, height, width = x.shape
+        rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+        cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+        boxes = []
+        for r in range(rows):
+            for c in range(cols):
+                y2, x2 = min(r * stride_h + crop_h, height), min(c * stride_w + crop_w, width)
+                boxes.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+        total: Optional[torch.Tensor] = None
+        count = torch.zeros((1, 1, height, width), device=x.device)
+        step = self.config.slide_batch_size
+        for start in range(0, len(boxes), step):
+            chunk = boxes[start:start + step]
+            crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk], dim=0)
+            logits = self._forward(crops)
+            if total is None:
+                total = torch.zeros((batch, logits.shape[1], height, width), device=x.device)
+            for i, (y1, y2, x1, x2) in enumerate(chunk):
+                total[:, :, y1:y2, x1:x2] += logits[i * batch:(i + 1) * batch]
+                count[:, :, y1:y2, x1:x2] += 1
+        assert total is not None and bool((count > 0).all())
+        return total / count
+
+    @torch.inference_mode()
+    def inference(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) for a normalised float batch, by the configured mode (whole or slide).
+
+        Inputs below the model's minimum size are stretched up to it and the logits resized back.
+        """
+        height, width = x.shape[-2:]
+        small = height < self.min_size or width < self.min_size
+        if small:
+            x = F.interpolate(x, size=(max(height, self.min_size), max(width, self.min_size)), mode="bilinear",
+                              align_corners=False)
+        logits = self._slide(x) if self.config.mode == "slide" else self._whole(x)
+        if small:
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return logits
+
+    def _view_size(self, height: int, width: int, ratio: float) -> Pair:
+        resize = self.config.resize
+        if resize is None:
+            return max(1, int(height * ratio + 0.5)), max(1, int(width * ratio + 0.5))
+        scale = (int(resize[0] * ratio), int(resize[1] * ratio))
+        return _keep_ratio_size(height, width, scale)
+
+    @torch.inference_mode()
+    def scores(self, raw: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+        """Merged class scores (1, K, H, W) at the input's size for one raw 0-255 image tensor (1, C, H, W).
+
+        Returns (scores, are_probabilities): logits for a single view, averaged softmax probabilities for several.
+        """
+        height, width = raw.shape[-2:]
+        single = self.config.num_views == 1
+        merged: Optional[torch.Tensor] = None
+        for ratio in self.config.ratios:
+            size = self._view_size(height, width, ratio)
+            x = raw if size == (height, width) else F.interpolate(raw, size=size, mode="bilinear",
+                                                                   align_corners=False)
+            x = self._normalize(x)
+            for flip in ((False, True) if self.config.flip else (False,)):
+                logits = self.inference(x.flip(-1) if flip else x)
+                if flip:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (height, width):
+                    logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+                if single:
+                    return logits, False
+                probs = logits.softmax(dim=1)
+                merged = probs if merged is None else merged + probs
+        assert merged is not None
+        return merged / self.config.num_views, True
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def predict(self, images: Any, return_probs: bool = False) -> Any:
+        """Label maps at each image's original resolution.
+
+        Args:
+            images: one image (path, PIL, numpy array, (C, H, W) tensor) or a batch (a list of them, or a
+                (B, C, H, W) tensor).
+            return_probs: also return class probabilities.
+        Returns:
+            For one image an (H, W) int64 array, or ``(labels, probs)`` with probs (K, H, W) float32 when
+            ``return_probs``; for a batch, a list of those.
+        """
+        tensors, batched = self._to_tensors(images)
+        results = []
+        for raw in tensors:
+            scores, are_probs = self.scores(raw)
+            labels = scores.max(dim=1).indices[0].cpu().numpy().astype(np.int64)  # faster than argmax on CPU
+            if return_probs:
+                probs = scores if are_probs else scores.softmax(dim=1)
+                results.append((labels, probs[0].cpu().numpy().astype(np.float32)))
+            else:
+                results.append(labels)
+        return results if batched else results[0]
+
+    __call__ = predict
+
+
+# ---------------------------------------------------------------------- files in, PNGs out
+@dataclass
+class PredictSummary:
+    """What ``predict_paths`` did: (input, label PNG, overlay PNG) per written image, and (path, reason) skipped."""
+
+    written: List[Tuple[Path, Path, Path]] = field(default_factory=list)
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+
+
+def resolve_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> Tuple[List[Path], bool]:
+    """Expand image inputs: files, folders (their files, not recursive) and glob patterns (``**`` recurses).
+
+    Returns the sorted unique paths and whether the input named exactly one file (then that file must be
+    readable; otherwise unreadable files are skipped).
+    """
+    specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not specs:
+        raise ValueError("no input given; pass an image file, a folder or a glob pattern")
+    paths: List[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            paths.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"folder {path} contains no files")
+            paths.extend(found)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if Path(m).is_file())
+            if not matches:
+                raise FileNotFoundError(f"{spec} is not a file or folder and matches no files as a glob pattern")
+            paths.extend(matches)
+    unique = list(dict.fromkeys(paths))
+    single = len(specs) == 1 and Path(specs[0]).is_file()
+    return unique, single
+
+
+def _output_names(paths: Sequence[Path]) -> List[str]:
+    names = [p.stem for p in paths]
+    seen: dict = {}
+    for p, n in zip(paths, names):
+        seen.setdefault(n, []).append(str(p))
+    clashes = {n: ps for n, ps in seen.items() if len(ps) > 1}
+    if clashes:
+        listed = "; ".join(f"{n}: {', '.join(ps)}" for n, ps in sorted(clashes.items()))
+        raise ValueError(f"several inputs would write the same output name (outputs are named by file stem): "
+                         f"{listed}. Predict them into separate output folders.")
+    return names
+
+
+def predict_paths(
+        segmenter: Segmenter,
+        inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+        out_dir: Union[str, os.PathLike],
+        *,
+        alpha: float = 0.5,
+        legend: bool = True,
+        progress: bool = True,
+) -> PredictSummary:
+    """Predict image files and write ``out_dir/labels/<stem>.png`` (class indices) and
+    ``out_dir/overlays/<stem>.png`` (colour overlay, with a legend of the classes present).
+
+    A single named file must be readable (else ValueError). From folders, globs or several files, unreadable and
+    non-image files are skipped with one warning listing them. Every PNG is written atomically, the label and
+    overlay of an image together, so a failure leaves only complete results; an output folder this call created
+    and wrote nothing into is removed.
+    """
+    from .visualize import render_overlay  # visualize imports nothing from here; keep module import light
+
+    paths, single = resolve_inputs(inputs)
+    out_dir = Path(out_dir)
+    if single:
+        images = {paths[0]: to_rgb_array(paths[0])}  # raises a clear ValueError before anything is written
+    else:
+        images = {}
+    names = _output_names(paths)
+    summary = PredictSummary()
+    created = not out_dir.exists()
+    info = segmenter.dataset_info
+    iterator = list(zip(paths, names))
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(iterator), unit="img", desc="predict")
+        except ImportError:  # pragma: no cover - tqdm ships with huggingface_hub
+            bar = None
+    try:
+        for path, name in iterator:
+            try:
+                image = images.pop(path) if path in images else to_rgb_array(path)
+            except (ValueError, OSError) as err:
+                cause = err.__cause__ or err
+                kind = "not an image file" if path.suffix.lower() not in IMAGE_EXTENSIONS else "unreadable image"
+                reason = f"{kind} ({type(cause).__name__}: {cause})"
+                summary.skipped.append((path, reason))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            labels = segmenter.predict(image)
+            overlay = render_overlay(image, labels, info, alpha=alpha, with_legend=legend)
+            label_path = out_dir / "labels" / f"{name}.png"
+            overlay_path = out_dir / "overlays" / f"{name}.png"
+            _save_pair((labels, label_path), (overlay, overlay_path))
+            summary.written.append((path, label_path, overlay_path))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if created and not summary.written:
+            _remove_empty_tree(out_dir)
+    if summary.skipped:
+        listed = "\n".join(f"  {p}: {why}" for p, why in summary.skipped)
+        warnings.warn(f"skipped {len(summary.skipped)} unreadable or non-image file(s):\n{listed}", stacklevel=2)
+    return summary
+
+
+def _save_pair(*items: Tuple[Any, Path]) -> None:
+    """Write several PNGs so that either all appear or none: stage each as a hidden temp file, then rename."""
+    staged: List[Tuple[Path, Path]] = []
+    try:
+        for array, path in items:
+            tmp = path.with_name(f".{path.stem}.staged.png")
+            save_png(array, tmp)
+            staged.append((tmp, path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        staged = []
+    finally:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _remove_empty_tree(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for sub in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir():
+            try:
+                sub.rmdir()
+            except OSError:
+                return
+    try:
+        root.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,125 @@
+"""Visualisation: colour masks, overlays on the image, legends of the classes present, PNG output.
+
+All functions take and return (H, W, 3) uint8 RGB numpy arrays; ``save_png`` writes atomically (temporary file in
+the same folder, then ``os.replace``).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .data.io import ImageLike, save_png, to_rgb_array
+from .data.metadata import DatasetInfo, IGNORE_INDEX
+
+__all__ = ["colorize", "legend", "overlay", "present_classes", "render_overlay", "save_png"]
+
+PaletteLike = Union[DatasetInfo, Sequence[Sequence[int]], np.ndarray]
+
+
+def _palette_array(palette: PaletteLike) -> np.ndarray:
+    if isinstance(palette, DatasetInfo):
+        palette = palette.palette
+    arr = np.asarray(palette, dtype=np.int64)
+    if arr.ndim != 2 or arr.shape[1] != 3 or arr.size == 0 or arr.min() < 0 or arr.max() > 255:
+        raise ValueError(f"palette must be a non-empty (N, 3) list of RGB colours in 0..255, got shape "
+                         f"{tuple(arr.shape)}")
+    return arr.astype(np.uint8)
+
+
+def _labels_array(labels) -> np.ndarray:
+    if hasattr(labels, "detach"):  # torch tensor
+        labels = labels.detach().cpu().numpy()
+    arr = np.asarray(labels)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"labels must be an (H, W) integer array, got shape {tuple(arr.shape)} dtype {arr.dtype}")
+    return arr
+
+
+def colorize(labels, palette: PaletteLike, ignore_index: int = IGNORE_INDEX,
+             ignore_color: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """An (H, W, 3) uint8 colour mask: each class index painted with its palette colour, ignore pixels in
+    ``ignore_color``. Labels outside the palette (other than ``ignore_index``) raise a ValueError."""
+    arr = _labels_array(labels)
+    colours = _palette_array(palette)
+    ignored = arr == ignore_index
+    bad = (~ignored) & ((arr < 0) | (arr >= len(colours)))
+    if bad.any():
+        values = np.unique(arr[bad])[:10].tolist()
+        raise ValueError(f"labels {values} have no palette colour (palette has {len(colours)} entries, "
+                         f"ignore index {ignore_index})")
+    out = colours[np.where(ignored, 0, arr)]
+    out[ignored] = ignore_color
+    return out
+
+
+def overlay(image: ImageLike, labels, palette: PaletteLike, alpha: float = 0.5,
+            ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """The image blended with its colour mask: ``(1 - alpha) * image + alpha * colour``; ignore pixels keep the
+    image. ``alpha`` in [0, 1]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = to_rgb_array(image)
+    arr = _labels_array(labels)
+    if arr.shape != rgb.shape[:2]:
+        raise ValueError(f"labels of size {arr.shape} do not match the image of size {rgb.shape[:2]}")
+    colour = colorize(arr, palette, ignore_index=ignore_index).astype(np.float32)
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour
+    keep = arr == ignore_index
+    blended[keep] = rgb[keep]
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def legend(class_ids: Sequence[int], info: DatasetInfo, height: Optional[int] = None,
+           swatch: int = 14, pad: int = 4) -> np.ndarray:
+    """A white panel listing the given classes with their colour swatches, as (H, W, 3) uint8.
+
+    ``height`` fixes the panel height (entries that do not fit are summarised as "+N more").
+    """
+    font = ImageFont.load_default()
+    names = [f"{i}: {info.class_names[i]}" if 0 <= i < info.num_classes else f"{i}: ?" for i in class_ids]
+    row = max(swatch, 12) + pad
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max([int(probe.textlength(n, font=font)) for n in names] + [60])
+    width = pad * 3 + swatch + text_w
+    total_h = height if height is not None else max(row * len(names) + pad, row + pad)
+    panel = Image.new("RGB", (width, max(total_h, 1)), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    fits = max((total_h - pad) // row, 0)
+    shown = names if len(names) <= fits else names[:max(fits - 1, 0)]
+    for k, (cid, name) in enumerate(zip(class_ids, shown)):
+        y = pad + k * row
+        colour = tuple(info.palette[cid]) if 0 <= cid < info.num_classes else (0, 0, 0)
+        draw.rectangle([pad, y, pad + swatch - 1, y + swatch - 1], fill=colour, outline=(0, 0, 0))
+        draw.text((pad * 2 + swatch, y), name, fill=(0, 0, 0), font=font)
+    if len(shown) < len(names) and fits > 0:
+        draw.text((pad, pad + len(shown) * row), f"+{len(names) - len(shown)} more", fill=(0, 0, 0), font=font)
+    return np.asarray(panel)
+
+
+def present_classes(labels, ignore_index: int = IGNORE_INDEX) -> List[int]:
+    """Sorted class indices that occur in a label map (ignore pixels excluded)."""
+    arr = _labels_array(labels)
+    values = np.unique(arr)
+    return [int(v) for v in values if v != ignore_index]
+
+
+def render_overlay(image: ImageLike, labels, info: DatasetInfo, alpha: float = 0.5,
+                   with_legend: bool = True, max_legend_rows: int = 20) -> np.ndarray:
+    """Overlay plus, on its right, a legend of the classes present, as one (H', W', 3) uint8 image.
+
+    The legend is as tall as the image, or up to ``max_legend_rows`` entries tall for short images (the overlay is
+    then padded with white at the bottom); classes that do not fit are summarised as "+N more".
+    """
+    blended = overlay(image, labels, info, alpha=alpha, ignore_index=info.ignore_index)
+    if not with_legend:
+        return blended
+    classes = present_classes(labels, info.ignore_index)
+    natural = legend(classes[:max_legend_rows], info).shape[0]
+    height = max(blended.shape[0], natural)
+    panel = legend(classes, info, height=height)
+    if blended.shape[0] < height:
+        pad = np.full((height - blended.shape[0], blended.shape[1], 3), 255, dtype=np.uint8)
+        blended = np.concatenate([blended, pad], axis=0)
+    return np.concatenate([blended, panel], axis=1)

@@ -1,0 +1,247 @@
+"""Segmenter: input decoding, normalisation, whole / slide / multi-scale + flip, odd sizes, devices, amp."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import csap_zoo
+from csap_zoo.data.io import to_rgb_array
+from csap_zoo.inference import IMAGENET_MEAN, IMAGENET_STD, InferenceConfig, Segmenter, _keep_ratio_size
+
+
+class Pointwise(nn.Module):
+    """A cheap per-pixel model: any window of the image gives the same logits at each pixel."""
+
+    def __init__(self, min_size=1):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([1.0, -0.5, 2.0]).view(1, 3, 1, 1))
+        self.shift = nn.Parameter(torch.tensor([0.1, 0.3, -0.2]).view(1, 3, 1, 1))
+        self.num_classes, self.in_chans, self.min_size = 3, 3, min_size
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return x * self.scale + self.shift
+
+
+class Identity(nn.Module):
+    """Logits = the normalised input itself (3 'classes')."""
+
+    num_classes, in_chans, min_size = 3, 3, 1
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x + self.dummy
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return csap_zoo.create_model("csap_tiny", num_classes=4).eval()
+
+
+def _image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_slide_equals_whole_when_one_window_covers_the_image(tiny):
+    raw = torch.from_numpy(_image(70, 90)).permute(2, 0, 1)[None].float()
+    whole = Segmenter(tiny)
+    for crop in [(96, 96), (70, 90)]:
+        slide = Segmenter(tiny, mode="slide", crop_size=crop, stride=(40, 40))
+        s_logits, _ = slide.scores(raw)
+        w_logits, _ = whole.scores(raw)
+        assert torch.equal(s_logits, w_logits)
+    np.testing.assert_array_equal(slide.predict(_image(70, 90)), whole.predict(_image(70, 90)))
+
+
+def test_slide_windows_cover_everything_and_snap_to_the_edge():
+    """A per-pixel model gives the same result through any tiling, so slide == whole only if every pixel is
+    covered and the summed logits are divided by the coverage count; the window grid is MMSeg's."""
+    model = Pointwise()
+    image = _image(333, 517)
+    whole = Segmenter(model).predict(image, return_probs=True)
+    model.shapes.clear()
+    slide = Segmenter(model, mode="slide", crop_size=100, stride=70, slide_batch_size=8).predict(image,
+                                                                                                  return_probs=True)
+    np.testing.assert_array_equal(slide[0], whole[0])
+    np.testing.assert_allclose(slide[1], whole[1], atol=1e-5)
+    windows = sum(s[0] for s in model.shapes)
+    assert windows == 5 * 7  # rows (333-100+69)//70+1, cols (517-100+69)//70+1
+    assert all(s[-2:] == (100, 100) for s in model.shapes)  # last windows moved back inside, not cut short
+
+
+def test_slide_on_a_4000x3000_image_is_fast_with_a_small_model():
+    model = Pointwise()
+    image = _image(3000, 4000)
+    labels = Segmenter(model, mode="slide", crop_size=1024, stride=768, slide_batch_size=4).predict(image)
+    assert labels.shape == (3000, 4000) and labels.dtype == np.int64
+    assert sum(s[0] for s in model.shapes) == 4 * 5
+    small = image[::50, ::50]
+    np.testing.assert_array_equal(Segmenter(model).predict(small), labels[::50, ::50])
+
+
+def test_odd_sizes_and_tiny_images_in_one_batch(tiny):
+    seg = Segmenter(tiny)
+    images = [_image(1, 1), _image(2, 3), _image(33, 47), _image(333, 517, seed=1)]
+    out = seg.predict(images)
+    assert [o.shape for o in out] == [(1, 1), (2, 3), (33, 47), (333, 517)]
+    assert all(o.min() >= 0 and o.max() < 4 for o in out)
+
+
+def test_slide_on_an_odd_size_with_csap_tiny(tiny):
+    labels, probs = Segmenter(tiny, mode="slide", crop_size=256, stride=200).predict(_image(333, 517),
+                                                                                    return_probs=True)
+    assert labels.shape == (333, 517) and probs.shape == (4, 333, 517)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), labels)
+
+
+def test_images_below_the_minimum_size_are_stretched_up_and_back():
+    model = Pointwise(min_size=32)
+    labels = Segmenter(model).predict(_image(5, 40))
+    assert labels.shape == (5, 40)
+    assert model.shapes[-1][-2:] == (32, 40)
+
+
+def test_normalisation_uses_the_given_mean_and_std():
+    raw = torch.full((1, 3, 4, 5), 100.0)
+    default, _ = Segmenter(Identity()).scores(raw)
+    expected = (100.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(default[0, :, 0, 0], expected)
+    custom, _ = Segmenter(Identity(), mean=(100, 50, 0), std=(1, 2, 4)).scores(raw)
+    torch.testing.assert_close(custom[0, :, 0, 0], torch.tensor([0.0, 25.0, 25.0]))
+    with pytest.raises(ValueError, match="one value per input channel"):
+        Segmenter(Identity(), mean=(1, 2), std=(1, 1))
+
+
+def test_mean_and_std_default_to_the_models_data_config():
+    model = Identity()
+    model.data_config = type("DC", (), {"mean": (10.0, 10.0, 10.0), "std": (2.0, 2.0, 2.0), "dataset": None,
+                                        "class_names": None, "palette": None})()
+    scores, _ = Segmenter(model).scores(torch.full((1, 3, 2, 2), 20.0))
+    torch.testing.assert_close(scores, torch.full((1, 3, 2, 2), 5.0))
+
+
+def test_all_input_kinds_give_the_same_labels(tmp_path, tiny):
+    image = _image(40, 52)
+    path = tmp_path / "img.png"
+    Image.fromarray(image).save(path)
+    seg = Segmenter(tiny)
+    expected = seg.predict(image)
+    for source in (Image.fromarray(image), path, str(path), torch.from_numpy(image).permute(2, 0, 1),
+                   torch.from_numpy(image).permute(2, 0, 1).float()):
+        np.testing.assert_array_equal(seg.predict(source), expected)
+    batch = torch.from_numpy(np.stack([image, image])).permute(0, 3, 1, 2)
+    out = seg.predict(batch)
+    assert isinstance(out, list) and len(out) == 2
+    np.testing.assert_array_equal(out[1], expected)
+
+
+@pytest.mark.parametrize("kind", ["gray16", "gray8", "rgba", "palette", "gray_alpha"])
+def test_special_png_formats_predict_without_error(tmp_path, tiny, kind):
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"{kind}.png"
+    if kind == "gray16":
+        Image.fromarray(rng.integers(0, 65536, (40, 36), dtype=np.uint16)).save(path)
+    elif kind == "gray8":
+        Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8), mode="L").save(path)
+    elif kind == "rgba":
+        Image.fromarray(rng.integers(0, 256, (40, 36, 4), dtype=np.uint8), mode="RGBA").save(path)
+    elif kind == "palette":
+        Image.fromarray(_image(40, 36)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(path)
+    else:
+        Image.fromarray(rng.integers(0, 256, (40, 36, 2), dtype=np.uint8), mode="LA").save(path)
+    labels = Segmenter(tiny).predict(path)
+    assert labels.shape == (40, 36)
+
+
+def test_decoding_rules():
+    sixteen = Image.fromarray(np.array([[0, 257, 65535]], dtype=np.uint16))
+    np.testing.assert_array_equal(to_rgb_array(sixteen)[0, :, 0], [0, 1, 255])
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0] = 200
+    assert to_rgb_array(Image.fromarray(rgba, mode="RGBA"))[0, 0].tolist() == [200, 0, 0]  # alpha dropped
+    gray = to_rgb_array(np.full((3, 4), 7, np.uint8))
+    assert gray.shape == (3, 4, 3) and (gray == 7).all()
+    with pytest.raises(ValueError, match="shape"):
+        to_rgb_array(np.zeros((3, 4, 5), np.uint8))
+
+
+def test_keep_ratio_resize_follows_the_eval_scale():
+    assert _keep_ratio_size(512, 683, (2048, 512)) == (512, 683)
+    assert _keep_ratio_size(1000, 3000, (2048, 512)) == (512, 1536)
+    assert _keep_ratio_size(256, 4096, (2048, 512)) == (128, 2048)  # long side limits
+    assert _keep_ratio_size(100, 150, (2048, 512)) == (512, 768)  # upscales too, like the eval pipeline
+    model = Pointwise()
+    labels = Segmenter(model, resize=(64, 32)).predict(_image(100, 150))
+    assert labels.shape == (100, 150) and model.shapes[-1][-2:] == (32, 48)
+
+
+def test_multi_scale_and_flip_average_probabilities():
+    model = Pointwise()
+    image = _image(48, 64)
+    single = Segmenter(model).predict(image, return_probs=True)
+    flipped = Segmenter(model, flip=True).predict(image, return_probs=True)  # a per-pixel model is flip-invariant
+    np.testing.assert_allclose(flipped[1], single[1], atol=1e-6)
+    model.shapes.clear()
+    labels, probs = Segmenter(model, ratios=(0.5, 1.0, 1.5), flip=True).predict(image, return_probs=True)
+    assert labels.shape == (48, 64) and probs.shape == (3, 48, 64)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert sorted({s[-2:] for s in model.shapes}) == [(24, 32), (48, 64), (72, 96)]
+    assert len(model.shapes) == 6
+
+
+def test_dataset_presets():
+    ade = InferenceConfig.for_dataset("ade20k")
+    assert ade.mode == "whole" and ade.resize == (2048, 512)
+    city = InferenceConfig.for_dataset("cityscapes", tta=True)
+    assert city.mode == "slide" and city.crop_size == (1024, 1024) and city.stride == (768, 768)
+    assert city.ratios == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and city.flip and city.num_views == 12
+    assert InferenceConfig.for_dataset(None, mode="slide", crop_size=64).crop_size == (64, 64)
+
+
+def test_amp_on_cpu():
+    with pytest.raises(ValueError, match="fp16 autocast is only supported on CUDA"):
+        Segmenter(Pointwise(), amp="fp16")
+    labels = Segmenter(Pointwise(), amp="bf16").predict(_image(16, 16))
+    assert labels.shape == (16, 16)
+    with pytest.raises(ValueError, match="amp must be"):
+        Segmenter(Pointwise(), amp="int8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", [None, "fp16", "bf16"])
+def test_cuda_with_autocast(tiny, amp):
+    seg = Segmenter(csap_zoo.create_model("csap_tiny", num_classes=4), device="cuda", amp=amp)
+    labels, probs = seg.predict(_image(70, 90), return_probs=True)
+    assert labels.shape == (70, 90) and probs.dtype == np.float32
+    assert np.isfinite(probs).all()
+
+
+def test_bad_inputs_and_options_are_clear_errors(tiny):
+    seg = Segmenter(tiny)
+    with pytest.raises(ValueError, match="empty list"):
+        seg.predict([])
+    with pytest.raises(ValueError, match="channels-last"):
+        seg.predict(torch.zeros(40, 40, 3))
+    with pytest.raises(TypeError, match="unknown Segmenter option"):
+        Segmenter(tiny, crop=3)
+    with pytest.raises(ValueError, match="mode must be"):
+        Segmenter(tiny, mode="tiles")
+    with pytest.raises(ValueError, match="minimum input size"):
+        Segmenter(tiny, mode="slide", crop_size=16)
+    with pytest.raises(FileNotFoundError):
+        seg.predict("/nonexistent/image.png")
+    with pytest.warns(UserWarning, match="0-255"):
+        seg.predict(torch.rand(3, 40, 40))
+
+
+def test_dataset_info_follows_the_model(tiny):
+    assert Segmenter(csap_zoo.create_model("csap_tiny.cityscapes")).dataset_info.name == "cityscapes"
+    info = Segmenter(tiny).dataset_info
+    assert info.num_classes == 4 and len(set(info.palette)) == 4

@@ -1,0 +1,79 @@
+"""Visualisation: colour masks, overlays, legends, atomic PNG writes."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import csap_zoo
+from csap_zoo.data.metadata import custom_dataset_info, get_dataset_info
+from csap_zoo.visualize import colorize, legend, overlay, present_classes, render_overlay, save_png
+
+INFO = custom_dataset_info(["a", "b", "c"], palette=[(255, 0, 0), (0, 255, 0), (0, 0, 255)])
+
+
+def test_colorize_uses_the_palette_and_blacks_out_ignore():
+    labels = np.array([[0, 1], [2, 255]])
+    out = colorize(labels, INFO)
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+    assert out[0, 0].tolist() == [255, 0, 0] and out[1, 0].tolist() == [0, 0, 255]
+    assert out[1, 1].tolist() == [0, 0, 0]
+    city = colorize(np.zeros((1, 1), int), get_dataset_info("cityscapes"))
+    assert city[0, 0].tolist() == [128, 64, 128]
+    with pytest.raises(ValueError, match=r"labels \[3\] have no palette colour"):
+        colorize(np.array([[3]]), INFO)
+
+
+def test_overlay_blends_with_alpha_and_keeps_ignored_pixels():
+    image = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [2, 255]])
+    assert (overlay(image, labels, INFO, alpha=0.0) == image).all()
+    full = overlay(image, labels, INFO, alpha=1.0)
+    assert full[0, 0].tolist() == [255, 0, 0] and full[1, 1].tolist() == [100, 100, 100]
+    half = overlay(image, labels, INFO, alpha=0.5)
+    assert half[0, 1].tolist() == [50, 178, 50]  # round(0.5*100 + 0.5*255) = 177.5 -> 178
+    with pytest.raises(ValueError, match="do not match the image"):
+        overlay(image, np.zeros((3, 3), int), INFO)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(image, labels, INFO, alpha=1.5)
+    assert csap_zoo.overlay is overlay and csap_zoo.colorize is colorize
+
+
+def test_legend_lists_present_classes():
+    labels = np.array([[2, 2], [0, 255]])
+    assert present_classes(labels) == [0, 2]
+    panel = legend([0, 2], INFO)
+    assert panel.ndim == 3 and panel.shape[2] == 3
+    colours = {tuple(c) for c in panel.reshape(-1, 3).tolist()}
+    assert (255, 0, 0) in colours and (0, 0, 255) in colours and (0, 255, 0) not in colours
+
+
+def test_render_overlay_adds_a_legend_panel_and_pads_short_images():
+    image = np.zeros((4, 5, 3), np.uint8)
+    labels = np.array([[0] * 5, [1] * 5, [2] * 5, [255] * 5])
+    out = render_overlay(image, labels, INFO)
+    assert out.shape[1] > 5 and out.shape[0] >= 4
+    assert render_overlay(image, labels, INFO, with_legend=False).shape == (4, 5, 3)
+
+
+def test_save_png_is_atomic_and_round_trips(tmp_path, monkeypatch):
+    labels = np.array([[0, 1], [300, 2]])
+    path = save_png(labels, tmp_path / "sub" / "labels.png")
+    back = np.asarray(Image.open(path))
+    assert back.tolist() == [[0, 1], [300, 2]]  # 16-bit when values exceed 255
+    small = save_png(np.array([[0, 149]]), tmp_path / "small.png")
+    assert Image.open(small).mode == "L"
+    rgb = save_png(np.zeros((2, 3, 3), np.uint8), tmp_path / "rgb.png")
+    assert Image.open(rgb).size == (3, 2)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(rgb).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_png(np.zeros((2, 2), np.uint8), tmp_path / "broken.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.png", "small.png", "sub"]
