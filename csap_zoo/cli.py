@@ -32,28 +32,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 _DATASET_CHOICES = ("ade20k", "cityscapes", "cocostuff", "folder")
 
 
-def _load_model(name: str, checkpoint: Optional[str], num_classes: Optional[int] = None):
-    """A registry model (random weights), with a safetensors state dict loaded strictly when given."""
+def _load_model(args: argparse.Namespace, num_classes: Optional[int] = None):
+    """The model named by --model, with weights from --checkpoint (file or saved folder) or --pretrained."""
     from . import create_model
 
-    model = create_model(name) if num_classes is None else create_model(name, num_classes=num_classes)
-    if checkpoint:
-        from pathlib import Path
-
-        from safetensors.torch import load_file
-
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        try:
-            state = load_file(checkpoint)
-        except Exception as err:
-            raise ValueError(f"cannot read {checkpoint} as a safetensors file ({err})") from err
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"checkpoint {checkpoint} does not fit model {name!r} "
-                             f"({model.num_classes} classes): {err}") from err
-    return model
+    pretrained = args.checkpoint or args.pretrained
+    if not pretrained and not args.model.startswith("hf-hub:"):
+        print(f"warning: {args.model} has random weights (pass --pretrained or --checkpoint PATH)", file=sys.stderr)
+    return create_model(args.model, pretrained=pretrained, num_classes=num_classes)
 
 
 def _inference_config(args: argparse.Namespace, dataset: Optional[str], model):
@@ -83,7 +69,7 @@ def _segmenter(args: argparse.Namespace, model, dataset: Optional[str], info=Non
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_paths
 
-    seg = _segmenter(args, _load_model(args.model, args.checkpoint), None)
+    seg = _segmenter(args, _load_model(args), None)
     summary = predict_paths(seg, args.inputs, args.out, alpha=args.alpha, legend=not args.no_legend,
                             progress=not args.no_progress)
     print(f"wrote {len(summary.written)} label map(s) to {args.out}/labels and overlay(s) to {args.out}/overlays"
@@ -106,7 +92,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         if "." not in args.model.split(":")[-1]:
             num_classes = get_dataset_info(args.dataset).num_classes
-    model = _load_model(args.model, args.checkpoint, num_classes)
+    # loaded weights keep their own classes: evaluating a re-initialised classifier would be meaningless, so a
+    # class-count mismatch with the dataset is reported by evaluate() instead
+    model = _load_model(args, None if (args.checkpoint or args.pretrained) else num_classes)
     seg = _segmenter(args, model, None if args.dataset == "folder" else args.dataset, info)
     if args.dataset == "folder" and info is None:
         info = seg.dataset_info
@@ -127,8 +115,12 @@ def _non_negative_int(text: str) -> int:
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="NAME",
-                        help="registry name, e.g. csap_tiny.ade20k (random weights unless --checkpoint is given)")
-    parser.add_argument("--checkpoint", metavar="PATH", help="safetensors state dict to load (strict)")
+                        help="model name, e.g. segnext_tiny.ade20k, csap_tiny, or hf-hub:org/repo")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true",
+                         help="load the named checkpoint from the weights manifest (hash-checked, cached)")
+    weights.add_argument("--checkpoint", metavar="PATH",
+                         help="weights file (.safetensors / .pth, loaded strictly) or a save_pretrained folder")
     parser.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding windows (default: "
                                                                    "whole, or the dataset's standard setting)")
     parser.add_argument("--crop-size", type=_non_negative_int, nargs="+", metavar="N", help="slide window: N or H W")
@@ -257,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .hub import CheckpointError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
@@ -264,12 +258,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.command in ("predict", "eval"):
         _check_pairs(parser, args)
-        try:
-            return args.func(args)
-        except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

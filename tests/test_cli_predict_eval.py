@@ -168,7 +168,7 @@ def test_eval_errors_name_the_problem(tmp_path, capsys):
     save_file(csap_zoo.create_model("csap_tiny", num_classes=5).state_dict(), str(tmp_path / "w.safetensors"))
     assert main(["eval", "--model", "csap_tiny", "--checkpoint", str(tmp_path / "w.safetensors"), "--dataset",
                  "folder", "--data", str(tmp_path / "data"), "--classes", str(_classes(tmp_path, 3))]) == 1
-    assert "does not fit model" in capsys.readouterr().err
+    assert "predicts 5 classes but the dataset has 3" in capsys.readouterr().err
     # a missing layout, then a model tagged for another dataset
     assert main(["eval", "--model", "csap_tiny.cityscapes", "--dataset", "ade20k", "--data", str(tmp_path)]) == 1
     assert "ADE20K images folder not found" in capsys.readouterr().err

@@ -62,7 +62,10 @@ def _mscan_backbone_keys(backbone_state: Dict[str, torch.Tensor], model: Segment
     """Original/MMSeg MSCAN keys -> the keys of the segmentor's features-only backbone."""
     with torch.device("meta"):
         reference = timm.create_model(model.config.backbone, num_classes=0, in_chans=model.in_chans)
-    converted = mscan_checkpoint_filter_fn(backbone_state, reference)
+    try:
+        converted = mscan_checkpoint_filter_fn(backbone_state, reference)
+    except RuntimeError as err:  # the filter's key check: the file is not an MSCAN of this variant
+        raise ConversionError(str(err)) from None
     # timm's features-only wrapper flattens the top-level `stages` Sequential: stages.0.x -> stages_0.x
     return {re.sub(r"^stages\.(\d+)\.", r"stages_\1.", k): v for k, v in converted.items()}
 

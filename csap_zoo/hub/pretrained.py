@@ -160,12 +160,17 @@ def _from_local_pretrained(name: str, path: Path, num_classes: Optional[int], bu
     if not path.is_file():
         raise ConversionError(f"pretrained={str(path)!r}: no such file or folder")
     state = read_state_dict(path)
-    model = build_model(name, num_classes=num_classes, **build_kwargs)
+    saved_classes = next((v.shape[0] for k, v in state.items()
+                          if k in ("decode_head.classifier.weight", "decode_head.conv_seg.weight")), None)
+    model = build_model(name, num_classes=saved_classes or num_classes, **build_kwargs)
     fmt = "mmseg-segnext" if any(k.startswith("decode_head.conv_seg.") for k in state) else "csap-safetensors"
     if not any(k.startswith(("backbone.", "decode_head.")) for k in state):
         fmt = "mscan-original"  # a bare backbone checkpoint
     load_checkpoint_into(model, convert_state_dict(state, fmt, model), str(path),
                          backbone_only=fmt == "mscan-original")
+    if num_classes is not None and num_classes != model.num_classes:
+        _warn_reset(str(path), model.num_classes, num_classes)
+        model.reset_classifier(num_classes)
     return model
 
 
