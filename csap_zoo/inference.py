@@ -45,14 +45,15 @@ import torch.nn.functional as F
 
 from .data.io import IMAGE_EXTENSIONS, ImageLike, save_png, to_rgb_array
 from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
+from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "InferenceConfig", "PredictSummary", "Segmenter", "predict_paths",
     "resolve_inputs",
 ]
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+IMAGENET_MEAN = IMAGENET_MEAN_255
+IMAGENET_STD = IMAGENET_STD_255
 InputLike = Union[ImageLike, torch.Tensor]
 Pair = Tuple[int, int]
 
