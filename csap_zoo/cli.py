@@ -231,6 +231,175 @@ def _add_hub_commands(sub) -> None:
     publish.set_defaults(func=_cmd_publish)
 
 
+# ---------------------------------------------------------------------- train
+def _parse_set(items: List[str]) -> dict:
+    import yaml
+
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        values[key.strip().replace("-", "_")] = yaml.safe_load(text) if text else None
+    return values
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine import get_preset, load_config, train
+
+    if args.config and args.preset:
+        raise ValueError("give --config or --preset, not both")
+    config = load_config(args.config) if args.config else get_preset(args.preset or "shapes-demo")
+    overrides = {key: getattr(args, key) for key in ("data_root", "out_dir", "model", "init", "max_iters",
+                                                      "batch_size", "resume", "device", "num_workers", "seed")
+                 if getattr(args, key) is not None}
+    if args.no_progress:
+        overrides["progress"] = False
+    overrides.update(_parse_set(args.set))
+    config = config.replace(**overrides) if overrides else config
+    if args.generate_shapes:
+        from .data.synthetic import generate_shapes_dataset
+
+        if not config.data_root:
+            raise ValueError("--generate-shapes needs a data_root to write to")
+        print(f"generating the shapes dataset in {config.data_root}", file=sys.stderr)
+        generate_shapes_dataset(config.data_root, num_train=args.generate_shapes[0],
+                                num_val=args.generate_shapes[1], size=(128, 128), seed=0)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    result = train(config)
+    if result.final_dir is not None:  # rank 0 under torchrun
+        summary = "  ".join(f"{k} {100 * result.metrics[k]:.2f}" for k in ("mIoU", "aAcc", "mAcc")
+                            if result.metrics.get(k) is not None)
+        print(f"trained {result.iterations} iterations in {result.wall_time:.0f}s; {summary or 'no validation set'}")
+        print(f"model: {result.final_dir}" + (f"  (best: {result.best_dir})" if result.best_dir else ""))
+    return 0
+
+
+def _add_train(sub) -> None:
+    from .engine.config import list_presets
+
+    train = sub.add_parser(
+        "train", help="train or fine-tune a model (the paper's recipe; DDP under torchrun)",
+        description="Train from a preset or a YAML/JSON config; options below and --set KEY=VALUE override it. "
+                    "Run `torchrun --nproc_per_node=N -m csap_zoo.cli train ...` for multi-GPU DDP. Writes "
+                    "OUT/config.yaml, OUT/log.jsonl, OUT/checkpoints/, OUT/best/ and OUT/final/ (save_pretrained).",
+    )
+    train.add_argument("--config", metavar="FILE", help="YAML/JSON config (a 'preset: NAME' key fills in the rest)")
+    train.add_argument("--preset", choices=list_presets(), help="start from a preset (default: shapes-demo)")
+    train.add_argument("--data-root", dest="data_root", metavar="DIR", help="dataset root")
+    train.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder")
+    train.add_argument("--model", help="architecture, e.g. csap_tiny")
+    train.add_argument("--init", help="imagenet, scratch, a zoo checkpoint name, or a local checkpoint/folder")
+    train.add_argument("--max-iters", dest="max_iters", type=int, metavar="N")
+    train.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="global batch size")
+    train.add_argument("--resume", metavar="auto|PATH", help="resume: 'auto' (latest in OUT) or a checkpoint")
+    train.add_argument("--device", help="auto, cpu, cuda")
+    train.add_argument("--num-workers", dest="num_workers", type=int, metavar="N")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config field (YAML value), e.g. --set crop_size=[256,256]")
+    train.add_argument("--generate-shapes", nargs=2, type=int, metavar=("TRAIN", "VAL"),
+                       help="first write the generated shapes dataset (TRAIN/VAL images) into the data root")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+
+# ---------------------------------------------------------------------- bench / export
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    try:
+        from . import create_model
+
+        options = {} if args.num_classes is None else {"num_classes": args.num_classes}
+        model = create_model(args.model, pretrained=args.checkpoint or False, **options).eval()
+        kwargs = dict(height=args.size[0], width=args.size[1], check=not args.no_check)
+        if args.format == "onnx":
+            kwargs.update(opset=args.opset, dynamic=not args.static)
+        elif args.format == "torch-export":
+            kwargs.update(dynamic=not args.static)
+        result = export_model(model, args.output, format=args.format, **kwargs)
+    except (ValueError, FileNotFoundError, IsADirectoryError, ImportError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    dynamic = [axis for axis, on in result.dynamic.items() if on]
+    print(f"wrote {result.path} ({result.format}; example input {list(result.example_shape)}; dynamic axes: "
+          f"{', '.join(dynamic) or 'none'})")
+    if result.max_abs_diff is not None:
+        print(f"max abs difference to eager PyTorch: {result.max_abs_diff:.3g} over sizes "
+              f"{', '.join(f'{h}x{w}' for h, w in result.checked_sizes)}")
+    if result.notes:
+        print(f"note: {result.notes}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import bench_model
+
+    try:
+        result = bench_model(args.model, args.size[0], args.size[1], num_classes=args.num_classes,
+                             num_threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                             channels_last=args.channels_last, onnx=args.onnx, memory=not args.no_memory)
+    except (ValueError, ImportError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    rows = [("params (M)", f"{result.params_m:.2f}"),
+            ("GMACs", "-" if result.gmacs is None else f"{result.gmacs:.2f}"),
+            ("latency median / p90 (ms)", f"{result.latency.median_ms:.1f} / {result.latency.p90_ms:.1f}")]
+    if result.channels_last:
+        rows.append(("channels_last median / p90 (ms)",
+                     f"{result.channels_last.median_ms:.1f} / {result.channels_last.p90_ms:.1f}"))
+    if result.onnxruntime:
+        rows.append(("onnxruntime median / p90 (ms)",
+                     f"{result.onnxruntime.median_ms:.1f} / {result.onnxruntime.p90_ms:.1f}"))
+    if result.peak_mem_mb is not None:
+        rows.append(("peak memory growth (MiB)", f"{result.peak_mem_mb:.0f}"))
+    print(f"{args.model}: 1x3x{args.size[0]}x{args.size[1]}, {args.threads} threads, fp32 CPU, native logits, "
+          f"{args.repeats} runs after {args.warmup} warm-up")
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
+    return 0
+
+
+def _add_bench_export(sub) -> None:
+    export = sub.add_parser(
+        "export", help="export a model to ONNX, torch.export (.pt2) or TorchScript",
+        description="Export a model (random weights, or a safetensors state dict with --checkpoint) and check "
+                    "the file against eager PyTorch at several sizes, including sizes not divisible by 32.")
+    export.add_argument("model", help="model name, e.g. csap_tiny.ade20k")
+    export.add_argument("output", help="file to write (.onnx, .pt2, .pt)")
+    export.add_argument("--format", choices=("onnx", "torch-export", "torchscript"), default="onnx")
+    export.add_argument("--checkpoint", default=None,
+                        help="weights: a checkpoint file or a saved model folder (default: random weights)")
+    export.add_argument("--num-classes", type=int, default=None)
+    export.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                        help="example input size (default 512 512)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
+    export.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic axes")
+    export.add_argument("--no-check", action="store_true", help="skip the parity check against eager")
+    export.set_defaults(func=_cmd_export)
+
+    bench = sub.add_parser(
+        "bench", help="params, GMACs, CPU latency and memory of one model",
+        description="CPU benchmark of one model (random weights). benchmarks/latency.py compares many.")
+    bench.add_argument("model", help="architecture name, or segformer_b0 (needs transformers)")
+    bench.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    bench.add_argument("--num-classes", type=int, default=150)
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--channels-last", action="store_true", help="also time in channels_last layout")
+    bench.add_argument("--onnx", action="store_true", help="also time in onnxruntime")
+    bench.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    bench.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csap-zoo", description="Efficient semantic segmentation with Cross-Stage Attention Propagation.",
@@ -245,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_cmd_models)
     _add_predict_eval(sub)
     _add_hub_commands(sub)
+    _add_bench_export(sub)
+    _add_train(sub)
     return parser
 
 

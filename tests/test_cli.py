@@ -12,7 +12,7 @@ def test_models_table_lists_architectures_and_checkpoints(capsys):
     assert header[:4] == ["name", "backbone", "dataset", "classes"] and "weights" in header
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip() and "GMACs:" not in line}
     assert set(rows) == {"csap_tiny", "csap_tiny.ade20k", "csap_tiny.cityscapes", "csap_tiny.cocostuff",
-                         "segnext_tiny", "segnext_tiny.ade20k", "segnext_tiny.cityscapes"}
+                         "csap_tiny.shapes", "segnext_tiny", "segnext_tiny.ade20k", "segnext_tiny.cityscapes"}
     # csap_tiny.ade20k: MSCAN-T (3.90M) + 0.76M head, ~5.3 GMACs, paper mIoU 42.9, not trained yet
     name, backbone, dataset, classes, params, gmacs, miou, weights = rows["csap_tiny.ade20k"]
     assert (backbone, dataset, classes, params, miou, weights) == ("mscan_tiny", "ade20k", "150", "4.66", "42.9",
@@ -20,6 +20,7 @@ def test_models_table_lists_architectures_and_checkpoints(capsys):
     assert 5.0 < float(gmacs) < 5.5
     assert rows["segnext_tiny.ade20k"][-1] == "published"
     assert rows["csap_tiny.cityscapes"][3] == "19"
+    assert rows["csap_tiny.shapes"][2:4] == ["shapes", "6"] and rows["csap_tiny.shapes"][-1] == "published"
 
 
 def test_models_pattern_filters(capsys):

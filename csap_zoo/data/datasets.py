@@ -28,8 +28,8 @@ from .io import IMAGE_EXTENSIONS, read_image, read_mask
 from .metadata import DatasetInfo, get_dataset_info
 
 __all__ = [
-    "ADE20KDataset", "CityscapesDataset", "COCOStuffDataset", "FolderDataset", "Sample", "SegmentationDataset",
-    "open_dataset",
+    "ADE20KDataset", "CityscapesDataset", "COCOStuffDataset", "DatasetError", "FolderDataset", "Sample",
+    "SegmentationDataset", "check_dataset", "open_dataset", "validate_dataset",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -259,3 +259,50 @@ def open_dataset(name: str, root: PathLike, split: Optional[str] = None,
     canonical = get_dataset_info(key).name
     reader = _READERS[canonical]
     return reader(root) if split is None else reader(root, split=split)
+
+
+class DatasetError(ValueError):
+    """A dataset has files that cannot be used; the message lists every offending file."""
+
+    def __init__(self, problems: Sequence[str], what: str = "dataset") -> None:
+        self.problems = list(problems)
+        super().__init__(f"{what} has {len(self.problems)} problem(s); fix them before training:\n"
+                         + _listing(self.problems))
+
+
+def _check_sample(dataset: SegmentationDataset, index: int) -> Optional[str]:
+    sample = dataset.samples[index]
+    try:
+        image = dataset.load_image(index)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        return f"{sample.image}: {err}"
+    try:
+        mask = dataset.load_mask(index)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        message = str(err)
+        return message if message.startswith(str(sample.mask)) else f"{sample.mask}: {message}"
+    if image.shape[:2] != mask.shape:
+        return f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]} of {sample.image}"
+    return None
+
+
+def check_dataset(dataset: SegmentationDataset, indices: Optional[Sequence[int]] = None,
+                  workers: int = 4) -> List[str]:
+    """Read every image and mask (or those at ``indices``) and return one line per unusable pair: missing or
+    unreadable files, labels outside 0..K-1 that are not the ignore index, image/mask size mismatches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    indices = range(len(dataset)) if indices is None else indices
+    if workers <= 1:
+        results = [_check_sample(dataset, i) for i in indices]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda i: _check_sample(dataset, i), indices))
+    return [r for r in results if r is not None]
+
+
+def validate_dataset(dataset: SegmentationDataset, what: str = "dataset", workers: int = 4) -> None:
+    """Raise :class:`DatasetError` listing every unusable pair (see :func:`check_dataset`)."""
+    problems = check_dataset(dataset, workers=workers)
+    if problems:
+        raise DatasetError(problems, what)

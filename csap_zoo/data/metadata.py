@@ -196,6 +196,12 @@ _DATASETS: Dict[str, DatasetInfo] = {
                     aliases=("coco-stuff", "coco_stuff", "cocostuff164k", "coco-stuff-164k", "coco_stuff164k")),
     )
 }
+# The generated demo dataset (csap_zoo.data.synthetic); resolvable by name, not listed among the benchmarks.
+SHAPES_CLASSES: Tuple[str, ...] = ("background", "disc", "square", "triangle", "ring", "cross")
+SHAPES_PALETTE: Tuple[RGB, ...] = (
+    (70, 70, 70), (230, 60, 60), (60, 170, 230), (240, 200, 40), (80, 200, 90), (190, 80, 220),
+)
+_DEMO_DATASETS: Dict[str, DatasetInfo] = {"shapes": DatasetInfo("shapes", SHAPES_CLASSES, SHAPES_PALETTE)}
 _ALIASES: Dict[str, str] = {alias: info.name for info in _DATASETS.values() for alias in (info.name, *info.aliases)}
 
 
@@ -207,6 +213,8 @@ def list_datasets() -> List[str]:
 def get_dataset_info(name: str) -> DatasetInfo:
     """Metadata of a built-in dataset by name (case-insensitive; e.g. ``ade20k``, ``cityscapes``, ``cocostuff``)."""
     key = str(name).strip().lower()
+    if key in _DEMO_DATASETS:
+        return _DEMO_DATASETS[key]
     if key not in _ALIASES:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}. For your own "
                          f"classes use csap_zoo.data.custom_dataset_info(class_names, palette=None)")

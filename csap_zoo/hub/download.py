@@ -1,5 +1,8 @@
 """Fetching checkpoint files: Hugging Face Hub, plain URLs or local paths; cached, hash-checked, offline-safe.
 
+- Package sources (``{"package": "assets/demo/model.safetensors"}``) are files inside the installed package (the
+  bundled demo); they are used in place, offline or not, after the same hash check.
+
 - Hugging Face sources go through ``huggingface_hub.hf_hub_download`` at the pinned revision and live in its cache
   (``HF_HUB_CACHE``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` apply).
 - URL sources are cached as ``<cache>/checkpoints/<filename>``, where ``<cache>`` is ``CSAP_ZOO_CACHE`` or
@@ -18,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Union
 
-from .manifest import Checkpoint, HfSource, UrlSource
+from .manifest import Checkpoint, HfSource, PackageSource, UrlSource
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "default_cache_dir",
@@ -86,10 +89,29 @@ def fetch_checkpoint(
             f"ImageNet backbone with create_model({checkpoint.architecture!r}, pretrained=True, "
             f"num_classes={checkpoint.num_classes})."
         )
+    if isinstance(checkpoint.source, PackageSource):
+        return _fetch_package(checkpoint, checkpoint.source)
     offline = is_offline() if local_files_only is None else local_files_only
     if isinstance(checkpoint.source, HfSource):
         return _fetch_hf(checkpoint, checkpoint.source, cache_dir, offline)
     return _fetch_url(checkpoint, checkpoint.source, Path(cache_dir or default_cache_dir()), offline)
+
+
+def _fetch_package(checkpoint: Checkpoint, source: PackageSource) -> Path:
+    """A file shipped with the package: used in place (never copied or downloaded), hash-checked every time."""
+    path = source.resolve()
+    if not path.is_file():
+        raise CheckpointUnavailableError(
+            f"checkpoint {checkpoint.name!r} should ship with the package at {path}, but the file is missing; "
+            f"reinstall csap-zoo."
+        )
+    digest = sha256_of(path)
+    if not _hash_matches(digest, checkpoint):
+        raise CheckpointIntegrityError(
+            f"bundled checkpoint {checkpoint.name!r} ({path}) has sha256 {digest}, expected "
+            f"{_expected_hash(checkpoint)}; the installation is damaged or the manifest is stale. Reinstall csap-zoo."
+        )
+    return path
 
 
 def _fetch_hf(checkpoint: Checkpoint, source: HfSource, cache_dir: Union[str, Path, None], offline: bool) -> Path:

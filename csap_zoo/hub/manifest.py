@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import jsonschema
 
 __all__ = [
-    "Checkpoint", "HfSource", "Manifest", "ManifestError", "UrlSource", "default_manifest", "load_manifest",
+    "Checkpoint", "HfSource", "Manifest", "ManifestError", "PackageSource", "UrlSource", "default_manifest", "load_manifest",
     "MANIFEST_PATH", "SCHEMA_PATH",
 ]
 
@@ -56,7 +56,24 @@ class UrlSource:
         return self.url
 
 
-Source = Union[HfSource, UrlSource]
+@dataclass(frozen=True)
+class PackageSource:
+    """A file shipped inside the installed ``csap_zoo`` package (bundled demo weights), by relative path."""
+
+    path: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def resolve(self) -> Path:
+        return (_HERE.parent / self.path).resolve()
+
+    def describe(self) -> str:
+        return f"package:csap_zoo/{self.path}"
+
+
+Source = Union[HfSource, UrlSource, PackageSource]
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ class Checkpoint:
         source: Optional[Source] = None
         if source_data and "hf" in source_data:
             source = HfSource(**source_data["hf"])
+        elif source_data and "package" in source_data:
+            source = PackageSource(source_data["package"])
         elif source_data:
             source = UrlSource(source_data["url"])
         values = dict(data)
@@ -115,6 +134,8 @@ class Checkpoint:
             data["source"] = {"hf": asdict(self.source)}
         elif isinstance(self.source, UrlSource):
             data["source"] = {"url": self.source.url}
+        elif isinstance(self.source, PackageSource):
+            data["source"] = {"package": self.source.path}
         for key in ("train_crop", "test_size", "mean", "std"):
             data[key] = list(data[key])
         if not data["notes"]:

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import torch
 from safetensors.torch import save_file
 
 from .. import __version__
@@ -118,8 +119,12 @@ def save_pretrained(
         save_directory: Union[str, Path],
         metrics: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
+        dtype: Optional[torch.dtype] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``save_directory``.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type, halving the file; loading
+    copies them back into the model's own (fp32) parameters.
 
     The folder is assembled in a temporary sibling and moved into place, so a failure never leaves a
     half-written model folder; an existing folder's three files are replaced, other files are kept.
@@ -129,6 +134,8 @@ def save_pretrained(
     metrics = model.metrics if metrics is None else metrics
     config = model_config_dict(model, metrics)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "csap_zoo_version": __version__})

@@ -18,12 +18,14 @@ from .heads.ham import HamHeadConfig
 from .segmentor import DataConfig, HeadConfig, Segmentor, SegmentorConfig
 
 __all__ = [
-    "Architecture", "DATASET_NUM_CLASSES", "DEFAULT_NUM_CLASSES", "build_model", "get_architecture",
-    "list_models", "parse_model_name", "register_architecture",
+    "Architecture", "DATASET_NUM_CLASSES", "DEFAULT_NUM_CLASSES", "DEMO_DATASET_NUM_CLASSES", "build_model",
+    "get_architecture", "list_models", "parse_model_name", "register_architecture",
 ]
 
 # Dataset tags a model name may carry, and their class counts.
 DATASET_NUM_CLASSES: Dict[str, int] = {"ade20k": 150, "cityscapes": 19, "cocostuff": 171}
+# Tags of the bundled demo checkpoints (generated data, csap_zoo.data.synthetic); not benchmark datasets.
+DEMO_DATASET_NUM_CLASSES: Dict[str, int] = {"shapes": 6}
 # Class count of a bare architecture name: ADE20K's, the paper's main benchmark.
 DEFAULT_NUM_CLASSES = 150
 
@@ -59,8 +61,9 @@ def parse_model_name(name: str) -> Tuple[str, Optional[str]]:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     arch_name, _, tag = name.partition(".")
     get_architecture(arch_name)
-    if tag and tag not in DATASET_NUM_CLASSES:
-        raise ValueError(f"unknown dataset tag {tag!r} in {name!r}; known tags: {sorted(DATASET_NUM_CLASSES)}")
+    if tag and tag not in DATASET_NUM_CLASSES and tag not in DEMO_DATASET_NUM_CLASSES:
+        raise ValueError(f"unknown dataset tag {tag!r} in {name!r}; known tags: {sorted(DATASET_NUM_CLASSES)} "
+                         f"(demo: {sorted(DEMO_DATASET_NUM_CLASSES)})")
     return arch_name, tag or None
 
 
@@ -123,7 +126,7 @@ def build_model(
     arch_name, tag = parse_model_name(name)
     arch = get_architecture(arch_name)
     if num_classes is None:
-        num_classes = DATASET_NUM_CLASSES[tag] if tag else DEFAULT_NUM_CLASSES
+        num_classes = {**DATASET_NUM_CLASSES, **DEMO_DATASET_NUM_CLASSES}[tag] if tag else DEFAULT_NUM_CLASSES
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:

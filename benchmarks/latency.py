@@ -1,0 +1,212 @@
+"""CPU latency of CSAP T/S/B/L, SegNeXt T/S/B/L and SegFormer-B0 (transformers, random weights), in one run.
+
+Per model: params, GMACs (fvcore), eager latency (median / p90), channels_last latency, peak memory, and for the
+models in --onnx onnxruntime latency; ratios against CSAP-T. Then a decoder-only comparison: the CSAP head and the
+Ham (SegNeXt) head on the same MSCAN-T features. See ``csap_zoo.benchmark`` for how each number is taken.
+
+    python benchmarks/latency.py                                 # 1x3x512x512, 2 threads, all models
+    python benchmarks/latency.py --models csap_tiny segnext_tiny --repeats 20 --json out.json --png out.png
+    python benchmarks/latency.py --threads 4 --onnx csap_tiny segnext_tiny
+
+CPU timings depend on the machine and on its load: run on an idle machine and report both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional
+
+from csap_zoo.benchmark import BenchResult, bench_head, bench_model
+
+DEFAULT_MODELS = ("csap_tiny", "csap_small", "csap_base", "csap_large", "segnext_tiny", "segnext_small",
+                  "segnext_base", "segnext_large", "segformer_b0")
+REFERENCE = "csap_tiny"
+
+
+def _fmt(value: Optional[float], digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(results: List[BenchResult], reference: str = REFERENCE) -> str:
+    """Markdown table of whole-model results; ratios are latency / CSAP-T's latency (eager median)."""
+    ref = next((r for r in results if r.name == reference), None)
+    lines = [
+        "| model | params (M) | GMACs | median ms | p90 ms | channels_last ms | onnxruntime ms | peak mem (MiB) "
+        f"| vs {reference} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio = "" if ref is None else f"{r.latency.median_ms / ref.latency.median_ms:.2f}x"
+        lines.append(
+            f"| {r.name} | {r.params_m:.2f} | {_fmt(r.gmacs, 2)} | {r.latency.median_ms:.1f} | {r.latency.p90_ms:.1f} "
+            f"| {_fmt(r.channels_last and r.channels_last.median_ms)} "
+            f"| {_fmt(r.onnxruntime and r.onnxruntime.median_ms)} | {_fmt(r.peak_mem_mb, 0)} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def format_head_table(results: List[BenchResult]) -> str:
+    ref = results[0] if results else None
+    lines = ["| decoder (same MSCAN-T features) | params (M) | median ms | p90 ms | vs first |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.params_m:.2f} | {r.latency.median_ms:.1f} | {r.latency.p90_ms:.1f} "
+                     f"| {r.latency.median_ms / ref.latency.median_ms:.2f}x |")
+    return "\n".join(lines)
+
+
+def targets(results: List[BenchResult], heads: List[BenchResult]) -> List[str]:
+    """The issue's latency targets, each with its measured ratio and whether it is met."""
+    by = {r.name: r for r in results}
+    lines = []
+
+    def check(label: str, num: Optional[float], den: Optional[float], limit: float, larger: bool = False) -> None:
+        if num is None or den is None:
+            return
+        ratio = num / den
+        ok = ratio >= limit if larger else ratio <= limit
+        lines.append(f"- {label}: {ratio:.2f}x (target {'>=' if larger else '<='} {limit}x) "
+                     f"{'met' if ok else 'NOT met'}")
+
+    csap = by.get("csap_tiny")
+    if csap:
+        for peer, limit in (("segnext_tiny", 0.80), ("segformer_b0", 0.60)):
+            if peer in by:
+                check(f"CSAP-T / {peer} latency", csap.latency.median_ms, by[peer].latency.median_ms, limit)
+        if csap.onnxruntime:
+            check("CSAP-T eager / onnxruntime (speed-up)", csap.latency.median_ms, csap.onnxruntime.median_ms,
+                  1.3, larger=True)
+    head_by = {r.name: r for r in heads}
+    if "csap_tiny head" in head_by and "segnext_tiny head" in head_by:
+        check("CSAP head / Ham head latency", head_by["csap_tiny head"].latency.median_ms,
+              head_by["segnext_tiny head"].latency.median_ms, 0.5)
+    return lines
+
+
+def machine_info() -> Dict[str, Any]:
+    info: Dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count()}
+    try:
+        info["load_avg_1_5_15"] = list(os.getloadavg())
+    except OSError:
+        pass
+    import torch
+
+    info["torch"] = torch.__version__
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def plot(results: List[BenchResult], heads: List[BenchResult], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
+    names = [r.name for r in results]
+    xs = range(len(results))
+    width = 0.28
+    axes[0].bar([x - width for x in xs], [r.latency.median_ms for r in results], width, label="eager",
+                yerr=[[0] * len(results), [r.latency.p90_ms - r.latency.median_ms for r in results]])
+    axes[0].bar(list(xs), [r.channels_last.median_ms if r.channels_last else 0 for r in results], width,
+                label="channels_last")
+    axes[0].bar([x + width for x in xs], [r.onnxruntime.median_ms if r.onnxruntime else 0 for r in results], width,
+                label="onnxruntime")
+    axes[0].set_xticks(list(xs))
+    axes[0].set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    axes[0].set_ylabel("median latency (ms)")
+    axes[0].legend(fontsize=8)
+    if results:
+        r0 = results[0]
+        axes[0].set_title(f"{r0.height}x{r0.width}, batch 1, {r0.threads} threads, CPU fp32")
+    axes[1].bar([h.name.replace(" head", "") for h in heads], [h.latency.median_ms for h in heads],
+                color="tab:green")
+    axes[1].set_title("decoder only (MSCAN-T features)")
+    axes[1].tick_params(axis="x", labelsize=8, rotation=30)
+    fig.tight_layout()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(payload: Dict[str, Any], path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as tmp:
+        json.dump(payload, tmp, indent=2)
+    os.replace(tmp.name, path)
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--classes", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--onnx", nargs="*", default=["csap_tiny"],
+                        help="models to also time in onnxruntime (default csap_tiny; none: --onnx)")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-gmacs", action="store_true")
+    parser.add_argument("--no-heads", action="store_true", help="skip the decoder-only comparison")
+    parser.add_argument("--upsample", action="store_true", help="time up to full-size logits")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--png", default=None)
+    args = parser.parse_args(argv)
+    height, width = args.size
+    info = machine_info()
+    print(f"machine: {info}", file=sys.stderr)
+    results = []
+    for name in args.models:
+        result = bench_model(
+            name, height, width, num_classes=args.classes, num_threads=args.threads, warmup=args.warmup,
+            repeats=args.repeats, channels_last=not args.no_channels_last, onnx=name in (args.onnx or []),
+            memory=not args.no_memory, gmacs=not args.no_gmacs, upsample=args.upsample,
+        )
+        results.append(result)
+        print(f"{name}: {result.latency.median_ms:.1f} ms", file=sys.stderr)
+    heads = [] if args.no_heads else bench_head(height=height, width=width, num_classes=args.classes,
+                                                num_threads=args.threads, warmup=args.warmup, repeats=args.repeats)
+    info_after = machine_info().get("load_avg_1_5_15")
+    print(f"input 1x3x{height}x{width}, {args.classes} classes, batch 1, {args.threads} threads, fp32, CPU; "
+          f"{'full-size' if args.upsample else 'native'} logits; median/p90 of {args.repeats} runs after "
+          f"{args.warmup} warm-up; load average before {info.get('load_avg_1_5_15')}, after {info_after}\n")
+    print(format_table(results))
+    if heads:
+        print()
+        print(format_head_table(heads))
+    lines = targets(results, heads)
+    if lines:
+        print("\n" + "\n".join(lines))
+    if args.json:
+        write_json({"machine": info, "load_avg_after": info_after, "threads": args.threads,
+                    "size": [height, width], "classes": args.classes, "upsample": args.upsample,
+                    "models": [r.to_dict() for r in results], "heads": [h.to_dict() for h in heads],
+                    "targets": lines}, args.json)
+    if args.png:
+        plot(results, heads, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

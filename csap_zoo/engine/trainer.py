@@ -1,0 +1,749 @@
+"""The training loop: data, optimiser and schedule, AMP, DDP, checkpoints and exact resume.
+
+``train(config)`` runs one training job; under ``torchrun --nproc_per_node=N`` it runs DDP (NCCL on GPUs, gloo on
+the CPU) with each process taking its share of every global batch.
+
+Determinism, which makes resume and multi-process runs reproduce single-process ones:
+- the order of samples is a permutation drawn from ``(seed, epoch)``, and global batch ``i`` is always the same
+  images, split into ``world_size * accum_steps`` micro-batches in a fixed order (process ``r`` at accumulation
+  step ``a`` takes chunk ``a * world_size + r``); with the same global batch, 2 processes x 1 step and
+  1 process x 2 accumulation steps see the same micro-batches;
+- each sample's augmentation draws from its own generator seeded by ``(seed, iteration, slot)``, so it does not
+  depend on data workers, processes or restarts;
+- checkpoints carry model, optimiser, scheduler, grad scaler, every process's RNG states and the iteration;
+  evaluation runs under a forked RNG, so it does not perturb training randomness.
+Checkpoints are written atomically (temp file, fsync, rename) and hold only tensors and plain values
+(``torch.load(weights_only=True)`` reads them).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.datasets import (
+    ADE20KDataset, CityscapesDataset, COCOStuffDataset, DatasetError, FolderDataset, SegmentationDataset,
+    check_dataset,
+)
+from ..data.metadata import custom_dataset_info
+from ..data.transforms import TrainTransform
+from ..evaluation import Evaluator
+from ..models.segmentor import DataConfig, Segmentor
+from .config import TrainConfig, get_preset, load_config, read_classes_file
+
+__all__ = ["CHECKPOINT_FORMAT", "TrainResult", "Trainer", "build_datasets", "load_training_checkpoint", "train"]
+
+CHECKPOINT_FORMAT = "csap-zoo-train"
+_CKPT_RE = re.compile(r"^iter_(\d+)\.pt$")
+
+
+# ---------------------------------------------------------------------- distributed environment
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(pref: str, local_rank: int) -> torch.device:
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(pref)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available; use device='cpu'")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device_pref: str = "auto") -> DistEnv:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), or an existing one; else one process."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_available() and dist.is_initialized():
+        device = _pick_device(device_pref, local_rank)
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=False)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = _pick_device(device_pref, local_rank)
+    if world <= 1:
+        return DistEnv(device=device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=True)
+
+
+def _gather_objects(env: DistEnv, obj: Any) -> List[Any]:
+    if not env.distributed:
+        return [obj]
+    out: List[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------- data
+def build_datasets(config: TrainConfig) -> Tuple[SegmentationDataset, Optional[SegmentationDataset]]:
+    """Train and validation readers for a config (pairing checked; contents are checked by the trainer)."""
+    if config.dataset == "folder":
+        root = Path(config.data_root) if config.data_root else None
+
+        def folder(value: Optional[str], *parts: str) -> Optional[Path]:
+            if value:
+                return Path(value)
+            return root.joinpath(*parts) if root is not None else None
+
+        train_images, train_masks = folder(config.train_images, "train", "images"), folder(config.train_masks,
+                                                                                           "train", "masks")
+        if train_images is None or train_masks is None:
+            raise ValueError("a folder dataset needs data_root (with train/images, train/masks) or train_images "
+                             "and train_masks")
+        classes = Path(config.classes_file) if config.classes_file else (root / "classes.txt" if root else None)
+        if classes is None:
+            raise ValueError("a folder dataset needs a classes file (classes_file, or data_root/classes.txt)")
+        if not classes.is_file():
+            raise FileNotFoundError(f"classes file not found: {classes} (one class name per line, optionally "
+                                    f"followed by R G B)")
+        names, palette = read_classes_file(classes)
+        info = custom_dataset_info(names, palette, name=config.dataset_name or "custom",
+                                   ignore_index=config.ignore_index)
+        train = FolderDataset(train_images, train_masks, info, reduce_zero_label=config.reduce_zero_label)
+        val_images, val_masks = folder(config.val_images, "val", "images"), folder(config.val_masks, "val", "masks")
+        val = None
+        if val_images is not None and val_masks is not None and (config.val_images or val_images.is_dir()):
+            val = FolderDataset(val_images, val_masks, info, reduce_zero_label=config.reduce_zero_label)
+        return train, val
+    if not config.data_root:
+        raise ValueError(f"dataset {config.dataset!r} needs data_root")
+    reader = {"ade20k": ADE20KDataset, "cityscapes": CityscapesDataset, "cocostuff": COCOStuffDataset}[config.dataset]
+    default_splits = {"ade20k": ("training", "validation"), "cityscapes": ("train", "val"),
+                      "cocostuff": ("train2017", "val2017")}[config.dataset]
+    train = reader(config.data_root, split=config.train_split or default_splits[0])
+    val = reader(config.data_root, split=config.val_split or default_splits[1])
+    return train, val
+
+
+class _AugmentedDataset(Dataset):
+    """Items are ``(index, seed)`` keys: the sample at ``index`` augmented with a generator seeded by ``seed``."""
+
+    def __init__(self, base: SegmentationDataset, transform: TrainTransform) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        index, seed = key
+        image, mask = self.base[index]
+        return self.transform(image, mask, torch.Generator().manual_seed(seed))
+
+
+class GlobalBatchSampler(Sampler):
+    """Yields this process's micro-batches of ``(index, seed)`` keys for iterations ``start..max_iters-1``.
+
+    Global batch ``it`` (``batch_size`` samples) is a slice of the permutation of epoch ``it // batches_per_epoch``;
+    it is cut into ``world * accum`` chunks; process ``rank`` takes chunk ``a * world + rank`` at step ``a``.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, accum_steps: int, world_size: int, rank: int, seed: int,
+                 start_iter: int, max_iters: int) -> None:
+        if num_samples < batch_size:
+            raise ValueError(f"the training set has {num_samples} images, fewer than the global batch size "
+                             f"{batch_size}")
+        chunks = world_size * accum_steps
+        if batch_size % chunks:
+            raise ValueError(f"batch_size {batch_size} must be divisible by world_size x accum_steps = {chunks}")
+        self.n, self.batch, self.accum, self.world, self.rank = num_samples, batch_size, accum_steps, world_size, rank
+        self.micro = batch_size // chunks
+        self.seed, self.start, self.stop = seed, start_iter, max_iters
+        self.per_epoch = num_samples // batch_size
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.accum
+
+    def global_batch(self, iteration: int) -> List[int]:
+        epoch, k = divmod(iteration, self.per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return perm[k * self.batch:(k + 1) * self.batch].tolist()
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        for it in range(self.start, self.stop):
+            batch = self.global_batch(it)
+            for a in range(self.accum):
+                chunk = a * self.world + self.rank
+                slots = range(chunk * self.micro, (chunk + 1) * self.micro)
+                yield [(batch[s], (self.seed * 1_000_003 + it) * 4099 + s) for s in slots]
+
+
+# ---------------------------------------------------------------------- optimisation
+class WarmupPoly:
+    """LR factor: linear warmup from ``warmup_ratio`` over ``warmup_iters``, then poly decay to ``min_ratio``."""
+
+    def __init__(self, max_iters: int, warmup_iters: int, warmup_ratio: float, power: float, min_ratio: float):
+        self.max_iters, self.warmup_iters, self.warmup_ratio = max_iters, warmup_iters, warmup_ratio
+        self.power, self.min_ratio = power, min_ratio
+
+    def __call__(self, it: int) -> float:
+        if it < self.warmup_iters:
+            return self.warmup_ratio + (1.0 - self.warmup_ratio) * it / self.warmup_iters
+        span = max(self.max_iters - self.warmup_iters, 1)
+        progress = min(max(it - self.warmup_iters, 0) / span, 1.0)
+        return (1.0 - self.min_ratio) * (1.0 - progress) ** self.power + self.min_ratio
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> List[Dict[str, Any]]:
+    """AdamW groups: ``decode_head.*`` at ``lr * head_lr_mult``; norms, biases and layer scales (every 1-D
+    parameter) without weight decay."""
+    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
+    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    norm_params = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(False)}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        head = name.startswith("decode_head.") or ".decode_head." in name
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or id(param) in norm_params or "gamma" in name
+        groups.setdefault((head, no_decay), []).append(param)
+    out = []
+    for (head, no_decay), params in sorted(groups.items()):
+        out.append({"params": params, "lr": lr * (head_lr_mult if head else 1.0),
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "name": f"{'head' if head else 'backbone'}{'_no_decay' if no_decay else ''}"})
+    return out
+
+
+def _amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    if setting == "none":
+        return None
+    if device.type != "cuda":
+        if setting == "fp16":
+            raise ValueError("amp='fp16' needs CUDA; on the CPU use amp='bf16' or 'none'")
+        return torch.bfloat16 if setting == "bf16" else None
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": _plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_training_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable training checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a csap-zoo training checkpoint (format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def _checkpoints_in(folder: Path) -> List[Tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------- the trainer
+@dataclass
+class TrainResult:
+    """What a run produced. Metrics are fractions (mIoU etc.); ``history`` has one entry per optimiser step."""
+
+    out_dir: Path
+    final_dir: Optional[Path]
+    best_dir: Optional[Path]
+    metrics: Dict[str, Any]
+    best_metric: Optional[float]
+    history: List[Dict[str, float]]
+    evaluations: List[Dict[str, Any]]
+    iterations: int
+    wall_time: float
+
+
+Hook = Callable[["Trainer", int, float], None]
+
+
+class Trainer:
+    """One training run. ``Trainer(config).run()``; ``hooks`` are called as ``hook(trainer, iteration, loss)``
+    after every optimiser step (before evaluation and checkpointing of that iteration)."""
+
+    def __init__(self, config: TrainConfig, hooks: Sequence[Hook] = ()) -> None:
+        self.config = config
+        self.hooks = list(hooks)
+        self.env = init_distributed(config.device)
+        self.out_dir = Path(config.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.history: List[Dict[str, float]] = []
+        self.evaluations: List[Dict[str, Any]] = []
+        self.iteration = 0
+        self.best_metric: Optional[float] = None
+        self.best_iteration: Optional[int] = None
+        self._log_handle = None
+        self._tb = None
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ setup
+    def _log(self, message: str) -> None:
+        if self.env.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def _setup(self) -> None:
+        cfg, env = self.config, self.env
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        self.train_set, self.val_set = build_datasets(cfg)
+        self.info = self.train_set.info
+        self._validate_data()
+        self.model = self._build_model()
+        if cfg.sync_bn and env.distributed:
+            if env.device.type != "cuda":
+                raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); set sync_bn=False")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(env.device)
+        self.module: Segmentor = self.model
+        if env.distributed:
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg.lr, cfg.weight_decay, cfg.head_lr_mult),
+                                           lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.schedule = WarmupPoly(cfg.max_iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power,
+                                   cfg.min_lr / cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.amp_dtype = _amp_dtype(cfg.amp, env.device)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
+        # training randomness (dropout, drop path) differs per process, like independent GPUs
+        torch.manual_seed(cfg.seed + 7919 * env.rank)
+        resume = self._resume_path()
+        if resume is not None:
+            self._load(resume)
+        if env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out_dir / "config.yaml")
+
+    def _validate_data(self) -> None:
+        """Every process checks its share of every sample; all report the same full list before step 1."""
+        cfg, env = self.config, self.env
+        problems: List[str] = []
+        if cfg.validate == "full":
+            for what, ds in (("training set", self.train_set), ("validation set", self.val_set)):
+                if ds is None:
+                    continue
+                mine = check_dataset(ds, range(env.rank, len(ds), env.world_size), workers=max(cfg.num_workers, 1))
+                found = [p for part in _gather_objects(env, mine) for p in part]
+                problems += [f"{what}: {p}" for p in found]
+        if self.val_set is not None and self.val_set.num_classes != self.train_set.num_classes:
+            problems.append("training and validation sets have different class counts")
+        if problems:
+            raise DatasetError(problems, "the data")
+        if len(self.train_set) < cfg.batch_size:
+            raise ValueError(f"the training set has {len(self.train_set)} images, fewer than batch_size "
+                             f"{cfg.batch_size}")
+
+    def _build_model(self) -> Segmentor:
+        from ..hub import create_model
+
+        cfg = self.config
+        num_classes = self.info.num_classes
+        kwargs: Dict[str, Any] = dict(cfg.model_kwargs)
+        if cfg.backbone_args:
+            kwargs["backbone_args"] = dict(cfg.backbone_args)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*classifier is re-initialised.*")
+            if cfg.init == "scratch":
+                model = create_model(cfg.model, num_classes=num_classes, **kwargs)
+            elif cfg.init == "imagenet":
+                model = create_model(cfg.model, pretrained=True, num_classes=num_classes, **kwargs)
+            elif Path(cfg.init).exists():
+                model = create_model(cfg.model, pretrained=cfg.init, num_classes=num_classes, **kwargs)
+            else:
+                arch = cfg.init.split(".", 1)[0]
+                if arch != cfg.model:
+                    raise ValueError(f"init={cfg.init!r} is a {arch} checkpoint but model={cfg.model!r}; set model "
+                                     f"to {arch!r} or choose another checkpoint")
+                model = create_model(cfg.init, pretrained=True, num_classes=num_classes, **kwargs)
+        if model.num_classes != num_classes:
+            model.reset_classifier(num_classes)
+        model.data_config = DataConfig(
+            mean=tuple(cfg.mean), std=tuple(cfg.std), train_crop=tuple(cfg.crop_size),
+            test_size=tuple(cfg.test_size) if cfg.test_size else None, dataset=self.info.name,
+            class_names=list(self.info.class_names), palette=[tuple(c) for c in self.info.palette],
+        )
+        if model.config is not None:
+            model.config.dataset = None
+        return model
+
+    def _resume_path(self) -> Optional[Path]:
+        resume = self.config.resume
+        if resume is None:
+            return None
+        if resume == "auto":
+            for _, path in reversed(_checkpoints_in(self.ckpt_dir)):
+                try:
+                    load_training_checkpoint(path)
+                    return path
+                except ValueError as err:  # a damaged file (it never should be: writes are atomic)
+                    self._log(f"warning: skipping unreadable checkpoint {path}: {err}")
+            return None
+        return Path(resume)
+
+    def _load(self, path: Path) -> None:
+        state = load_training_checkpoint(path)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        if len(rng) != self.env.world_size:
+            self._log(f"warning: {path} was written by {len(rng)} process(es), this run has "
+                      f"{self.env.world_size}; random streams will differ from an uninterrupted run")
+        _set_rng_state(rng[min(self.env.rank, len(rng) - 1)])
+        self.iteration = int(state["iteration"])
+        best = state.get("best", {})
+        self.best_metric = best.get("metric")
+        self.best_iteration = best.get("iteration")
+        self.evaluations = list(state.get("evaluations", []))
+        self._log(f"resumed from {path} at iteration {self.iteration}")
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """Write ``checkpoints/iter_<N>.pt`` (rank 0; every process contributes its RNG state)."""
+        rng = _gather_objects(self.env, _rng_state())
+        if not self.env.is_main:
+            return None
+        state = {
+            "format": CHECKPOINT_FORMAT, "version": 1, "iteration": self.iteration,
+            "model": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng,
+            "best": {"metric": self.best_metric, "iteration": self.best_iteration},
+            "evaluations": self.evaluations, "world_size": self.env.world_size,
+            "config": self.config.to_dict(),
+        }
+        path = self.ckpt_dir / f"iter_{self.iteration:08d}.pt"
+        _atomic_torch_save(state, path)
+        for _, old in _checkpoints_in(self.ckpt_dir)[:-self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> Dict[str, Any]:
+        """Distributed evaluation on the validation set: each process predicts its share, confusion matrices are
+        summed. Returns fractions (aAcc, mIoU, mAcc) and per-class IoU."""
+        from ..inference import InferenceConfig, Segmenter
+
+        cfg, env = self.config, self.env
+        if self.val_set is None:
+            return {}
+        module = self.module
+        was_training = module.training
+        if env.distributed:  # BN running statistics drift apart per process; evaluate rank 0's (the saved ones)
+            for buffer in module.buffers():
+                dist.broadcast(buffer.data, src=0)
+        overrides: Dict[str, Any] = dict(mode=cfg.eval_mode, resize=tuple(cfg.test_size) if cfg.test_size else None)
+        if cfg.eval_crop_size:
+            overrides["crop_size"] = tuple(cfg.eval_crop_size)
+        if cfg.eval_stride:
+            overrides["stride"] = tuple(cfg.eval_stride)
+        evaluator = Evaluator(self.info.num_classes, self.info.ignore_index, list(self.info.class_names))
+        devices = [env.device] if env.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            segmenter = Segmenter(module, InferenceConfig(**overrides), device=env.device,
+                                  amp="bf16" if self.amp_dtype == torch.bfloat16 else None)
+            for i in range(env.rank, len(self.val_set), env.world_size):
+                image, mask = self.val_set[i]
+                evaluator.update(segmenter.predict(image), mask, name=str(self.val_set.mask_path(i)))
+        matrix = torch.from_numpy(evaluator.confusion_matrix)
+        if env.distributed:
+            matrix = matrix.to(env.device)
+            dist.all_reduce(matrix)
+        evaluator.confusion_matrix = matrix.cpu().numpy()
+        result = evaluator.compute()
+        module.train(was_training)
+        metrics = {k: v for k, v in result.to_dict().items() if k != "per_class"}
+        metrics["IoU"] = {name: v["IoU"] for name, v in result.to_dict()["per_class"].items()}
+        return metrics
+
+    # ------------------------------------------------------------------ logging
+    def _open_logs(self) -> None:
+        if not self.env.is_main:
+            return
+        self._log_handle = open(self.out_dir / "log.jsonl", "a", encoding="utf-8")
+        if self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed
+                self._tb = None
+
+    def _write_log(self, record: Dict[str, Any]) -> None:
+        if self._log_handle is not None:
+            self._log_handle.write(json.dumps(record) + "\n")
+            self._log_handle.flush()
+        if self._tb is not None:
+            step = record.get("iter", 0)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("iter", "time"):
+                    self._tb.add_scalar(f"{record.get('event', 'train')}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self.env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.env.owns_group = False
+
+    # ------------------------------------------------------------------ the loop
+    def _loader(self) -> DataLoader:
+        cfg, env = self.config, self.env
+        transform = TrainTransform(crop_size=tuple(cfg.crop_size), scale=tuple(cfg.scale) if cfg.scale else None,
+                                   ratio_range=tuple(cfg.ratio_range), cat_max_ratio=cfg.cat_max_ratio,
+                                   flip_prob=cfg.flip_prob, photometric=cfg.photometric, mean=cfg.mean,
+                                   std=cfg.std, ignore_index=self.info.ignore_index)
+        sampler = GlobalBatchSampler(len(self.train_set), cfg.batch_size, cfg.accum_steps, env.world_size,
+                                     env.rank, cfg.seed, self.iteration, cfg.max_iters)
+        pin = env.device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory
+        return DataLoader(_AugmentedDataset(self.train_set, transform), batch_sampler=sampler,
+                          num_workers=cfg.num_workers, pin_memory=pin,
+                          persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed),
+                          prefetch_factor=4 if cfg.num_workers else None)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.amp_dtype)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not bool((target != self.info.ignore_index).any()):
+            return logits.sum() * 0.0  # an all-ignore crop: no signal, but every process must still backprop
+        return F.cross_entropy(logits.float(), target, ignore_index=self.info.ignore_index)
+
+    def _step(self, batches: Iterator) -> float:
+        cfg, env = self.config, self.env
+        self.model.train()
+        total = torch.zeros((), device=env.device)
+        for a in range(cfg.accum_steps):
+            images, targets = next(batches)
+            images = images.to(env.device, non_blocking=True)
+            targets = targets.to(env.device, non_blocking=True)
+            sync = contextlib.nullcontext()
+            if env.distributed and a < cfg.accum_steps - 1:
+                sync = self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = self.model(images)
+                loss = self._loss(logits, targets) / cfg.accum_steps
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if env.distributed:
+            dist.all_reduce(total)
+            total /= env.world_size
+        return float(total)
+
+    def _evaluate_and_track(self) -> Dict[str, Any]:
+        metrics = self.evaluate()
+        if not metrics:
+            return metrics
+        record = {"event": "eval", "iter": self.iteration, "aAcc": metrics["aAcc"], "mIoU": metrics["mIoU"],
+                  "mAcc": metrics["mAcc"]}
+        self.evaluations.append(record)
+        self._write_log(record)
+        self._log(f"iter {self.iteration}: mIoU {_pct(metrics['mIoU'])}  aAcc {_pct(metrics['aAcc'])}  "
+                  f"mAcc {_pct(metrics['mAcc'])}")
+        miou = metrics["mIoU"]
+        if miou is not None and (self.best_metric is None or miou > self.best_metric):
+            self.best_metric, self.best_iteration = miou, self.iteration
+            if self.env.is_main and self.config.export:
+                self.module.save_pretrained(str(self.out_dir / "best"), metrics=_card_metrics(metrics, self))
+        return metrics
+
+    def run(self) -> TrainResult:
+        cfg, env = self.config, self.env
+        start_time = time.time()
+        self._open_logs()
+        if self.iteration:
+            self._write_log({"event": "resume", "iter": self.iteration})
+        else:
+            self._write_log({"event": "start", "iter": 0, "world_size": env.world_size,
+                             "train_images": len(self.train_set),
+                             "val_images": len(self.val_set) if self.val_set is not None else 0})
+        self._log(f"training {cfg.model} on {self.train_set!r} for {cfg.max_iters} iterations "
+                  f"(global batch {cfg.batch_size}, {env.world_size} process(es), {env.device})")
+        bar = None
+        if env.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.max_iters, initial=self.iteration, unit="it", desc="train", dynamic_ncols=True)
+        metrics: Dict[str, Any] = {}
+        try:
+            batches = iter(self._loader())
+            while self.iteration < cfg.max_iters:
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss = self._step(batches)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss} at iteration {self.iteration + 1}; lower the lr or "
+                                             f"enable clip_grad")
+                self.iteration += 1
+                self.history.append({"iter": self.iteration, "loss": loss, "lr": lr})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                if cfg.log_interval and self.iteration % cfg.log_interval == 0:
+                    self._write_log({"event": "train", "iter": self.iteration, "loss": loss, "lr": lr,
+                                     "time": round(time.time() - start_time, 3)})
+                for hook in self.hooks:
+                    hook(self, self.iteration, loss)
+                last = self.iteration == cfg.max_iters
+                if (cfg.eval_interval and self.iteration % cfg.eval_interval == 0) or last:
+                    metrics = self._evaluate_and_track()
+                if (cfg.checkpoint_interval and self.iteration % cfg.checkpoint_interval == 0) or last:
+                    self.save_checkpoint()
+            if not metrics and self.val_set is not None and not self.evaluations:
+                metrics = self._evaluate_and_track()
+            final_dir = None
+            if env.is_main and cfg.export:
+                final_dir = self.module.save_pretrained(str(self.out_dir / "final"),
+                                                        metrics=_card_metrics(metrics, self) if metrics else {})
+                final_dir = Path(final_dir)
+            if env.is_main and (self.out_dir / "log.jsonl").exists():
+                self._write_log({"event": "end", "iter": self.iteration, "mIoU": metrics.get("mIoU"),
+                                 "time": round(time.time() - start_time, 3)})
+        finally:
+            if bar is not None:
+                bar.close()
+        best_dir = self.out_dir / "best"
+        return TrainResult(
+            out_dir=self.out_dir, final_dir=final_dir, best_dir=best_dir if best_dir.is_dir() else None,
+            metrics=metrics, best_metric=self.best_metric, history=list(self.history),
+            evaluations=list(self.evaluations), iterations=self.iteration, wall_time=time.time() - start_time,
+        )
+
+
+def _pct(value: Optional[float]) -> str:
+    return "nan" if value is None else f"{100 * value:.2f}"
+
+
+def _card_metrics(metrics: Dict[str, Any], trainer: Trainer) -> Dict[str, Any]:
+    """Metrics for the model card / config.json: percentages plus what they were measured on."""
+    out: Dict[str, Any] = {k: round(100 * metrics[k], 2) for k in ("mIoU", "aAcc", "mAcc")
+                           if metrics.get(k) is not None}
+    out["dataset"] = trainer.info.name
+    out["val_images"] = len(trainer.val_set) if trainer.val_set is not None else 0
+    out["iterations"] = trainer.iteration
+    return out
+
+
+def _as_config(config: Union[TrainConfig, Dict[str, Any], str, os.PathLike], overrides: Dict[str, Any]
+               ) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        base = config
+    elif isinstance(config, dict):
+        base = TrainConfig.from_dict(config)
+    elif isinstance(config, (str, os.PathLike)) and Path(config).suffix.lower() in (".yaml", ".yml", ".json"):
+        base = load_config(config)
+    elif isinstance(config, str):
+        base = get_preset(config)
+    else:
+        raise ValueError(f"config must be a TrainConfig, a dict, a YAML/JSON file or a preset name, got {config!r}")
+    return base.replace(**overrides) if overrides else base
+
+
+def train(config: Union[TrainConfig, Dict[str, Any], str, os.PathLike] = "shapes-demo",
+          hooks: Sequence[Hook] = (), **overrides: Any) -> TrainResult:
+    """Train a model: ``config`` is a ``TrainConfig``, a dict, a YAML/JSON file or a preset name; keyword
+    arguments override its fields. Under torchrun every process calls this; rank 0 logs, checkpoints and exports.
+    """
+    trainer = Trainer(_as_config(config, overrides), hooks=hooks)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

@@ -1,0 +1,122 @@
+"""csap_zoo.benchmark and benchmarks/latency.py: statistics, table, targets, and a tiny end-to-end run."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from csap_zoo.benchmark import (
+    BenchResult, LatencyStats, bench_head, bench_model, measure_latency, peak_memory_mb, peak_rss_mb,
+)
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("latency_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stats(ms):
+    return LatencyStats(ms, ms * 1.1, ms, ms * 0.9, 10)
+
+
+def test_latency_stats_median_and_nearest_rank_p90():
+    s = LatencyStats.from_times([0.001 * v for v in (5, 1, 4, 2, 3, 10, 6, 7, 8, 9)])
+    assert s.median_ms == pytest.approx(5.5)
+    assert s.p90_ms == pytest.approx(9.0)  # 9th of 10 sorted values
+    assert s.min_ms == pytest.approx(1.0) and s.runs == 10
+    with pytest.raises(ValueError):
+        LatencyStats.from_times([])
+
+
+def test_measure_latency_counts_calls_and_restores_threads():
+    calls = []
+    before = torch.get_num_threads()
+    s = measure_latency(lambda: calls.append(torch.get_num_threads()), warmup=2, repeats=5, num_threads=1)
+    assert len(calls) == 7 and set(calls) == {1} and s.runs == 5
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        measure_latency(lambda: None, repeats=0)
+
+
+def test_peak_rss_sees_a_large_allocation():
+    pytest.importorskip("psutil")
+    grown = peak_rss_mb(lambda: torch.ones(64, 1024, 1024).sum())  # 256 MiB
+    assert grown > 100
+
+
+def test_table_ratios_and_targets():
+    script = load_script()
+    results = [
+        BenchResult("csap_tiny", 512, 512, 2, 4.66, 5.32, stats(70.0), stats(60.0), stats(50.0), 1e-5, 100.0),
+        BenchResult("segnext_tiny", 512, 512, 2, 4.26, 6.45, stats(100.0)),
+        BenchResult("segformer_b0", 512, 512, 2, 3.75, None, stats(100.0)),
+    ]
+    heads = [BenchResult("csap_tiny head", 512, 512, 2, 0.76, None, stats(4.0)),
+             BenchResult("segnext_tiny head", 512, 512, 2, 0.36, None, stats(10.0))]
+    table = script.format_table(results)
+    assert "| csap_tiny | 4.66 | 5.32 | 70.0 |" in table and "| 1.00x |" in table and "| 1.43x |" in table
+    assert "| 2.50x |" in script.format_head_table(heads)
+    lines = script.targets(results, heads)
+    assert "CSAP-T / segnext_tiny latency: 0.70x (target <= 0.8x) met" in lines[0]
+    assert "NOT met" in lines[1]  # 0.70 > 0.60 vs SegFormer
+    assert "1.40x (target >= 1.3x) met" in lines[2]
+    assert "0.40x (target <= 0.5x) met" in lines[3]
+
+
+def test_bench_model_and_heads_small():
+    result = bench_model("csap_tiny", 64, 64, warmup=0, repeats=2, num_threads=1, memory=False, gmacs=False)
+    assert result.latency.runs == 2 and result.channels_last is not None and result.params_m > 4
+    heads = bench_head(height=64, width=64, warmup=0, repeats=1, num_threads=1)
+    assert [h.name for h in heads] == ["csap_tiny head", "segnext_tiny head"]
+
+
+def test_segformer_reference_builds_without_download():
+    pytest.importorskip("transformers")
+    from csap_zoo.benchmark import build_bench_model
+
+    model = build_bench_model("segformer_b0")
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 150, 16, 16)  # stride-4 native logits
+    assert 3.5 < sum(p.numel() for p in model.parameters()) / 1e6 < 4.0  # SegFormer-B0: 3.7 M
+
+
+def test_script_end_to_end_tiny(tmp_path, capsys):
+    rc = load_script().main(["--models", "csap_tiny", "segnext_tiny", "--size", "64", "64", "--warmup", "0",
+                             "--repeats", "1", "--threads", "1", "--onnx", "--no-memory", "--no-gmacs",
+                             "--json", str(tmp_path / "lat.json"), "--png", str(tmp_path / "lat.png")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| csap_tiny |" in out and "| segnext_tiny head |" in out and "CSAP head / Ham head" in out
+    data = json.loads((tmp_path / "lat.json").read_text())
+    assert [m["name"] for m in data["models"]] == ["csap_tiny", "segnext_tiny"] and "machine" in data
+    assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_bench_model_with_onnxruntime():
+    pytest.importorskip("onnxruntime")
+    result = bench_model("csap_tiny", 64, 96, warmup=0, repeats=2, num_threads=1, memory=False, gmacs=False,
+                         channels_last=False, onnx=True)
+    assert result.onnxruntime.runs == 2 and result.onnx_max_abs_diff < 1e-4
+
+
+@pytest.mark.slow
+def test_peak_memory_in_a_fresh_process():
+    pytest.importorskip("psutil")
+    small = peak_memory_mb("csap_tiny", 64, 64)
+    large = peak_memory_mb("csap_tiny", 384, 384)
+    assert 0 <= small < large  # activations grow with the input

@@ -1,0 +1,38 @@
+"""Shared fixtures for the training tests: small generated datasets."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from csap_zoo.data.synthetic import generate_shapes_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training tests run on one intra-op thread: on a shared 2-core machine, several multi-threaded torch
+    processes slow each other down many times over; one thread each keeps the timings stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """16 train / 4 val generated images of 48x48 (folder layout with classes.txt)."""
+    root = tmp_path_factory.mktemp("tiny_shapes")
+    generate_shapes_dataset(root, num_train=16, num_val=4, size=(48, 48), seed=3)
+    return root
+
+
+def tiny_config(data_root, out_dir, **changes):
+    """A fast CPU config: CSAP-T from scratch on 32x32 crops, no dropout / drop path (deterministic losses)."""
+    from csap_zoo.engine import get_preset
+
+    values = dict(data_root=str(data_root), out_dir=str(out_dir), crop_size=(32, 32), scale=(48, 48),
+                  ratio_range=(0.75, 1.25), batch_size=4, max_iters=4, eval_interval=0, checkpoint_interval=2,
+                  log_interval=1, num_workers=0, progress=False, tensorboard=False, export=False, lr=1e-3,
+                  warmup_iters=2, device="cpu", model_kwargs={"dropout": 0.0, "drop_path": 0.0},
+                  backbone_args={"drop_path_rate": 0.0})
+    values.update(changes)
+    return get_preset("shapes-demo").replace(**values)

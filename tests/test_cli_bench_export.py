@@ -1,0 +1,50 @@
+"""`csap-zoo export` and `csap-zoo bench`."""
+import pytest
+import torch
+
+from csap_zoo.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_export_torchscript(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    rc = main(["export", "csap_tiny", str(out), "--format", "torchscript", "--size", "64", "96",
+               "--num-classes", "3", "--no-check"])
+    assert rc == 0 and out.is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_export_errors_are_clear(tmp_path, capsys):
+    assert main(["export", "csap_tiny", str(tmp_path / "m.onnx"), "--opset", "12"]) == 1
+    assert "opset" in capsys.readouterr().err
+    assert main(["export", "csap_tiny", str(tmp_path / "m.pt"), "--checkpoint", str(tmp_path / "none.st")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_onnx_with_check(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    assert main(["export", "csap_tiny", str(out), "--size", "64", "96", "--num-classes", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "max abs difference" in text and "batch, height, width" in text
+
+
+def test_bench(capsys):
+    rc = main(["bench", "csap_tiny", "--size", "64", "64", "--threads", "1", "--warmup", "0", "--repeats", "2",
+               "--channels-last", "--no-memory"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "latency median / p90" in out and "channels_last" in out and "GMACs" in out
+
+
+def test_bench_unknown_model(capsys):
+    assert main(["bench", "nope_tiny", "--no-memory"]) == 1
+    assert "unknown architecture" in capsys.readouterr().err

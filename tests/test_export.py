@@ -1,0 +1,134 @@
+"""csap_zoo.export: ONNX / torch.export / TorchScript / torch.compile parity with eager PyTorch.
+
+Measured max abs differences (random CSAP-T weights, 5 classes, CPU fp32): onnxruntime ~1e-5 to 4e-5 (asserted
+< 1e-4), torch.export 0 (asserted < 1e-5), TorchScript trace 0, torch.compile ~2e-5 (asserted < 1e-4).
+"""
+import os
+
+import pytest
+import torch
+
+import csap_zoo
+from csap_zoo.export import (
+    ExportWrapper, check_parity, compile_model, export_model, export_onnx, export_program, export_torchscript,
+    load_program,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The suite shares two cores with other jobs: one torch thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# sizes: the export size, not divisible by 32 (smaller and larger), a short-and-wide one
+EXPORT_SIZE = (64, 96)
+SIZES = [(64, 96), (100, 70), (33, 130), (130, 200)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return csap_zoo.create_model("csap_tiny", num_classes=5).eval()
+
+
+@pytest.mark.parametrize("size", [(64, 96), (100, 70), (33, 47), (32, 32)])
+def test_wrapper_matches_model(model, size):
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        assert torch.equal(ExportWrapper(model)(x), model(x))
+        assert torch.equal(ExportWrapper(model, upsample=False)(x), model(x, upsample=False))
+
+
+def test_clear_errors(model, tmp_path):
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(model, tmp_path / "m.onnx", opset=16)
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_model(model, tmp_path / "m.x", format="tflite")
+    with pytest.raises(ValueError, match="minimum"):
+        export_torchscript(model, tmp_path / "m.pt", 16, 64)
+    with pytest.raises(IsADirectoryError):
+        export_torchscript(model, tmp_path, *EXPORT_SIZE)
+    with pytest.raises(ValueError, match="Segmentor"):
+        ExportWrapper(torch.nn.Conv2d(3, 3, 1))
+    trained = csap_zoo.create_model("csap_tiny", num_classes=5)  # training mode
+    with pytest.raises(ValueError, match="eval mode"):
+        export_torchscript(trained, tmp_path / "m.pt", *EXPORT_SIZE)
+    with pytest.raises(FileNotFoundError):
+        load_program(tmp_path / "missing.pt2")
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_export_leaves_no_partial_file(model, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch.jit, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_torchscript(model, tmp_path / "m.pt", *EXPORT_SIZE)
+    assert not list(tmp_path.iterdir())
+
+
+def test_torchscript_trace_parity_at_other_sizes(model, tmp_path):
+    result = export_torchscript(model, tmp_path / "m.pt", *EXPORT_SIZE, check_sizes=SIZES)
+    assert os.path.isfile(result.path) and result.max_abs_diff <= 1e-5
+    assert result.checked_sizes == SIZES
+    assert oct(os.stat(result.path).st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+
+
+def test_check_parity_reports_shape_mismatch(model):
+    with pytest.raises(RuntimeError, match="shape"):
+        check_parity(model, lambda x: torch.zeros(1, 5, 8, 8), sizes=[(64, 64)])
+
+
+@pytest.mark.slow
+def test_onnx_parity_dynamic_batch_and_sizes(model, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import onnx
+
+    result = export_onnx(model, tmp_path / "m.onnx", *EXPORT_SIZE, check_sizes=SIZES)
+    assert result.max_abs_diff < 1e-4, result  # measured ~1e-5 to 4e-5
+    graph = onnx.load(result.path)
+    assert graph.opset_import[0].version >= 17
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, C, H, W
+    session = onnxruntime.InferenceSession(result.path, providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 77, 150)  # batch 3, not divisible by 32, not the export size
+    out = session.run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(torch.from_numpy(out) - model(x)).max() < 1e-4
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp.onnx")]
+
+
+@pytest.mark.slow
+def test_onnx_native_logits(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    result = export_onnx(model, tmp_path / "m.onnx", *EXPORT_SIZE, upsample=False, check_sizes=[(64, 96), (100, 70)])
+    assert result.max_abs_diff < 1e-4
+
+
+@pytest.mark.slow
+def test_torch_export_parity_and_reload(model, tmp_path):
+    program, result = export_program(model, tmp_path / "m.pt2", *EXPORT_SIZE, check_sizes=SIZES)
+    assert result.max_abs_diff <= 1e-5
+    reloaded = load_program(result.path).module()
+    x = torch.randn(1, 3, 90, 111)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), model(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_parity(model):
+    compiled = compile_model(model)
+    x = torch.randn(1, 3, 70, 100)
+    with torch.no_grad():
+        assert (compiled(x) - model(x)).abs().max() < 1e-4  # measured ~2e-5
+
+
+@pytest.mark.slow
+def test_randomised_head_parity_is_reported_not_enforced(tmp_path):
+    segnext = csap_zoo.create_model("segnext_tiny", num_classes=5).eval()
+    result = export_torchscript(segnext, tmp_path / "s.pt", *EXPORT_SIZE, check_sizes=[EXPORT_SIZE])
+    assert result.eager_max_abs_diff > 0 and "randomised" in result.notes
