@@ -43,7 +43,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -54,6 +53,7 @@ from einops import rearrange
 
 from .models.heads.csap import CSAPHead, CSAPHeadConfig, propagate_map
 from .models.segmentor import Segmentor
+from .fileio import atomic_write
 
 __all__ = [
     "AttentionSimilarityReport", "StageSimilarity", "attention_similarity", "fit_qk", "format_similarity_table",
@@ -546,27 +546,12 @@ def format_similarity_table(report: AttentionSimilarityReport) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Union[str, os.PathLike], write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def save_similarity_json(report: AttentionSimilarityReport, path: Union[str, os.PathLike]) -> Path:
     """Write the report (without example maps) as JSON, atomically."""
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def plot_similarity(report: AttentionSimilarityReport, path: Union[str, os.PathLike], head: int = 0) -> Path:
@@ -608,6 +593,6 @@ def plot_similarity(report: AttentionSimilarityReport, path: Union[str, os.PathL
     def write(tmp: str) -> None:
         fig.savefig(tmp, format="png", dpi=90)
     try:
-        return _atomic_write(path, write)
+        return atomic_write(path, write)
     finally:
         plt.close(fig)

@@ -31,7 +31,6 @@ Files are written to a temporary file next to the destination and renamed when c
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -39,6 +38,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .fileio import atomic_write
 
 __all__ = [
     "EXPORT_FORMATS", "ExportResult", "ExportWrapper", "check_parity", "compile_model", "export_model",
@@ -101,26 +102,6 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _atomic_write(path: PathLike, write: Callable[[str], None], suffix: str = "") -> Path:
-    path = Path(path)
-    if path.exists() and path.is_dir():
-        raise IsADirectoryError(f"export destination {path} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _example(model: nn.Module, batch: int, height: int, width: int) -> torch.Tensor:
     min_size = getattr(model, "min_size", 32)
     if height < min_size or width < min_size:
@@ -264,7 +245,7 @@ def export_onnx(
         program.save(tmp)
 
     try:
-        out = _atomic_write(path, write, suffix=".onnx")
+        out = atomic_write(path, write, suffix=".onnx")
     except (ImportError, ValueError, IsADirectoryError):
         raise
     except Exception as err:
@@ -307,7 +288,7 @@ def export_program(
         raise RuntimeError(f"torch.export of {type(model).__name__} failed: {err}") from err
     out = None
     if path is not None:
-        out = _atomic_write(path, lambda tmp: torch.export.save(program, tmp), suffix=".pt2")
+        out = atomic_write(path, lambda tmp: torch.export.save(program, tmp), suffix=".pt2")
     result = ExportResult("torch-export", None if out is None else str(out), tuple(example.shape),
                           {"batch": False, "height": dynamic, "width": dynamic},
                           notes="sizes must keep the stride-32 grid above one cell (H, W > 32, not both <= 64)")
@@ -355,7 +336,7 @@ def export_torchscript(
             warnings.simplefilter("ignore")
             torch.jit.save(traced, tmp)
 
-    out = _atomic_write(path, write, suffix=".pt")
+    out = atomic_write(path, write, suffix=".pt")
     result = ExportResult("torchscript", str(out), tuple(example.shape),
                           {"batch": False, "height": True, "width": True},
                           notes="traced; TorchScript is deprecated upstream")

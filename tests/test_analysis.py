@@ -14,13 +14,7 @@ from csap_zoo.analysis import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The suite shares two cores with other jobs: one torch thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_similarity.py"
 SIZE = (64, 96)

@@ -15,13 +15,7 @@ from csap_zoo.export import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The suite shares two cores with other jobs: one torch thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # sizes: the export size, not divisible by 32 (smaller and larger), a short-and-wide one
 EXPORT_SIZE = (64, 96)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import jsonschema
+
+from ..fileio import atomic_write
 
 __all__ = [
     "Checkpoint", "HfSource", "Manifest", "ManifestError", "PackageSource", "UrlSource", "default_manifest", "load_manifest",
@@ -214,14 +215,7 @@ class Manifest:
         target = Path(path or self.path or MANIFEST_PATH).resolve()
         data = self.to_dict()
         Manifest.from_dict(data)  # never write a manifest that would not load
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(_format_manifest(data))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda tmp: Path(tmp).write_text(_format_manifest(data)))
         return target
 
 

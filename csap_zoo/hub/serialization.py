@@ -40,17 +40,6 @@ def model_config_dict(model: Segmentor, metrics: Optional[Dict[str, Any]] = None
     }
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _count_gmacs(model: Segmentor, size: int) -> Optional[float]:
     try:
         return estimate_gmacs(model, size, size)

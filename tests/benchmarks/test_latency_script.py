@@ -13,12 +13,7 @@ from csap_zoo.benchmark import (
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_script():

@@ -8,13 +8,9 @@ from csap_zoo.data.synthetic import generate_shapes_dataset
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests run on one intra-op thread: on a shared 2-core machine, several multi-threaded torch
-    processes slow each other down many times over; one thread each keeps the timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _engine_tests_use_one_thread(one_torch_thread):
+    """Training tests always run on one intra-op thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
