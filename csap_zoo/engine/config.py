@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255
+
 __all__ = ["PRESETS", "TrainConfig", "get_preset", "list_presets", "load_config", "read_classes_file"]
 
 PathLike = Union[str, os.PathLike]
@@ -85,8 +87,8 @@ class TrainConfig:
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
     photometric: bool = True
-    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
-    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    mean: Tuple[float, float, float] = IMAGENET_MEAN_255
+    std: Tuple[float, float, float] = IMAGENET_STD_255
     # evaluation
     test_size: Optional[Tuple[int, int]] = (2048, 512)
     eval_mode: str = "whole"
