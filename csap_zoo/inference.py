@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from .data.io import IMAGE_EXTENSIONS, ImageLike, save_png, to_rgb_array
 from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
-from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255
+from .models.fused import optimize_for_inference
+from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "InferenceConfig", "PredictSummary", "Segmenter", "predict_paths",
@@ -149,6 +150,9 @@ class Segmenter:
         amp: None, ``"bf16"`` or ``"fp16"`` (CUDA only) autocast for the model.
         dataset_info: class names and palette for visualisation; default from the model's ``data_config``
             (class names / palette, else its dataset tag), else generated names and colours.
+        optimize: run a fused, channels_last copy of the model (:func:`csap_zoo.optimize_for_inference`; same
+            outputs up to float rounding, the model passed in is left untouched). ``"auto"`` (default) does so
+            for a ``Segmentor`` on the CPU without autocast; True for any ``Segmentor``; False never.
     """
 
     def __init__(
@@ -161,6 +165,7 @@ class Segmenter:
             device: Optional[Union[str, torch.device]] = None,
             amp: Optional[str] = None,
             dataset_info: Optional[DatasetInfo] = None,
+            optimize: Union[bool, str] = "auto",
             **config_overrides: Any,
     ) -> None:
         config = config or InferenceConfig()
@@ -177,6 +182,11 @@ class Segmenter:
             device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if optimize not in (True, False, "auto"):
+            raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
+        if isinstance(model, Segmentor) and (
+                optimize is True or (optimize == "auto" and self.device.type == "cpu" and amp is None)):
+            self.model = optimize_for_inference(self.model)
         self.in_chans = int(getattr(model, "in_chans", 3))
         self.min_size = int(getattr(model, "min_size", 1))
         self.num_classes = getattr(model, "num_classes", None)

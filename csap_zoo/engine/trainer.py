@@ -528,7 +528,7 @@ class Trainer:
         devices = [env.device] if env.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             segmenter = Segmenter(module, InferenceConfig(**overrides), device=env.device,
-                                  amp="bf16" if self.amp_dtype == torch.bfloat16 else None)
+                                  amp="bf16" if self.amp_dtype == torch.bfloat16 else None, optimize=False)
             for i in range(env.rank, len(self.val_set), env.world_size):
                 image, mask = self.val_set[i]
                 evaluator.update(segmenter.predict(image), mask, name=str(self.val_set.mask_path(i)))

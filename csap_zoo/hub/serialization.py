@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from .. import __version__
 from ..complexity import estimate_gmacs
+from ..models.fused import is_fused
 from ..models.segmentor import Segmentor
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "MODEL_CARD_NAME", "FORMAT_VERSION", "push_to_hub", "save_pretrained"]
@@ -118,6 +119,10 @@ def save_pretrained(
     The folder is assembled in a temporary sibling and moved into place, so a failure never leaves a
     half-written model folder; an existing folder's three files are replaced, other files are kept.
     """
+    if is_fused(model):
+        raise ValueError("this model was optimised for inference (folded, fused layers) and no longer has the "
+                         "architecture's checkpoint layout; save the original model instead of the "
+                         "optimize_for_inference() copy")
     target = Path(save_directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     metrics = model.metrics if metrics is None else metrics

@@ -1,13 +1,14 @@
 """Small helpers shared by the backbone and the heads."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
-__all__ = ["init_conv_linear", "check_head_features"]
+__all__ = ["init_conv_linear", "check_head_features", "conv1x1_over_resized_concat"]
 
 
 def init_conv_linear(m: nn.Module) -> None:
@@ -30,3 +31,36 @@ def check_head_features(features: Sequence[torch.Tensor], in_channels: Sequence[
     got = tuple(f.shape[1] for f in features)
     if got != tuple(in_channels):
         raise ValueError(f"{head_name} expects feature channels {tuple(in_channels)}, got {got}")
+
+
+def conv1x1_over_resized_concat(
+        features: Sequence[torch.Tensor],
+        weight: torch.Tensor,
+        size: Tuple[int, int],
+        bias: Optional[torch.Tensor] = None,
+        align_corners: bool = False,
+) -> torch.Tensor:
+    """``conv1x1(cat([resize(f, size) for f in features], dim=1), weight, bias)`` without building the concatenation.
+
+    The 1x1 conv splits into one conv per feature over its slice of the input channels, and a bilinear resize mixes
+    pixels with convex weights independently per channel, so it commutes with a bias-free 1x1 conv. Each feature
+    is therefore projected where that is cheaper -- at its own (coarser) resolution when the projection does not
+    widen it -- and the partial results are summed. Equal to the concatenating form up to float rounding.
+    """
+    total_in = sum(f.shape[1] for f in features)
+    if weight.shape[1] != total_in:
+        raise ValueError(f"1x1 conv weight expects {weight.shape[1]} input channels, features have {total_in}")
+    out: Optional[torch.Tensor] = None
+    start = 0
+    for feature in features:
+        part = weight[:, start:start + feature.shape[1]]
+        start += feature.shape[1]
+        if tuple(feature.shape[-2:]) == tuple(size):
+            y = F.conv2d(feature, part)
+        elif part.shape[0] <= part.shape[1]:
+            y = F.interpolate(F.conv2d(feature, part), size=size, mode="bilinear", align_corners=align_corners)
+        else:
+            y = F.conv2d(F.interpolate(feature, size=size, mode="bilinear", align_corners=align_corners), part)
+        out = y if out is None else out + y
+    assert out is not None
+    return out if bias is None else out + bias.view(1, -1, 1, 1)

@@ -20,9 +20,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from .fused import FusedConv2d, batchnorm_affine, fold_input_affine
 from .layers import init_conv_linear
 
-__all__ = ["MSCAN", "checkpoint_filter_fn"]
+__all__ = ["MSCAN", "FusedMscanBlock", "checkpoint_filter_fn"]
 
 
 class LayerScale2d(nn.Module):
@@ -119,6 +120,73 @@ class MscanBlock(nn.Module):
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x
 
+    def fuse(self) -> "FusedMscanBlock":
+        """This block as an inference-only :class:`FusedMscanBlock` (same outputs up to float rounding)."""
+        return FusedMscanBlock(self)
+
+
+class FusedMscanBlock(nn.Module):
+    """An eval-mode :class:`MscanBlock` with BatchNorms and layer scales folded into its 1x1 convs and every
+    activation, strip-sum, gate and residual add running inside a convolution (see ``csap_zoo.models.fused``).
+
+    With ``n = a*x + b`` the folded first norm, the attention branch ``x + g*(proj_out(z) + n)`` becomes
+    ``proj_out'(z) + x*(1 + g*a)`` with ``g*b`` moved into proj_out's bias; the MLP's norm folds into ``fc1``.
+    """
+
+    def __init__(self, block: MscanBlock) -> None:
+        super().__init__()
+        attn, gating, mlp = block.attn, block.attn.gating, block.mlp
+        scale1, shift1 = batchnorm_affine(block.norm1)
+        scale2, shift2 = batchnorm_affine(block.norm2)
+        gamma1, gamma2 = block.ls1.gamma.detach(), block.ls2.gamma.detach()
+
+        self.proj_in = FusedConv2d(*fold_input_affine(attn.proj_in, scale1, shift1), unary="gelu")
+        self.local = FusedConv2d.from_conv(gating.local)
+        self.strip_rows = nn.ModuleList([FusedConv2d.from_conv(strip.row) for strip in gating.strips])
+        self.strip_cols = nn.ModuleList([FusedConv2d.from_conv(strip.col, binary="add") for strip in gating.strips])
+        self.mix = FusedConv2d.from_conv(gating.mix, binary="mul")
+        out = attn.proj_out
+        self.proj_out = FusedConv2d(out.weight.detach() * gamma1.view(-1, 1, 1, 1),
+                                    gamma1 * (out.bias.detach() + shift1), binary="add")
+        self.register_buffer("shortcut_scale", (1 + gamma1 * scale1).view(1, -1, 1, 1))
+        self.fc1 = FusedConv2d(*fold_input_affine(mlp.fc1, scale2, shift2))
+        self.dwconv = FusedConv2d.from_conv(mlp.dwconv, unary="gelu")
+        self.fc2 = FusedConv2d(mlp.fc2.weight.detach() * gamma2.view(-1, 1, 1, 1), gamma2 * mlp.fc2.bias.detach(),
+                               binary="add")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_input = self.proj_in(x)
+        context = self.local(gate_input)
+        total = context
+        for row, col in zip(self.strip_rows, self.strip_cols):
+            total = col(row(context), total)
+        x = self.proj_out(self.mix(total, gate_input), x * self.shortcut_scale)
+        rows = self._band_rows(x)
+        if rows >= x.shape[-2]:
+            return self.fc2(self.dwconv(self.fc1(x)), x)
+        return torch.cat([self._mlp_band(x, top, min(top + rows, x.shape[-2]))
+                          for top in range(0, x.shape[-2], rows)], dim=-2)
+
+    # The MLP's hidden tensor is mlp_ratio (4-8) times wider than the block: at stride 4 it is tens of MB and the
+    # three MLP kernels stream it through memory three times. Horizontal bands that keep it cache-sized give the
+    # same numbers (the 3x3 depthwise conv reads one halo row from each neighbouring band).
+    BAND_BYTES = 2 ** 21
+
+    def _band_rows(self, x: torch.Tensor) -> int:
+        """Rows per band: the hidden tensor split into even bands of about BAND_BYTES (all rows if it is small)."""
+        height = x.shape[-2]
+        hidden_bytes = self.fc1.weight.shape[0] * x.shape[0] * height * x.shape[-1] * x.element_size()
+        bands = hidden_bytes // self.BAND_BYTES
+        return height if bands < 2 else max(4, -(-height // bands))
+
+    def _mlp_band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+        start = max(0, top - 1)
+        hidden = self.fc1(x[..., start:min(x.shape[-2], bottom + 1), :])
+        # The conv zero-pads the band like the image: right at the image's top and bottom edges; the rows it gets
+        # wrong (next to an inner halo row) are the halo rows themselves, which are dropped.
+        hidden = self.dwconv(hidden)[..., top - start:top - start + bottom - top, :]
+        return self.fc2(hidden, x[..., top:bottom, :])
+
 
 class StemConv(nn.Module):
     """Stride-4 stem: two 3x3 stride-2 convs with BatchNorm, GELU between them."""
@@ -136,6 +204,11 @@ class StemConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
 
+    def fuse(self) -> nn.Sequential:
+        """Inference-only copy: BatchNorms folded into the convs, the GELU fused into the first."""
+        conv1, bn1, _, conv2, bn2 = self.proj
+        return nn.Sequential(FusedConv2d.from_conv(conv1, bn1, unary="gelu"), FusedConv2d.from_conv(conv2, bn2))
+
 
 class Downsample(nn.Module):
     """3x3 stride-2 conv + BatchNorm between stages."""
@@ -147,6 +220,10 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))
+
+    def fuse(self) -> FusedConv2d:
+        """Inference-only copy with the BatchNorm folded into the conv."""
+        return FusedConv2d.from_conv(self.proj, self.norm)
 
 
 class MscanStage(nn.Module):

@@ -140,6 +140,9 @@ class Segmentor(nn.Module):
         self.config = config
         self.data_config = data_config or DataConfig()
         self.metrics: Dict[str, Any] = {}  # evaluation results that travel with the weights (model card)
+        # Layout the input is switched to before the backbone (None: as given; optimize_for_inference sets
+        # channels_last).
+        self.memory_format: Optional[torch.memory_format] = None
 
     @classmethod
     def from_config(
@@ -228,6 +231,9 @@ class Segmentor(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
+    def _to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
+
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The features the head consumes (shallow to deep), for an input already padded to the stride."""
         features = self.backbone(x)
@@ -247,9 +253,9 @@ class Segmentor(nn.Module):
         """Logits at the input's resolution, or the head's raw (stride-8) logits with ``upsample=False``."""
         self.check_input(x)
         size = (x.shape[-2], x.shape[-1])
-        padded = self.pad_to_stride(x)
+        padded = self._to_memory_format(self.pad_to_stride(x))
         logits = self.decode_head(self.forward_features(padded))
-        return self._crop_logits(logits, padded, size, upsample)
+        return self._crop_logits(logits, padded, size, upsample).contiguous()
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Logits at input resolution plus the head's attention maps (shallow to deep), for analysis.
@@ -260,6 +266,6 @@ class Segmentor(nn.Module):
             raise ValueError(f"{type(self.decode_head).__name__} has no attention maps to return")
         self.check_input(x)
         size = (x.shape[-2], x.shape[-1])
-        padded = self.pad_to_stride(x)
+        padded = self._to_memory_format(self.pad_to_stride(x))
         logits, maps = self.decode_head.forward_with_attention(self.forward_features(padded))
-        return self._crop_logits(logits, padded, size, True), maps
+        return self._crop_logits(logits, padded, size, True).contiguous(), maps

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import DropPath
 
-from ..layers import check_head_features, init_conv_linear
+from ..layers import check_head_features, conv1x1_over_resized_concat, init_conv_linear
 
 __all__ = ["CSAPHead", "CSAPHeadConfig", "ATTENTION_MODES", "PROPAGATION_MODES"]
 
@@ -285,9 +285,12 @@ class CSAPHead(nn.Module):
         return [o for o in outputs if o is not None], maps
 
     def _fuse(self, stage_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Fusion of the stage outputs resized to the shallowest grid and concatenated deep-to-shallow; the
+        concatenation is never built (see :func:`conv1x1_over_resized_concat`)."""
+        conv, norm, act = self.fuse
         size = stage_outputs[0].shape[-2:]
-        resized = [_resize(x, (size[0], size[1]), "bilinear") for x in reversed(stage_outputs)]
-        return self.classifier(self.dropout(self.fuse(torch.cat(resized, dim=1))))
+        fused = conv1x1_over_resized_concat(list(reversed(stage_outputs)), conv.weight, (size[0], size[1]), conv.bias)
+        return self.classifier(self.dropout(act(norm(fused))))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits (B, num_classes, H0, W0) at the resolution of the shallowest input."""

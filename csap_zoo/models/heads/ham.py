@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import check_head_features
+from ..layers import check_head_features, conv1x1_over_resized_concat
 
 __all__ = ["NMF2D", "Hamburger", "LightHamHead", "HamHeadConfig", "mmseg_checkpoint_filter_fn"]
 
@@ -241,10 +241,10 @@ class LightHamHead(nn.Module):
         """Logits (B, num_classes, H0, W0) at the resolution of features[0] (the shallowest input)."""
         check_head_features(features, self.in_channels, "LightHamHead")
         size = features[0].shape[-2:]
-        resized = [features[0]] + [
-            F.interpolate(f, size=size, mode="bilinear", align_corners=self.align_corners) for f in features[1:]
-        ]
-        x = self.squeeze(torch.cat(resized, dim=1))
+        conv, norm, act = self.squeeze
+        # squeeze(cat(resized features)), computed without building the concatenation
+        x = act(norm(conv1x1_over_resized_concat(features, conv.weight, (size[0], size[1]), conv.bias,
+                                                 align_corners=self.align_corners)))
         x = self.align(self.hamburger(x))
         return self.classifier(self.dropout(x))
 

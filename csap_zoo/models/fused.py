@@ -1,0 +1,178 @@
+"""Inference-time fusion: fold normalisations into convolutions and run conv + activation / residual as one kernel.
+
+:func:`optimize_for_inference` returns a copy of a segmentor (or any module) in which every submodule that
+offers a ``fuse()`` method has been replaced by what that method returns -- for MSCAN, blocks whose BatchNorms and
+layer scales are folded into the neighbouring 1x1 convolutions and whose GELUs and residual adds run inside the
+convolution -- and whose weights are in ``channels_last`` layout. Outputs equal the original model's up to float
+rounding; the copy is for inference only (its BatchNorm statistics are frozen into weights) and cannot be saved as
+a checkpoint of the original architecture.
+
+:class:`FusedConv2d` runs the fused kernels through oneDNN (``torch.ops.mkldnn._convolution_pointwise``) for
+float32 CPU tensors outside autograd, tracing and export, and falls back to the same computation in plain
+PyTorch ops everywhere else (CUDA, other dtypes, gradients, ONNX/``torch.export``), so a fused model runs anywhere.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["FusedConv2d", "batchnorm_affine", "fold_batchnorm", "fold_input_affine", "fuse_modules", "is_fused", "onednn_fusion_usable",
+           "optimize_for_inference"]
+
+UNARY_OPS = ("none", "gelu", "relu")
+BINARY_OPS = ("add", "mul")
+
+
+def batchnorm_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode BatchNorm as ``y = scale * x + shift`` (per channel)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale.detach(), shift.detach()
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one convolution."""
+    scale, shift = batchnorm_affine(bn)
+    weight = conv.weight.detach() * scale.view(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias.detach() * scale + shift
+    return weight, bias
+
+
+def fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``conv(scale * x + shift)`` as one convolution; ``conv`` must be a 1x1 dense conv
+    (a per-channel affine input can only be folded exactly where no zero padding meets it)."""
+    if tuple(conv.kernel_size) != (1, 1) or conv.groups != 1:
+        raise ValueError("only a dense 1x1 convolution can absorb an input-side affine exactly")
+    weight = conv.weight.detach()
+    bias = weight[:, :, 0, 0] @ shift.detach()
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach()
+    return weight * scale.detach().view(1, -1, 1, 1), bias
+
+
+def onednn_fusion_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the fused oneDNN kernels can serve this call (else the plain-op fallback runs)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # the fused kernels have no backward
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not torch.onnx.is_in_onnx_export()
+
+
+class FusedConv2d(nn.Module):
+    """A convolution with an optional activation (``unary``) or elementwise ``binary`` op with a second tensor
+    applied to its output in the same kernel: ``act(conv(x))`` or ``conv(x) (+|*) other``.
+
+    Built from folded weights (see :func:`fold_batchnorm`); inference only in spirit, but the fallback path is
+    ordinary differentiable PyTorch.
+    """
+
+    def __init__(
+            self,
+            weight: torch.Tensor,
+            bias: Optional[torch.Tensor],
+            stride: Tuple[int, int] = (1, 1),
+            padding: Tuple[int, int] = (0, 0),
+            groups: int = 1,
+            unary: str = "none",
+            binary: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if unary not in UNARY_OPS:
+            raise ValueError(f"unary must be one of {UNARY_OPS}, got {unary!r}")
+        if binary is not None and binary not in BINARY_OPS:
+            raise ValueError(f"binary must be one of {BINARY_OPS} or None, got {binary!r}")
+        if binary is not None and unary != "none":
+            raise ValueError("a FusedConv2d applies either an activation or a binary op, not both")
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.stride = tuple(stride)
+        self.padding = tuple(padding)
+        self.groups = groups
+        self.unary = unary
+        self.binary = binary
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, **kwargs) -> "FusedConv2d":
+        """From a plain ``nn.Conv2d`` (zero padding, no dilation), folding a following BatchNorm if given."""
+        if conv.padding_mode != "zeros" or tuple(conv.dilation) != (1, 1) or isinstance(conv.padding, str):
+            raise ValueError("FusedConv2d supports zero-padded, undilated convolutions with explicit padding")
+        if bn is None:
+            weight, bias = conv.weight, conv.bias
+        else:
+            weight, bias = fold_batchnorm(conv, bn)
+        return cls(weight, bias, conv.stride, conv.padding, conv.groups, **kwargs)
+
+    def extra_repr(self) -> str:
+        out_chs, in_per_group = self.weight.shape[:2]
+        return (f"{in_per_group * self.groups}, {out_chs}, kernel_size={tuple(self.weight.shape[-2:])}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, unary={self.unary}, "
+                f"binary={self.binary}")
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (other is None) != (self.binary is None):
+            raise ValueError(f"this FusedConv2d {'needs' if self.binary else 'takes no'} second operand")
+        padding = self.padding
+        if onednn_fusion_usable(x, self.weight):
+            args = (list(padding), list(self.stride), [1, 1], self.groups)
+            if other is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self.weight, self.bias, *args, self.unary, [], "none" if self.unary == "gelu" else "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other, self.weight, self.bias, *args, self.binary, None, None, [], None)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups)
+        if self.unary == "gelu":
+            y = F.gelu(y)
+        elif self.unary == "relu":
+            y = F.relu(y)
+        if other is not None:
+            y = y + other if self.binary == "add" else y * other
+        return y
+
+
+def fuse_modules(model: nn.Module) -> nn.Module:
+    """Replace, in place and depth-first, every submodule with a ``fuse()`` method by what it returns."""
+    for name, child in model.named_children():
+        fuse = getattr(type(child), "fuse", None)
+        if callable(fuse) and not isinstance(fuse, nn.Module):
+            setattr(model, name, child.fuse())
+        else:
+            fuse_modules(child)
+    return model
+
+
+def is_fused(model: nn.Module) -> bool:
+    """Whether ``model`` contains inference-fused modules (folded weights, not a loadable architecture)."""
+    return any(isinstance(m, FusedConv2d) for m in model.modules())
+
+
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` for fast inference: eval mode, no gradients, fused blocks, ``channels_last`` weights.
+
+    A :class:`~csap_zoo.models.segmentor.Segmentor` also switches its input to ``channels_last`` (its outputs stay
+    contiguous). Outputs match the original up to float rounding (about 1e-5 relative). Keep the original model
+    for training, saving and exporting.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval().requires_grad_(False)
+    fuse_modules(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        if hasattr(model, "memory_format"):
+            model.memory_format = torch.channels_last
+    return model
