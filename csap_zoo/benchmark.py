@@ -15,9 +15,14 @@ Conventions (benchmarks/latency.py prints them with every table):
 * **ONNX Runtime**: the model exported with :func:`csap_zoo.export.export_onnx` (same forward, native logits),
   run in an onnxruntime CPU session with the same thread count.
 * **channels_last**: the model and input converted to ``torch.channels_last`` before timing.
+* **optimized**: :func:`csap_zoo.optimize_for_inference` (folded and fused blocks, channels_last) -- what the
+  ``Segmenter`` and the ``predict`` / ``eval`` commands run on the CPU. Contiguous input, as a user passes it.
+* Every variant of every model is timed round-robin in one loop (:func:`measure_interleaved`), so that the
+  load of a shared machine drifts over all of them alike.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import os
@@ -34,7 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "BenchResult", "LatencyStats", "bench_head", "bench_model", "build_bench_model", "measure_latency",
+    "BenchResult", "LatencyStats", "bench_head", "bench_model", "bench_models", "build_bench_model",
+    "measure_interleaved", "measure_latency",
     "peak_memory_mb", "peak_rss_mb", "segformer_b0", "threads",
 ]
 
@@ -212,6 +218,13 @@ class BenchResult:
     onnxruntime: Optional[LatencyStats] = None
     onnx_max_abs_diff: Optional[float] = None
     peak_mem_mb: Optional[float] = None
+    optimized: Optional[LatencyStats] = None
+
+    @property
+    def best(self) -> LatencyStats:
+        """The fastest PyTorch variant timed (eager, channels_last or optimized), by median."""
+        variants = [v for v in (self.latency, self.channels_last, self.optimized) if v is not None]
+        return min(variants, key=lambda v: v.median_ms)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -223,6 +236,86 @@ def _gmacs(name: str, height: int, width: int, num_classes: int) -> Optional[flo
     from .complexity import measure_complexity
 
     return measure_complexity(name, height, width, num_classes).gmacs
+
+
+def measure_interleaved(calls: Dict[str, Callable[[], Any]], warmup: int = 3, repeats: int = 10,
+                        num_threads: Optional[int] = None) -> Dict[str, LatencyStats]:
+    """Like :func:`measure_latency` for several callables, timed round-robin (one call of each per round), so
+    that a slow spell of a shared machine hits every variant alike instead of whichever ran during it."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    times: Dict[str, List[float]] = {key: [] for key in calls}
+    with threads(num_threads), torch.inference_mode():
+        for fn in calls.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(repeats):
+            for key, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    return {key: LatencyStats.from_times(values) for key, values in times.items()}
+
+
+def bench_models(
+        names: Sequence[str],
+        height: int = 512,
+        width: int = 512,
+        batch: int = 1,
+        num_classes: int = 150,
+        num_threads: int = 2,
+        warmup: int = 3,
+        repeats: int = 10,
+        channels_last: bool = True,
+        optimized: bool = True,
+        onnx: Sequence[str] = (),
+        memory: bool = True,
+        gmacs: bool = True,
+        upsample: bool = False,
+        **model_kwargs: Any,
+) -> List[BenchResult]:
+    """Params, GMACs (fvcore, :mod:`csap_zoo.complexity`), peak memory and latency of several models on one
+    ``batch x 3 x height x width`` input. Latency variants: eager as built; ``channels_last`` (model and input
+    converted); ``optimized`` (:func:`csap_zoo.optimize_for_inference`, csap_zoo models only: what ``Segmenter``,
+    ``predict`` and ``eval`` run on the CPU); onnxruntime for the models in ``onnx``. Every variant of every model
+    is timed in the same round-robin (:func:`measure_interleaved`)."""
+    from .models.fused import optimize_for_inference
+
+    unknown_onnx = set(onnx) - set(names)
+    if unknown_onnx:
+        raise ValueError(f"--onnx names models that are not benchmarked: {sorted(unknown_onnx)}")
+    if "segformer_b0" in onnx:
+        raise ValueError("ONNX timing is offered for csap_zoo models only")
+    x = torch.randn(batch, 3, height, width)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    results: List[BenchResult] = []
+    calls: Dict[str, Callable[[], Any]] = {}
+    for name in names:
+        torch.manual_seed(0)
+        module = build_bench_model(name, num_classes, upsample, **model_kwargs)
+        params = sum(p.numel() for p in module.parameters()) / 1e6
+        peak_mem = (peak_memory_mb(name, height, width, num_classes, num_threads)
+                    if memory and not model_kwargs and not upsample and batch == 1 else None)
+        result = BenchResult(name, height, width, num_threads, params,
+                             _gmacs(name, height, width, num_classes) if gmacs else None,
+                             LatencyStats(0.0, 0.0, 0.0, 0.0, 0), peak_mem_mb=peak_mem)
+        results.append(result)
+        if name in onnx:
+            result.onnxruntime, result.onnx_max_abs_diff = _onnx_latency(module, x, num_threads, warmup, repeats,
+                                                                         upsample)
+        calls[f"{name}|eager"] = lambda module=module: module(x)
+        if channels_last:
+            module_cl = copy.deepcopy(module).to(memory_format=torch.channels_last)
+            calls[f"{name}|channels_last"] = lambda module_cl=module_cl: module_cl(x_cl)
+        if optimized and isinstance(module, _NativeLogits):
+            fast = _NativeLogits(optimize_for_inference(module.model), upsample).eval()
+            calls[f"{name}|optimized"] = lambda fast=fast: fast(x)
+    stats = measure_interleaved(calls, warmup, repeats, num_threads)
+    for result in results:
+        result.latency = stats[f"{result.name}|eager"]
+        result.channels_last = stats.get(f"{result.name}|channels_last")
+        result.optimized = stats.get(f"{result.name}|optimized")
+    return results
 
 
 def bench_model(
@@ -239,30 +332,12 @@ def bench_model(
         memory: bool = True,
         gmacs: bool = True,
         upsample: bool = False,
+        optimized: bool = True,
         **model_kwargs: Any,
 ) -> BenchResult:
-    """Params, GMACs (fvcore, :mod:`csap_zoo.complexity`), eager latency, and optionally channels_last latency,
-    onnxruntime latency and peak memory of one model on a ``batch x 3 x height x width`` input."""
-    torch.manual_seed(0)
-    module = build_bench_model(name, num_classes, upsample, **model_kwargs)
-    x = torch.randn(batch, 3, height, width)
-    params = sum(p.numel() for p in module.parameters()) / 1e6
-    peak_mem = (peak_memory_mb(name, height, width, num_classes, num_threads)
-                if memory and not model_kwargs and not upsample and batch == 1 else None)
-    latency = measure_latency(lambda: module(x), warmup, repeats, num_threads)
-    result = BenchResult(name, height, width, num_threads, params,
-                         _gmacs(name, height, width, num_classes) if gmacs else None, latency,
-                         peak_mem_mb=peak_mem)
-    if onnx:
-        if name == "segformer_b0":
-            raise ValueError("ONNX timing is offered for csap_zoo models only")
-        result.onnxruntime, result.onnx_max_abs_diff = _onnx_latency(module, x, num_threads, warmup, repeats,
-                                                                     upsample)
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        result.channels_last = measure_latency(lambda: module(x_cl), warmup, repeats, num_threads)
-    return result
+    """:func:`bench_models` for one model (``onnx``: also time it in onnxruntime)."""
+    return bench_models([name], height, width, batch, num_classes, num_threads, warmup, repeats, channels_last,
+                        optimized, [name] if onnx else [], memory, gmacs, upsample, **model_kwargs)[0]
 
 
 def _onnx_latency(module: _NativeLogits, x: torch.Tensor, num_threads: int, warmup: int, repeats: int,
@@ -291,13 +366,17 @@ def bench_head(
         warmup: int = 3,
         repeats: int = 10,
 ) -> List[BenchResult]:
-    """Decoder-only latency: each architecture's head on the same backbone features (computed once)."""
+    """Decoder-only latency: each architecture's head on the same backbone features (computed once), timed
+    round-robin, on contiguous features (``latency``) and on channels_last ones (``channels_last``, the layout
+    inside an optimized model)."""
     from .models.registry import build_model
 
     torch.manual_seed(0)
     with torch.inference_mode():
         source = build_model(backbone_model, num_classes=num_classes).eval()
         features = source.forward_features(source.pad_to_stride(torch.randn(1, 3, height, width)))
+    features_cl = [f.contiguous(memory_format=torch.channels_last) for f in features]
+    calls: Dict[str, Callable[[], Any]] = {}
     results = []
     for name in heads:
         model = build_model(name, num_classes=num_classes).eval()
@@ -306,7 +385,14 @@ def bench_head(
         if list(getattr(head, "in_channels", got)) != got:
             raise ValueError(f"{name}'s head expects {head.in_channels} channels, the {backbone_model} features "
                              f"have {got}")
-        stats = measure_latency(lambda: head(features), warmup, repeats, num_threads)
+        head_cl = copy.deepcopy(head).to(memory_format=torch.channels_last)
+        calls[f"{name}|eager"] = lambda head=head: head(features)
+        calls[f"{name}|channels_last"] = lambda head_cl=head_cl: head_cl(features_cl)
         params = sum(p.numel() for p in head.parameters()) / 1e6
-        results.append(BenchResult(f"{name} head", height, width, num_threads, params, None, stats))
+        results.append(BenchResult(f"{name} head", height, width, num_threads, params, None,
+                                   LatencyStats(0.0, 0.0, 0.0, 0.0, 0)))
+    stats = measure_interleaved(calls, warmup, repeats, num_threads)
+    for name, result in zip(heads, results):
+        result.latency = stats[f"{name}|eager"]
+        result.channels_last = stats[f"{name}|channels_last"]
     return results

@@ -344,7 +344,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = bench_model(args.model, args.size[0], args.size[1], num_classes=args.num_classes,
                              num_threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                             channels_last=args.channels_last, onnx=args.onnx, memory=not args.no_memory)
+                             channels_last=args.channels_last, onnx=args.onnx, memory=not args.no_memory,
+                             optimized=not args.no_optimized)
     except (ValueError, ImportError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -354,6 +355,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if result.channels_last:
         rows.append(("channels_last median / p90 (ms)",
                      f"{result.channels_last.median_ms:.1f} / {result.channels_last.p90_ms:.1f}"))
+    if result.optimized:
+        rows.append(("optimized median / p90 (ms)",
+                     f"{result.optimized.median_ms:.1f} / {result.optimized.p90_ms:.1f}"))
     if result.onnxruntime:
         rows.append(("onnxruntime median / p90 (ms)",
                      f"{result.onnxruntime.median_ms:.1f} / {result.onnxruntime.p90_ms:.1f}"))
@@ -396,6 +400,8 @@ def _add_bench_export(sub) -> None:
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--channels-last", action="store_true", help="also time in channels_last layout")
     bench.add_argument("--onnx", action="store_true", help="also time in onnxruntime")
+    bench.add_argument("--no-optimized", action="store_true",
+                       help="skip the optimize_for_inference variant (what predict/eval run on the CPU)")
     bench.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     bench.set_defaults(func=_cmd_bench)
 

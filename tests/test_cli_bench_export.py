@@ -38,6 +38,7 @@ def test_bench(capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "latency median / p90" in out and "channels_last" in out and "GMACs" in out
+    assert "optimized median / p90" in out
 
 
 def test_bench_unknown_model(capsys):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from csap_zoo.benchmark import (
-    BenchResult, LatencyStats, bench_head, bench_model, measure_latency, peak_memory_mb, peak_rss_mb,
+    BenchResult, LatencyStats, bench_head, bench_model, measure_interleaved, measure_latency, peak_memory_mb,
+    peak_rss_mb,
 )
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
@@ -55,25 +56,48 @@ def test_peak_rss_sees_a_large_allocation():
 def test_table_ratios_and_targets():
     script = load_script()
     results = [
-        BenchResult("csap_tiny", 512, 512, 2, 4.66, 5.32, stats(70.0), stats(60.0), stats(50.0), 1e-5, 100.0),
-        BenchResult("segnext_tiny", 512, 512, 2, 4.26, 6.45, stats(100.0)),
-        BenchResult("segformer_b0", 512, 512, 2, 3.75, None, stats(100.0)),
+        BenchResult("csap_tiny", 512, 512, 2, 4.66, 5.32, stats(70.0), stats(60.0), stats(50.0), 1e-5, 100.0,
+                    optimized=stats(40.0)),
+        BenchResult("segnext_tiny", 512, 512, 2, 4.26, 6.45, stats(100.0), optimized=stats(45.0)),
+        BenchResult("segformer_b0", 512, 512, 2, 3.75, None, stats(100.0), channels_last=stats(90.0)),
     ]
-    heads = [BenchResult("csap_tiny head", 512, 512, 2, 0.76, None, stats(4.0)),
-             BenchResult("segnext_tiny head", 512, 512, 2, 0.36, None, stats(10.0))]
+    heads = [BenchResult("csap_tiny head", 512, 512, 2, 0.76, None, stats(4.0), channels_last=stats(3.0)),
+             BenchResult("segnext_tiny head", 512, 512, 2, 0.36, None, stats(10.0), channels_last=stats(5.0))]
     table = script.format_table(results)
-    assert "| csap_tiny | 4.66 | 5.32 | 70.0 |" in table and "| 1.00x |" in table and "| 1.43x |" in table
+    assert "| csap_tiny | 4.66 | 5.32 | 70.0 / 77.0 | 60.0 | 40.0 | 50.0 | 100 | 1.00x | 1.00x |" in table
+    assert "| 1.43x | 1.12x |" in table  # SegNeXt-T: 100/70 eager, 45/40 optimized
+    assert "| 1.43x | 2.25x |" in table  # SegFormer: no optimized variant, its best (channels_last 90) / 40
     assert "| 2.50x |" in script.format_head_table(heads)
     lines = script.targets(results, heads)
-    assert "CSAP-T / segnext_tiny latency: 0.70x (target <= 0.8x) met" in lines[0]
-    assert "NOT met" in lines[1]  # 0.70 > 0.60 vs SegFormer
-    assert "1.40x (target >= 1.3x) met" in lines[2]
-    assert "0.40x (target <= 0.5x) met" in lines[3]
+    assert lines[0].startswith("- CSAP-T / segnext_tiny latency, eager: 0.70x (target <= 0.8x) met")
+    assert lines[1].startswith("- CSAP-T / segnext_tiny latency, optimized: 0.89x (target <= 0.8x) NOT met")
+    assert "segformer_b0 latency, eager: 0.70x" in lines[2] and "NOT met" in lines[2]
+    assert "segformer_b0 latency, optimized: 0.44x (target <= 0.6x) met" in lines[3]
+    assert "eager / onnxruntime (speed-up): 1.40x (target >= 1.3x) met" in lines[4]
+    assert "optimized / onnxruntime (speed-up): 0.80x (target >= 1.3x) NOT met" in lines[5]
+    assert "Ham head latency: 0.40x (target <= 0.5x) met" in lines[6]
+    assert "channels_last features: 0.60x (target <= 0.5x) NOT met" in lines[7]
+
+
+def test_best_variant_is_the_fastest_median():
+    r = BenchResult("m", 64, 64, 1, 1.0, None, stats(30.0), channels_last=stats(20.0), optimized=stats(25.0))
+    assert r.best.median_ms == 20.0
+
+
+def test_interleaved_timing_runs_every_callable_round_robin():
+    order = []
+    out = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1,
+                              repeats=3)
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert out["a"].runs == 3 and out["b"].runs == 3
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        measure_interleaved({"a": lambda: None}, repeats=0)
 
 
 def test_bench_model_and_heads_small():
     result = bench_model("csap_tiny", 64, 64, warmup=0, repeats=2, num_threads=1, memory=False, gmacs=False)
     assert result.latency.runs == 2 and result.channels_last is not None and result.params_m > 4
+    assert result.optimized is not None and result.optimized.runs == 2
     heads = bench_head(height=64, width=64, warmup=0, repeats=1, num_threads=1)
     assert [h.name for h in heads] == ["csap_tiny head", "segnext_tiny head"]
 
