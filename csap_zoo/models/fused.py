@@ -171,6 +171,9 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace
         model = copy.deepcopy(model)
     model.eval().requires_grad_(False)
     fuse_modules(model)
+    for module in model.modules():
+        if hasattr(module, "project_before_resize"):  # heads: project stages before resizing them
+            module.project_before_resize = True
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         if hasattr(model, "memory_format"):

@@ -53,6 +53,7 @@ def test_optimized_segmentor_matches_original(csap_tiny, size, one_torch_thread)
     assert got.is_contiguous()
     assert fast.memory_format == torch.channels_last
     assert any(isinstance(m, FusedMscanBlock) for m in fast.modules())
+    assert fast.decode_head.project_before_resize and not csap_tiny.decode_head.project_before_resize
 
 
 def test_original_model_is_left_untouched(csap_tiny):

@@ -239,6 +239,9 @@ class CSAPHead(nn.Module):
         self.num_classes = num_classes
         self.attention_modes = modes
         self.propagation = propagation
+        # False: the fusion conv runs over the built concatenation (the reference form FLOP tables count).
+        # True (set by optimize_for_inference): each stage is projected before its resize; equal, cheaper.
+        self.project_before_resize = False
 
         self.blocks = nn.ModuleList()
         for i, (dim, ratio) in enumerate(zip(in_channels, pool_ratios)):
@@ -285,12 +288,15 @@ class CSAPHead(nn.Module):
         return [o for o in outputs if o is not None], maps
 
     def _fuse(self, stage_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Fusion of the stage outputs resized to the shallowest grid and concatenated deep-to-shallow; the
-        concatenation is never built (see :func:`conv1x1_over_resized_concat`)."""
-        conv, norm, act = self.fuse
-        size = stage_outputs[0].shape[-2:]
-        fused = conv1x1_over_resized_concat(list(reversed(stage_outputs)), conv.weight, (size[0], size[1]), conv.bias)
-        return self.classifier(self.dropout(act(norm(fused))))
+        """Fusion of the stage outputs resized to the shallowest grid and concatenated deep-to-shallow."""
+        size = (stage_outputs[0].shape[-2], stage_outputs[0].shape[-1])
+        if self.project_before_resize:
+            conv, norm, act = self.fuse
+            fused = act(norm(conv1x1_over_resized_concat(list(reversed(stage_outputs)), conv.weight, size,
+                                                         conv.bias)))
+        else:
+            fused = self.fuse(torch.cat([_resize(x, size, "bilinear") for x in reversed(stage_outputs)], dim=1))
+        return self.classifier(self.dropout(fused))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits (B, num_classes, H0, W0) at the resolution of the shallowest input."""

@@ -204,6 +204,9 @@ class LightHamHead(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.align_corners = align_corners
+        # False: squeeze runs over the built concatenation (the reference form FLOP tables count). True (set by
+        # optimize_for_inference): each input is projected before its resize; equal up to rounding, cheaper.
+        self.project_before_resize = False
 
         self.squeeze = _conv_gn_relu(sum(in_channels), ham_channels, num_groups)
         self.hamburger = Hamburger(ham_channels, num_bases, train_steps, eval_steps, num_groups)
@@ -240,11 +243,16 @@ class LightHamHead(nn.Module):
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         """Logits (B, num_classes, H0, W0) at the resolution of features[0] (the shallowest input)."""
         check_head_features(features, self.in_channels, "LightHamHead")
-        size = features[0].shape[-2:]
-        conv, norm, act = self.squeeze
-        # squeeze(cat(resized features)), computed without building the concatenation
-        x = act(norm(conv1x1_over_resized_concat(features, conv.weight, (size[0], size[1]), conv.bias,
-                                                 align_corners=self.align_corners)))
+        size = (features[0].shape[-2], features[0].shape[-1])
+        if self.project_before_resize:
+            conv, norm, act = self.squeeze
+            x = act(norm(conv1x1_over_resized_concat(features, conv.weight, size, conv.bias,
+                                                     align_corners=self.align_corners)))
+        else:
+            resized = [features[0]] + [
+                F.interpolate(f, size=size, mode="bilinear", align_corners=self.align_corners) for f in features[1:]
+            ]
+            x = self.squeeze(torch.cat(resized, dim=1))
         x = self.align(self.hamburger(x))
         return self.classifier(self.dropout(x))
 

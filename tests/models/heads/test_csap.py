@@ -167,3 +167,19 @@ def test_wrong_features_are_a_clear_error(head):
         head(features[:2])
     with pytest.raises(ValueError, match="expects feature channels"):
         head([features[0][:, :32], features[1], features[2]])
+
+
+def test_projecting_before_resize_equals_the_concatenating_fusion(head):
+    """project_before_resize (set by optimize_for_inference) must give the reference fusion's logits."""
+    torch.manual_seed(0)
+    feats = make_features(grid=(16, 20))
+    with torch.no_grad():
+        head.fuse[1].running_mean.normal_()
+        head.fuse[1].running_var.uniform_(0.5, 2.0)
+        reference = head(feats)
+        head.project_before_resize = True
+        try:
+            projected = head(feats)
+        finally:
+            head.project_before_resize = False
+    torch.testing.assert_close(projected, reference, rtol=1e-4, atol=1e-4)

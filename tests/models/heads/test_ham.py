@@ -68,8 +68,8 @@ def test_single_input_feature():
 
 
 def test_deeper_features_are_resized_bilinearly_without_align_corners():
-    """The squeeze layer must compute squeeze(cat(f0, bilinear(f1), bilinear(f2))), even though the head never
-    builds that concatenation."""
+    """The squeeze layer computes squeeze(cat(f0, bilinear(f1), bilinear(f2))): literally by default, and with
+    project_before_resize without building the concatenation."""
     torch.manual_seed(0)
     head = small_head().eval()
     feats = make_features(MSCAN_T, (8, 12), batch=1)
@@ -81,13 +81,17 @@ def test_deeper_features_are_resized_bilinearly_without_align_corners():
     head.hamburger.register_forward_hook(grab)
     with torch.no_grad():
         head(feats)
+        reference = seen.pop("x")
+        head.project_before_resize = True
+        head(feats)
         expected = head.squeeze(torch.cat([feats[0]] + [
             F.interpolate(f, size=(8, 12), mode="bilinear", align_corners=False) for f in feats[1:]
         ], dim=1))
         wrong = head.squeeze(torch.cat([feats[0]] + [
             F.interpolate(f, size=(8, 12), mode="bilinear", align_corners=True) for f in feats[1:]
         ], dim=1))
-    torch.testing.assert_close(seen["x"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reference, expected)
+    torch.testing.assert_close(seen["x"], expected, rtol=1e-5, atol=1e-5)  # projected before the resize
     assert not torch.allclose(seen["x"], wrong, atol=1e-4)
 
 
