@@ -60,12 +60,14 @@ def _fast(result: BenchResult):
 
 def format_head_table(results: List[BenchResult]) -> str:
     ref = results[0] if results else None
-    lines = ["| decoder (same MSCAN-T features) | params (M) | median ms | p90 ms | channels_last ms | vs first |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| decoder (same MSCAN-T features) | params (M) | eager ms (median / p90) | optimized ms | eager vs first "
+             "| optimized vs first |", "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {r.params_m:.2f} | {r.latency.median_ms:.1f} | {r.latency.p90_ms:.1f} "
-                     f"| {_fmt(r.channels_last and r.channels_last.median_ms)} "
-                     f"| {r.latency.median_ms / ref.latency.median_ms:.2f}x |")
+        opt_ratio = (f"{r.optimized.median_ms / ref.optimized.median_ms:.2f}x"
+                     if r.optimized and ref.optimized else "")
+        lines.append(f"| {r.name} | {r.params_m:.2f} | {r.latency.median_ms:.1f} / {r.latency.p90_ms:.1f} "
+                     f"| {_fmt(r.optimized and r.optimized.median_ms)} "
+                     f"| {r.latency.median_ms / ref.latency.median_ms:.2f}x | {opt_ratio} |")
     return "\n".join(lines)
 
 
@@ -101,10 +103,10 @@ def targets(results: List[BenchResult], heads: List[BenchResult]) -> List[str]:
     head_by = {r.name: r for r in heads}
     if "csap_tiny head" in head_by and "segnext_tiny head" in head_by:
         csap_head, ham_head = head_by["csap_tiny head"], head_by["segnext_tiny head"]
-        check("CSAP head / Ham head latency", csap_head.latency.median_ms, ham_head.latency.median_ms, 0.5)
-        if csap_head.channels_last and ham_head.channels_last:
-            check("CSAP head / Ham head latency, channels_last features", csap_head.channels_last.median_ms,
-                  ham_head.channels_last.median_ms, 0.5)
+        check("CSAP head / Ham head latency, eager", csap_head.latency.median_ms, ham_head.latency.median_ms, 0.5)
+        if csap_head.optimized and ham_head.optimized:
+            check("CSAP head / Ham head latency, optimized", csap_head.optimized.median_ms,
+                  ham_head.optimized.median_ms, 0.5)
     return lines
 
 
@@ -172,8 +174,13 @@ def plot(results: List[BenchResult], heads: List[BenchResult], path: str) -> Non
     if untraced:
         ax.text(0.99, 0.02, "no GMACs count: " + "; ".join(untraced), transform=ax.transAxes, ha="right",
                 fontsize=7)
-    axes[1].bar([h.name.replace(" head", "") for h in heads], [h.latency.median_ms for h in heads],
-                color="tab:green")
+    head_names = [h.name.replace(" head", "") for h in heads]
+    axes[1].bar([i - 0.2 for i in range(len(heads))], [h.latency.median_ms for h in heads], 0.4, label="eager")
+    axes[1].bar([i + 0.2 for i in range(len(heads))], [h.optimized.median_ms if h.optimized else 0 for h in heads],
+                0.4, label="optimized")
+    axes[1].set_xticks(list(range(len(heads))))
+    axes[1].set_xticklabels(head_names)
+    axes[1].legend(fontsize=7)
     axes[1].set_title("decoder only (MSCAN-T features)", fontsize=9)
     axes[1].set_ylabel("median latency (ms)")
     axes[1].tick_params(axis="x", labelsize=8, rotation=30)

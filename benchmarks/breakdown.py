@@ -1,0 +1,111 @@
+"""Where CSAP-T's CPU time goes, and what that means for its latency ratio to SegNeXt-T.
+
+Times, round-robin on one input, the shared MSCAN-T backbone and each decoder on its features, as built (eager,
+contiguous) and optimized (``csap_zoo.optimize_for_inference``: fused blocks, channels_last, heads projecting before
+the resize), then prints the torch.profiler operators that dominate the optimized CSAP-T forward.
+
+Since both models share the backbone (B ms), CSAP-T / SegNeXt-T = (B + csap_head) / (B + ham_head); the script
+prints that decomposition and the best ratio any decoder could reach (a free one: B / (B + ham_head)).
+
+    python benchmarks/breakdown.py                      # 1x3x512x512, 2 threads
+    python benchmarks/breakdown.py --threads 1 --top 25
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Dict, List
+
+import torch
+
+
+def _decompose(threads: int, height: int, width: int, warmup: int, repeats: int) -> Dict[str, float]:
+    from csap_zoo.benchmark import measure_interleaved
+    from csap_zoo.models import build_model, optimize_for_inference
+
+    torch.manual_seed(0)
+    csap = build_model("csap_tiny", num_classes=150).eval()
+    segnext = build_model("segnext_tiny", num_classes=150).eval()
+    fast_csap, fast_segnext = optimize_for_inference(csap), optimize_for_inference(segnext)
+    x = torch.randn(1, 3, height, width)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        feats = csap.forward_features(csap.pad_to_stride(x))
+        feats_cl = fast_csap.forward_features(fast_csap.pad_to_stride(x_cl))
+    calls: Dict[str, Callable[[], Any]] = {
+        "eager backbone": lambda: csap.forward_features(x),
+        "eager csap head": lambda: csap.decode_head(feats),
+        "eager ham head": lambda: segnext.decode_head(feats),
+        "eager csap_tiny": lambda: csap(x, upsample=False),
+        "eager segnext_tiny": lambda: segnext(x, upsample=False),
+        "optimized backbone": lambda: fast_csap.forward_features(x_cl),
+        "optimized csap head": lambda: fast_csap.decode_head(feats_cl),
+        "optimized ham head": lambda: fast_segnext.decode_head(feats_cl),
+        "optimized csap_tiny": lambda: fast_csap(x, upsample=False),
+        "optimized segnext_tiny": lambda: fast_segnext(x, upsample=False),
+    }
+    stats = measure_interleaved(calls, warmup, repeats, threads)
+    return {key: value.median_ms for key, value in stats.items()}
+
+
+def _top_ops(threads: int, height: int, width: int, top: int) -> List[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    from csap_zoo.models import build_model, optimize_for_inference
+
+    torch.manual_seed(0)
+    model = optimize_for_inference(build_model("csap_tiny", num_classes=150))
+    x = torch.randn(1, 3, height, width)
+    runs = 5
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(2):
+                model(x, upsample=False)
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                for _ in range(runs):
+                    model(x, upsample=False)
+    finally:
+        torch.set_num_threads(before)
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) / runs / 1000
+    lines = [f"optimized csap_tiny under torch.profiler: {total:.1f} ms self CPU time per forward; top operators:",
+             "| ms / forward | calls | operator | input shapes |", "|---|---|---|---|"]
+    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        shapes = str([s for s in event.input_shapes if s][:3])
+        lines.append(f"| {event.self_cpu_time_total / runs / 1000:.2f} | {event.count // runs} | {event.key} "
+                     f"| {shapes} |")
+    return lines
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--top", type=int, default=15, help="profiler operators to list (0: none)")
+    args = parser.parse_args(argv)
+    height, width = args.size
+    ms = _decompose(args.threads, height, width, args.warmup, args.repeats)
+    print(f"1x3x{height}x{width}, {args.threads} threads, fp32 CPU, native logits; medians of {args.repeats} "
+          f"round-robin runs\n")
+    print("| part | eager ms | optimized ms |\n|---|---|---|")
+    for part in ("backbone", "csap head", "ham head", "csap_tiny", "segnext_tiny"):
+        print(f"| {part} | {ms['eager ' + part]:.1f} | {ms['optimized ' + part]:.1f} |")
+    print()
+    for mode in ("eager", "optimized"):
+        backbone, csap_head, ham_head = (ms[f"{mode} {p}"] for p in ("backbone", "csap head", "ham head"))
+        print(f"- {mode}: CSAP-T / SegNeXt-T measured {ms[f'{mode} csap_tiny'] / ms[f'{mode} segnext_tiny']:.2f}x; "
+              f"from the parts (B + csap head) / (B + ham head) = {(backbone + csap_head) / (backbone + ham_head):.2f}x; "
+              f"the backbone is {backbone / (backbone + csap_head):.0%} of CSAP-T; a zero-cost decoder would give "
+              f"{backbone / (backbone + ham_head):.2f}x; csap head / ham head {csap_head / ham_head:.2f}x")
+    if args.top:
+        print()
+        print("\n".join(_top_ops(args.threads, height, width, args.top)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
