@@ -105,6 +105,29 @@ class FusedConv2d(nn.Module):
         self.groups = groups
         self.unary = unary
         self.binary = binary
+        # oneDNN's own (blocked) copy of the weight, made on first use; keyed by the weight's storage and version
+        # so that moved or edited weights are re-packed. Not state: dropped when the module is copied or pickled.
+        self._packed: Optional[Tuple[Tuple[int, int], torch.Tensor]] = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def _onednn_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's preferred layout (reordered once, not on every call); the plain weight if this
+        build cannot reorder it."""
+        # inference tensors (created under inference_mode) keep no version counter
+        key = (self.weight.data_ptr(), -1 if self.weight.is_inference() else self.weight._version)
+        if self._packed is None or self._packed[0] != key:
+            try:
+                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    self.weight.detach().to_mkldnn(), list(self.padding), list(self.stride), [1, 1], self.groups,
+                    list(x.shape))
+            except (AttributeError, NotImplementedError, RuntimeError):
+                packed = self.weight
+            self._packed = (key, packed)
+        return self._packed[1]
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, **kwargs) -> "FusedConv2d":
@@ -129,11 +152,12 @@ class FusedConv2d(nn.Module):
         padding = self.padding
         if onednn_fusion_usable(x, self.weight):
             args = (list(padding), list(self.stride), [1, 1], self.groups)
+            weight = self._onednn_weight(x)
             if other is None:
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, self.weight, self.bias, *args, self.unary, [], "none" if self.unary == "gelu" else "")
+                    x, weight, self.bias, *args, self.unary, [], "none" if self.unary == "gelu" else "")
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, self.weight, self.bias, *args, self.binary, None, None, [], None)
+                x, other, weight, self.bias, *args, self.binary, None, None, [], None)
         y = F.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups)
         if self.unary == "gelu":
             y = F.gelu(y)

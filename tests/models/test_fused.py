@@ -207,3 +207,24 @@ def test_optimize_copies_by_default_and_can_work_in_place():
     same = optimize_for_inference(model, inplace=True)
     assert same is model and is_fused(model)
     assert copy.deepcopy(model) is not model
+
+
+def test_packed_weights_survive_copies_and_follow_weight_edits(one_torch_thread):
+    """oneDNN's reordered weight copy is a cache: a used model can still be deep-copied, and an in-place weight
+    edit is picked up (re-packed) rather than served stale."""
+    torch.manual_seed(0)
+    block = randomize_norms(MscanBlock(16, mlp_ratio=4)).eval().fuse()
+    x = torch.randn(1, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        first = block(x)
+        clone = copy.deepcopy(block)
+        torch.testing.assert_close(clone(x), first)
+    with torch.no_grad():
+        block.fc2.weight.mul_(2.0)
+    with torch.inference_mode():
+        edited = block(x)
+    reference = copy.deepcopy(block)
+    with torch.inference_mode():
+        expected = reference(x)  # a fresh copy packs the edited weight from scratch
+    assert not torch.allclose(edited, first)
+    torch.testing.assert_close(edited, expected)
