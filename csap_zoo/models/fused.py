@@ -149,16 +149,27 @@ class FusedConv2d(nn.Module):
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if (other is None) != (self.binary is None):
             raise ValueError(f"this FusedConv2d {'needs' if self.binary else 'takes no'} second operand")
-        padding = self.padding
         if onednn_fusion_usable(x, self.weight):
-            args = (list(padding), list(self.stride), [1, 1], self.groups)
+            args = (list(self.padding), list(self.stride), [1, 1], self.groups)
             weight = self._onednn_weight(x)
             if other is None:
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, weight, self.bias, *args, self.unary, [], "none" if self.unary == "gelu" else "")
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, other, weight, self.bias, *args, self.binary, None, None, [], None)
-        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        return self._plain_epilogue(y, other)
+
+    def add_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out += conv(x)`` in place (one oneDNN kernel where usable); ``out`` must be dense."""
+        _check_add_into(self, out)
+        if onednn_fusion_usable(x, self.weight):
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                out, x, self._onednn_weight(x), self.bias, list(self.padding), list(self.stride), [1, 1],
+                self.groups, "add", None, None, [], None)
+        return out.add_(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups))
+
+    def _plain_epilogue(self, y: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
         if self.unary == "gelu":
             y = F.gelu(y)
         elif self.unary == "relu":
@@ -166,6 +177,13 @@ class FusedConv2d(nn.Module):
         if other is not None:
             y = y + other if self.binary == "add" else y * other
         return y
+
+
+def _check_add_into(conv: "FusedConv2d", out: torch.Tensor) -> None:
+    if conv.binary != "add":
+        raise ValueError("add_into needs a FusedConv2d built with binary='add'")
+    if not out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous():
+        raise ValueError("add_into writes into a dense tensor; got a strided view")
 
 
 def fuse_modules(model: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from .fused import FusedConv2d, batchnorm_affine, fold_input_affine
+from .fused import FusedConv2d, batchnorm_affine, fold_input_affine, onednn_fusion_usable
 from .layers import init_conv_linear
 
 __all__ = ["MSCAN", "FusedMscanBlock", "checkpoint_filter_fn"]
@@ -164,8 +164,7 @@ class FusedMscanBlock(nn.Module):
         rows = self._band_rows(x)
         if rows >= x.shape[-2]:
             return self.fc2(self.dwconv(self.fc1(x)), x)
-        return torch.cat([self._mlp_band(x, top, min(top + rows, x.shape[-2]))
-                          for top in range(0, x.shape[-2], rows)], dim=-2)
+        return self._mlp_in_bands(x, rows)
 
     # The MLP's hidden tensor is mlp_ratio (4-8) times wider than the block: at stride 4 it is tens of MB and the
     # three MLP kernels stream it through memory three times. Horizontal bands that keep it cache-sized give the
@@ -179,13 +178,37 @@ class FusedMscanBlock(nn.Module):
         bands = hidden_bytes // self.BAND_BYTES
         return height if bands < 2 else max(4, -(-height // bands))
 
-    def _mlp_band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        start = max(0, top - 1)
-        hidden = self.fc1(x[..., start:min(x.shape[-2], bottom + 1), :])
-        # The conv zero-pads the band like the image: right at the image's top and bottom edges; the rows it gets
-        # wrong (next to an inner halo row) are the halo rows themselves, which are dropped.
-        hidden = self.dwconv(hidden)[..., top - start:top - start + bottom - top, :]
-        return self.fc2(hidden, x[..., top:bottom, :])
+    def _mlp_in_bands(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """``x + mlp(x)`` band by band. Where oneDNN serves a dense (batch-1 channels_last) map, each band's result
+        is added into ``x`` in place (``x`` is this block's own intermediate); the next band's fc1 runs first,
+        because it reads the last row of the band about to be overwritten as its halo."""
+        height = x.shape[-2]
+        bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+        in_place = (x.shape[0] == 1 and x.is_contiguous(memory_format=torch.channels_last)
+                    and onednn_fusion_usable(x, self.fc2.weight))
+        if not in_place:
+            return torch.cat([self.fc2(self._band_hidden(x, top, bottom), x[..., top:bottom, :])
+                              for top, bottom in bands], dim=-2)
+        hidden = self._band_fc1(x, *bands[0])
+        for i, (top, bottom) in enumerate(bands):
+            upcoming = self._band_fc1(x, *bands[i + 1]) if i + 1 < len(bands) else None
+            self.fc2.add_into(self._band_dwconv(hidden, top, bottom), x[..., top:bottom, :])
+            hidden = upcoming
+        return x
+
+    def _band_fc1(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+        """fc1 over the band's rows plus one halo row on each side that lies inside the image."""
+        return self.fc1(x[..., max(0, top - 1):min(x.shape[-2], bottom + 1), :])
+
+    def _band_dwconv(self, hidden: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+        """The depthwise conv + GELU of a band's fc1 output, without its halo rows. The conv zero-pads the band
+        like the image: right at the image's top and bottom edges; the rows it gets wrong (next to an inner halo
+        row) are the halo rows themselves, which are dropped."""
+        offset = top - max(0, top - 1)
+        return self.dwconv(hidden)[..., offset:offset + bottom - top, :]
+
+    def _band_hidden(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+        return self._band_dwconv(self._band_fc1(x, top, bottom), top, bottom)
 
 
 class StemConv(nn.Module):

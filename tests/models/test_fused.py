@@ -84,21 +84,44 @@ def test_segnext_and_a_generic_timm_backbone_also_match(one_torch_thread):
         assert_same_logits(expected, got)
 
 
-def test_banded_mlp_equals_the_whole_map(monkeypatch, one_torch_thread):
-    """The cache-blocked MLP (horizontal bands with a one-row halo) must not change a single output row,
-    including the short last band and the image edges."""
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_banded_mlp_equals_the_whole_map(monkeypatch, one_torch_thread, layout, batch):
+    """The cache-blocked MLP (horizontal bands with a one-row halo; written in place for a batch-1 channels_last
+    map, concatenated otherwise) must not change a single output row, including the short last band and the
+    image edges."""
     torch.manual_seed(0)
     block = randomize_norms(MscanBlock(32, mlp_ratio=8)).eval()
     fast = block.fuse()
-    x = torch.randn(1, 32, 17, 12)
+    x = torch.randn(batch, 32, 17, 12)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    original = x.clone()
     with torch.inference_mode():
         expected = block(x)
         whole = fast(x)
-        monkeypatch.setattr(FusedMscanBlock, "BAND_BYTES", 1024)  # forces 4-row bands: 4+4+4+4+1
+        monkeypatch.setattr(FusedMscanBlock, "BAND_BYTES", 1024 * batch)  # forces 4-row bands: 4+4+4+4+1
         assert fast._band_rows(x) == 4
         banded = fast(x)
     torch.testing.assert_close(whole, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(banded, whole, rtol=1e-6, atol=1e-6)
+    assert torch.equal(x, original)  # the in-place bands write into the block's own intermediate only
+
+
+def test_add_into_adds_in_place_and_checks_its_target():
+    torch.manual_seed(0)
+    conv = FusedConv2d.from_conv(nn.Conv2d(8, 4, 1), binary="add")
+    x = torch.randn(1, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    out = torch.randn(1, 4, 5, 6).contiguous(memory_format=torch.channels_last)
+    expected = out + F.conv2d(x, conv.weight, conv.bias)
+    with torch.inference_mode():
+        result = conv.add_into(x, out)
+    assert result.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="binary='add'"):
+        FusedConv2d.from_conv(nn.Conv2d(8, 4, 1)).add_into(x, out)
+    with pytest.raises(ValueError, match="dense tensor"):
+        conv.add_into(x, torch.randn(1, 4, 5, 12)[..., ::2])
 
 
 def test_fallback_path_equals_onednn_path(csap_tiny, monkeypatch, one_torch_thread):
