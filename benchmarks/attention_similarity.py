@@ -9,6 +9,8 @@ model's independent-mode twin, fitted on separate images).
     python benchmarks/attention_similarity.py --model csap_tiny.ade20k --checkpoint ckpt.safetensors \\
         --images a.jpg b.jpg --fit-images c.jpg d.jpg --json out.json --png out.png
     python benchmarks/attention_similarity.py --attention independent           # the referee's question
+    python benchmarks/attention_similarity.py --model csap_tiny.shapes --checkpoint csap_zoo/assets/demo \
+        --scenes shapes --num-images 8                                          # the bundled trained demo
 
 With random weights (no checkpoint) every map is close to uniform, so the numbers say little; use a trained one.
 """
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List
+import tempfile
+from pathlib import Path
+from typing import List, Tuple
 
 import torch
 
@@ -38,6 +42,22 @@ def build(args: argparse.Namespace):
     return csap_zoo.create_model(args.model, **kwargs)
 
 
+def write_shapes_scenes(folder: Path, count: int, size: Tuple[int, int], first_seed: int) -> List[str]:
+    """PNG files of generated shapes scenes (seeds first_seed...; the demo's training set used other seeds)."""
+    from PIL import Image
+
+    from csap_zoo.data.synthetic import render_shapes_sample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image, _ = render_shapes_sample(first_seed + i, size=size, max_shapes=8)
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+    return paths
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="csap_tiny", help="model name (default csap_tiny)")
@@ -49,6 +69,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--fit-images", nargs="+", default=None,
                         help="images to fit propagate-mode stages' q/k on (default: other generated scenes)")
     parser.add_argument("--num-images", type=int, default=4, help="generated images (each for eval and fit)")
+    parser.add_argument("--scenes", choices=("smooth", "shapes"), default="smooth",
+                        help="generated images: smooth gradients with flat regions (default), or scenes of the "
+                             "shapes dataset the bundled demo model was trained on (csap_zoo.data.synthetic)")
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="size of generated images, and the resize of image files")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -60,10 +83,17 @@ def main(argv: List[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = build(args)
-    report = attention_similarity(
-        model, images=args.images, fit_images=args.fit_images, num_images=args.num_images,
-        image_size=tuple(args.size), seed=args.seed,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        images, fit_images = args.images, args.fit_images
+        if args.scenes == "shapes":
+            images = images or write_shapes_scenes(Path(tmp) / "eval", args.num_images, tuple(args.size),
+                                                   50_000 + args.seed)
+            fit_images = fit_images or write_shapes_scenes(Path(tmp) / "fit", args.num_images, tuple(args.size),
+                                                           60_000 + args.seed)
+        report = attention_similarity(
+            model, images=images, fit_images=fit_images, num_images=args.num_images,
+            image_size=tuple(args.size), seed=args.seed,
+        )
     report.model = args.model
     print(format_similarity_table(report))
     if args.json:

@@ -225,6 +225,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-gmacs", action="store_true")
     parser.add_argument("--no-heads", action="store_true", help="skip the decoder-only comparison")
+    parser.add_argument("--head-repeats", type=int, default=50,
+                        help="timed rounds of the decoder-only comparison (cheap; default 50)")
     parser.add_argument("--upsample", action="store_true", help="time up to full-size logits")
     parser.add_argument("--json", default=None)
     parser.add_argument("--png", default=None)
@@ -240,11 +242,13 @@ def main(argv: List[str] | None = None) -> int:
     for result in results:
         print(f"{result.name}: {result.latency.median_ms:.1f} ms", file=sys.stderr)
     heads = [] if args.no_heads else bench_head(height=height, width=width, num_classes=args.classes,
-                                                num_threads=args.threads, warmup=args.warmup, repeats=args.repeats)
+                                                num_threads=args.threads, warmup=args.warmup,
+                                                repeats=args.head_repeats)
     info_after = machine_info().get("load_avg_1_5_15")
     print(f"input 1x3x{height}x{width}, {args.classes} classes, batch 1, {args.threads} threads, fp32, CPU; "
-          f"{'full-size' if args.upsample else 'native'} logits; median/p90 of {args.repeats} runs after "
-          f"{args.warmup} warm-up; load average before {info.get('load_avg_1_5_15')}, after {info_after}\n")
+          f"{'full-size' if args.upsample else 'native'} logits; median/p90 of {args.repeats} runs "
+          f"({args.head_repeats} for the decoders) after {args.warmup} warm-up, every variant round-robin; "
+          f"load average before {info.get('load_avg_1_5_15')}, after {info_after}\n")
     print(format_table(results))
     if heads:
         print()

@@ -13,7 +13,7 @@ Conventions (benchmarks/latency.py prints them with every table):
   reuse (a second model measured in the same process reads near zero). :func:`peak_rss_mb` samples RSS with
   psutil in-process, for quick checks. (``tracemalloc`` does not see tensor memory.)
 * **ONNX Runtime**: the model exported with :func:`csap_zoo.export.export_onnx` (same forward, native logits),
-  run in an onnxruntime CPU session with the same thread count.
+  run in an onnxruntime CPU session with the same thread count, timed in the same round-robin.
 * **channels_last**: the model and input converted to ``torch.channels_last`` before timing.
 * **optimized**: :func:`csap_zoo.optimize_for_inference` (folded and fused blocks, channels_last) -- what the
   ``Segmenter`` and the ``predict`` / ``eval`` commands run on the CPU. Contiguous input, as a user passes it.
@@ -32,7 +32,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -301,8 +301,8 @@ def bench_models(
                              LatencyStats(0.0, 0.0, 0.0, 0.0, 0), peak_mem_mb=peak_mem)
         results.append(result)
         if name in onnx:
-            result.onnxruntime, result.onnx_max_abs_diff = _onnx_latency(module, x, num_threads, warmup, repeats,
-                                                                         upsample)
+            run_session, result.onnx_max_abs_diff = _onnx_runner(module, x, num_threads, upsample)
+            calls[f"{name}|onnxruntime"] = run_session
         calls[f"{name}|eager"] = lambda module=module: module(x)
         if channels_last:
             module_cl = copy.deepcopy(module).to(memory_format=torch.channels_last)
@@ -315,6 +315,7 @@ def bench_models(
         result.latency = stats[f"{result.name}|eager"]
         result.channels_last = stats.get(f"{result.name}|channels_last")
         result.optimized = stats.get(f"{result.name}|optimized")
+        result.onnxruntime = stats.get(f"{result.name}|onnxruntime")
     return results
 
 
@@ -340,20 +341,21 @@ def bench_model(
                         optimized, [name] if onnx else [], memory, gmacs, upsample, **model_kwargs)[0]
 
 
-def _onnx_latency(module: _NativeLogits, x: torch.Tensor, num_threads: int, warmup: int, repeats: int,
-                  upsample: bool):
+def _onnx_runner(module: _NativeLogits, x: torch.Tensor, num_threads: int,
+                 upsample: bool) -> Tuple[Callable[[], Any], float]:
+    """An onnxruntime session of the exported model as a callable on ``x``, and its max abs difference to eager.
+    The session's file is read into memory, so the temporary export can go."""
     from .export import export_onnx, onnx_session
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         export_onnx(module.model, path, x.shape[-2], x.shape[-1], upsample=upsample, check=False)
         session = onnx_session(path, threads=num_threads)
-        feed = {"image": x.numpy()}
-        with torch.inference_mode():
-            expected = module(x)
-        diff = float((torch.from_numpy(session.run(None, feed)[0]) - expected).abs().max())
-        stats = measure_latency(lambda: session.run(None, feed), warmup, repeats)
-    return stats, diff
+    feed = {"image": x.numpy()}
+    with torch.inference_mode():
+        expected = module(x)
+    diff = float((torch.from_numpy(session.run(None, feed)[0]) - expected).abs().max())
+    return (lambda: session.run(None, feed)), diff
 
 
 def bench_head(

@@ -185,6 +185,22 @@ def test_script_writes_table_json_and_png(tmp_path, capsys):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
+def test_script_runs_on_the_bundled_demo_with_shapes_scenes(tmp_path, capsys):
+    """The documented demo analysis: the trained csap_tiny.shapes checkpoint on generated shapes scenes."""
+    spec = importlib.util.spec_from_file_location("attention_similarity_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    demo = Path(csap_zoo.__file__).parent / "assets" / "demo"
+    rc = module.main(["--model", "csap_tiny.shapes", "--checkpoint", str(demo), "--scenes", "shapes",
+                      "--num-images", "1", "--size", "64", "64", "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count("| fitted |") == 2  # both shallow stages of the demo propagate
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["num_images"] == 1 and data["num_fit_images"] == 1
+    assert all(0.0 <= stage["cosine"] <= 1.0 + 1e-6 for stage in data["stages"])
+
+
 def test_refinement_reports_its_fit_kl():
     """With refinement each fitted stage reports KL(propagated || fitted) on the fit images."""
     torch.manual_seed(0)

@@ -116,8 +116,8 @@ def test_segformer_reference_builds_without_download():
 
 def test_script_end_to_end_tiny(tmp_path, capsys):
     rc = load_script().main(["--models", "csap_tiny", "segnext_tiny", "--size", "64", "64", "--warmup", "0",
-                             "--repeats", "1", "--threads", "1", "--onnx", "--no-memory", "--no-gmacs",
-                             "--json", str(tmp_path / "lat.json"), "--png", str(tmp_path / "lat.png")])
+                             "--repeats", "1", "--head-repeats", "1", "--threads", "1", "--onnx", "--no-memory",
+                             "--no-gmacs", "--json", str(tmp_path / "lat.json"), "--png", str(tmp_path / "lat.png")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| csap_tiny |" in out and "| segnext_tiny head |" in out and "CSAP head / Ham head" in out
