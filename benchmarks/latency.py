@@ -20,7 +20,9 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from csap_zoo.benchmark import BenchResult, bench_head, bench_models
+from csap_zoo.benchmark import (
+    BenchResult, ThroughputResult, bench_cuda_throughput, bench_head, bench_models,
+)
 
 DEFAULT_MODELS = ("csap_tiny", "csap_small", "csap_base", "csap_large", "segnext_tiny", "segnext_small",
                   "segnext_base", "segnext_large", "segformer_b0")
@@ -108,6 +110,15 @@ def targets(results: List[BenchResult], heads: List[BenchResult]) -> List[str]:
             check("CSAP head / Ham head latency, optimized", csap_head.optimized.median_ms,
                   ham_head.optimized.median_ms, 0.5)
     return lines
+
+
+def format_cuda_table(results: List[ThroughputResult]) -> str:
+    lines = ["| model | batch | dtype | channels_last | median ms / batch | images/s | peak mem (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.batch} | {r.dtype} | {'yes' if r.channels_last else 'no'} | "
+                     f"{r.median_ms:.2f} | {r.images_per_s:.1f} | {r.peak_mem_mb:.0f} |")
+    return "\n".join(lines)
 
 
 def machine_info() -> Dict[str, Any]:
@@ -228,6 +239,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--head-repeats", type=int, default=50,
                         help="timed rounds of the decoder-only comparison (cheap; default 50)")
     parser.add_argument("--upsample", action="store_true", help="time up to full-size logits")
+    parser.add_argument("--cuda", action="store_true",
+                        help="also measure GPU throughput (fp32/fp16/bf16, contiguous and channels_last)")
+    parser.add_argument("--cuda-batch", type=int, default=8)
     parser.add_argument("--json", default=None)
     parser.add_argument("--png", default=None)
     args = parser.parse_args(argv)
@@ -256,11 +270,21 @@ def main(argv: List[str] | None = None) -> int:
     lines = targets(results, heads)
     if lines:
         print("\n" + "\n".join(lines))
+    cuda: List[ThroughputResult] = []
+    if args.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("\nno CUDA device: GPU throughput skipped")
+        else:
+            for name in args.models:
+                cuda.extend(bench_cuda_throughput(name, args.cuda_batch, height, width, args.classes))
+            print(f"\n{torch.cuda.get_device_name()}, batch {args.cuda_batch}:\n" + format_cuda_table(cuda))
     if args.json:
         write_json({"machine": info, "load_avg_after": info_after, "threads": args.threads,
                     "size": [height, width], "classes": args.classes, "upsample": args.upsample,
                     "models": [r.to_dict() for r in results], "heads": [h.to_dict() for h in heads],
-                    "targets": lines}, args.json)
+                    "targets": lines, "cuda": [c.to_dict() for c in cuda]}, args.json)
     if args.png:
         plot(results, heads, args.png)
     return 0

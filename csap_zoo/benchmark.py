@@ -17,6 +17,8 @@ Conventions (benchmarks/latency.py prints them with every table):
 * **channels_last**: the model and input converted to ``torch.channels_last`` before timing.
 * **optimized**: :func:`csap_zoo.optimize_for_inference` (folded and fused blocks, channels_last) -- what the
   ``Segmenter`` and the ``predict`` / ``eval`` commands run on the CPU. Contiguous input, as a user passes it.
+* **CUDA throughput** (:func:`bench_cuda_throughput`): images/s of a batch under fp32, fp16 or bf16 autocast, in
+  contiguous and channels_last layouts, timed with CUDA events after warm-up; peak allocated memory.
 * Every variant of every model is timed round-robin in one loop (:func:`measure_interleaved`), so that the
   load of a shared machine drifts over all of them alike.
 """
@@ -39,7 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "BenchResult", "LatencyStats", "bench_head", "bench_model", "bench_models", "build_bench_model",
+    "BenchResult", "LatencyStats", "ThroughputResult", "bench_cuda_throughput", "bench_head", "bench_model",
+    "bench_models", "build_bench_model",
     "measure_interleaved", "measure_latency",
     "peak_memory_mb", "peak_rss_mb", "segformer_b0", "threads",
 ]
@@ -241,16 +244,22 @@ def _gmacs(name: str, height: int, width: int, num_classes: int) -> Optional[flo
 def measure_interleaved(calls: Dict[str, Callable[[], Any]], warmup: int = 3, repeats: int = 10,
                         num_threads: Optional[int] = None) -> Dict[str, LatencyStats]:
     """Like :func:`measure_latency` for several callables, timed round-robin (one call of each per round), so
-    that a slow spell of a shared machine hits every variant alike instead of whichever ran during it."""
+    that a slow spell of a shared machine hits every variant alike instead of whichever ran during it. Each round
+    starts one place further along the list: the first call of a round follows the previous round's last one,
+    whose freed memory the allocator may have returned to the OS, and that page-fault cost moves around rather
+    than always landing on the same variant."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    times: Dict[str, List[float]] = {key: [] for key in calls}
+    keys = list(calls)
+    times: Dict[str, List[float]] = {key: [] for key in keys}
     with threads(num_threads), torch.inference_mode():
         for fn in calls.values():
             for _ in range(warmup):
                 fn()
-        for _ in range(repeats):
-            for key, fn in calls.items():
+        for round_index in range(repeats):
+            shift = round_index % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                fn = calls[key]
                 start = time.perf_counter()
                 fn()
                 times[key].append(time.perf_counter() - start)
@@ -398,4 +407,74 @@ def bench_head(
     for name, result in zip(heads, results):
         result.latency = stats[f"{name}|eager"]
         result.optimized = stats[f"{name}|optimized"]
+    return results
+
+
+@dataclass
+class ThroughputResult:
+    name: str
+    batch: int
+    height: int
+    width: int
+    dtype: str
+    channels_last: bool
+    median_ms: float
+    images_per_s: float
+    peak_mem_mb: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+_AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def bench_cuda_throughput(
+        name: str,
+        batch: int = 8,
+        height: int = 512,
+        width: int = 512,
+        num_classes: int = 150,
+        dtypes: Sequence[str] = ("fp32", "fp16", "bf16"),
+        layouts: Sequence[bool] = (False, True),
+        warmup: int = 5,
+        repeats: int = 20,
+        device: str = "cuda",
+) -> List[ThroughputResult]:
+    """GPU throughput of one model: for each layout (``layouts``: channels_last off / on) and autocast dtype, the
+    median time of a ``batch`` forward (CUDA events), images per second and peak allocated memory."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("CUDA throughput needs a CUDA device and a CUDA build of torch; none is available here "
+                           "(the CPU latency benchmark needs neither)")
+    unknown = [d for d in dtypes if d not in _AUTOCAST_DTYPES]
+    if unknown:
+        raise ValueError(f"unknown dtype(s) {unknown}; choose from {sorted(_AUTOCAST_DTYPES)}")
+    torch.manual_seed(0)
+    module = build_bench_model(name, num_classes).to(device)
+    results = []
+    for use_cl in layouts:
+        memory_format = torch.channels_last if use_cl else torch.contiguous_format
+        module = module.to(memory_format=memory_format)
+        x = torch.randn(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
+        for dtype_name in dtypes:
+            dtype = _AUTOCAST_DTYPES[dtype_name]
+            times = []
+            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float16,
+                                                        enabled=dtype is not None):
+                for _ in range(warmup):
+                    module(x)
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                for _ in range(repeats):
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    module(x)
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+            median = statistics.median(times)
+            results.append(ThroughputResult(name, batch, height, width, dtype_name, use_cl, median,
+                                            batch * 1000.0 / median,
+                                            torch.cuda.max_memory_allocated(device) / 2 ** 20))
     return results

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from csap_zoo.benchmark import (
-    BenchResult, LatencyStats, bench_head, bench_model, measure_interleaved, measure_latency, peak_memory_mb,
-    peak_rss_mb,
+    BenchResult, LatencyStats, bench_cuda_throughput, bench_head, bench_model, measure_interleaved, measure_latency,
+    peak_memory_mb, peak_rss_mb,
 )
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
@@ -84,12 +84,11 @@ def test_best_variant_is_the_fastest_median():
     assert r.best.median_ms == 20.0
 
 
-def test_interleaved_timing_runs_every_callable_round_robin():
+def test_interleaved_timing_runs_every_callable_round_robin_with_a_rotating_start():
     order = []
-    out = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1,
-                              repeats=3)
-    assert order == ["a", "b"] + ["a", "b"] * 3
-    assert out["a"].runs == 3 and out["b"].runs == 3
+    out = measure_interleaved({k: (lambda k=k: order.append(k)) for k in "abc"}, warmup=1, repeats=4)
+    assert order == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")  # rotating start
+    assert out["a"].runs == 4 and out["c"].runs == 4
     with pytest.raises(ValueError, match="repeats >= 1"):
         measure_interleaved({"a": lambda: None}, repeats=0)
 
@@ -117,10 +116,11 @@ def test_segformer_reference_builds_without_download():
 def test_script_end_to_end_tiny(tmp_path, capsys):
     rc = load_script().main(["--models", "csap_tiny", "segnext_tiny", "--size", "64", "64", "--warmup", "0",
                              "--repeats", "1", "--head-repeats", "1", "--threads", "1", "--onnx", "--no-memory",
-                             "--no-gmacs", "--json", str(tmp_path / "lat.json"), "--png", str(tmp_path / "lat.png")])
+                             "--no-gmacs", "--cuda", "--cuda-batch", "1", "--json", str(tmp_path / "lat.json"), "--png", str(tmp_path / "lat.png")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| csap_tiny |" in out and "| segnext_tiny head |" in out and "CSAP head / Ham head" in out
+    assert ("no CUDA device: GPU throughput skipped" in out) != torch.cuda.is_available()
     data = json.loads((tmp_path / "lat.json").read_text())
     assert [m["name"] for m in data["models"]] == ["csap_tiny", "segnext_tiny"] and "machine" in data
     assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
@@ -140,3 +140,18 @@ def test_peak_memory_in_a_fresh_process():
     small = peak_memory_mb("csap_tiny", 64, 64)
     large = peak_memory_mb("csap_tiny", 384, 384)
     assert 0 <= small < large  # activations grow with the input
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_throughput_without_a_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        bench_cuda_throughput("csap_tiny")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_throughput_on_a_gpu():
+    results = bench_cuda_throughput("csap_tiny", batch=2, height=64, width=64, dtypes=("fp32", "bf16"),
+                                    warmup=1, repeats=2)
+    assert [(r.dtype, r.channels_last) for r in results] == [("fp32", False), ("bf16", False), ("fp32", True),
+                                                             ("bf16", True)]
+    assert all(r.images_per_s > 0 and r.peak_mem_mb > 0 for r in results)
