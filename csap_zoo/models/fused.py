@@ -1,9 +1,10 @@
 """Inference-time fusion: fold normalisations into convolutions and run conv + activation / residual as one kernel.
 
 :func:`optimize_for_inference` returns a copy of a segmentor (or any module) in which every submodule that
-offers a ``fuse()`` method has been replaced by what that method returns -- for MSCAN, blocks whose BatchNorms and
+offers a ``fuse()`` method has been replaced by what that method returns (for MSCAN: blocks whose BatchNorms and
 layer scales are folded into the neighbouring 1x1 convolutions and whose GELUs and residual adds run inside the
-convolution -- and whose weights are in ``channels_last`` layout. Outputs equal the original model's up to float
+convolution), whose heads project each stage before resizing it (``project_before_resize``) and whose weights
+are in ``channels_last`` layout. Outputs equal the original model's up to float
 rounding; the copy is for inference only (its BatchNorm statistics are frozen into weights) and cannot be saved as
 a checkpoint of the original architecture.
 
@@ -20,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FusedConv2d", "batchnorm_affine", "fold_batchnorm", "fold_input_affine", "fuse_modules", "is_fused", "onednn_fusion_usable",
-           "optimize_for_inference"]
+__all__ = ["FusedConv2d", "batchnorm_affine", "fold_batchnorm", "fold_input_affine", "fuse_modules", "is_fused",
+           "onednn_fusion_usable", "optimize_for_inference"]
 
 UNARY_OPS = ("none", "gelu", "relu")
 BINARY_OPS = ("add", "mul")
