@@ -61,6 +61,6 @@ def conv1x1_over_resized_concat(
             y = F.interpolate(F.conv2d(feature, part), size=size, mode="bilinear", align_corners=align_corners)
         else:
             y = F.conv2d(F.interpolate(feature, size=size, mode="bilinear", align_corners=align_corners), part)
-        out = y if out is None else out + y
+        out = y if out is None else out.add_(y)  # out is a fresh conv / resize output: safe to add in place
     assert out is not None
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import DropPath
 
+from ..fused import fold_batchnorm
 from ..layers import check_head_features, conv1x1_over_resized_concat, init_conv_linear
 
 __all__ = ["CSAPHead", "CSAPHeadConfig", "ATTENTION_MODES", "PROPAGATION_MODES"]
@@ -161,7 +162,10 @@ class CSAPBlock(nn.Module):
                 )
             src_h, src_w = source_grid
             # resize(A) @ v == resize(A @ v): mix values on the source grid, then resize C channels only.
-            mixed = rearrange(source_map @ values, "b h (y x) d -> b (h d) y x", y=src_h, x=src_w)
+            # Token-major (channels_last) maps: the resize then returns channels_last, and going back to tokens
+            # is a view instead of a copy of the full-resolution map.
+            mixed = rearrange(source_map @ values, "b h n d -> b n (h d)")
+            mixed = rearrange(mixed, "b (y x) c -> b c y x", y=src_h, x=src_w)
             mixed = rearrange(_resize(mixed, (height, width), propagation), "b c y x -> b (y x) c")
             attn_map = propagate_map(source_map, source_grid, (height, width), propagation) if need_map else None
 
@@ -292,8 +296,11 @@ class CSAPHead(nn.Module):
         size = (stage_outputs[0].shape[-2], stage_outputs[0].shape[-1])
         if self.project_before_resize:
             conv, norm, act = self.fuse
-            fused = act(norm(conv1x1_over_resized_concat(list(reversed(stage_outputs)), conv.weight, size,
-                                                         conv.bias)))
+            weight, bias = conv.weight, conv.bias
+            if not self.training:  # eval-mode BatchNorm is an affine map: fold it into the projection
+                weight, bias = fold_batchnorm(conv, norm)
+                norm = nn.Identity()
+            fused = act(norm(conv1x1_over_resized_concat(list(reversed(stage_outputs)), weight, size, bias)))
         else:
             fused = self.fuse(torch.cat([_resize(x, size, "bilinear") for x in reversed(stage_outputs)], dim=1))
         return self.classifier(self.dropout(fused))

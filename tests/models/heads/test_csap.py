@@ -183,3 +183,17 @@ def test_projecting_before_resize_equals_the_concatenating_fusion(head):
         finally:
             head.project_before_resize = False
     torch.testing.assert_close(projected, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_projecting_before_resize_in_training_mode_keeps_batch_statistics():
+    """In training mode the BatchNorm is not folded (it normalises with batch statistics): both forms agree and
+    gradients flow through the projected path."""
+    torch.manual_seed(0)
+    head = CSAPHead(CHANNELS, num_classes=5, dropout=0.0, drop_path=0.0).train()
+    feats = [f.requires_grad_() for f in make_features(grid=(16, 20))]
+    reference = head(feats)
+    head.project_before_resize = True
+    projected = head(feats)
+    torch.testing.assert_close(projected, reference, rtol=1e-4, atol=1e-4)
+    projected.sum().backward()
+    assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in feats)
