@@ -82,17 +82,7 @@ def threads(count: Optional[int]) -> Iterator[None]:
 def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
                     num_threads: Optional[int] = None) -> LatencyStats:
     """Median / p90 wall-clock of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    with threads(num_threads), torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return LatencyStats.from_times(times)
+    return measure_interleaved({"fn": fn}, warmup, repeats, num_threads)["fn"]
 
 
 def peak_rss_mb(fn: Callable[[], Any], runs: int = 2, interval: float = 0.001,
