@@ -20,6 +20,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
+
 __all__ = ["TrainTransform", "keep_ratio_size", "to_tensors"]
 
 
@@ -68,8 +70,8 @@ class TrainTransform:
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
     photometric: bool = True
-    mean: Sequence[float] = (123.675, 116.28, 103.53)
-    std: Sequence[float] = (58.395, 57.12, 57.375)
+    mean: Sequence[float] = IMAGENET_MEAN_255
+    std: Sequence[float] = IMAGENET_STD_255
     ignore_index: int = 255
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, generator: torch.Generator

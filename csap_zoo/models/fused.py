@@ -15,6 +15,7 @@ PyTorch ops everywhere else (CUDA, other dtypes, gradients, ONNX/``torch.export`
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -61,11 +62,17 @@ def fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor)
     return weight * scale.detach().view(1, -1, 1, 1), bias
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_fusion_built() -> bool:
+    """Whether this torch build has oneDNN and its fused convolution ops (fixed per process; asked once)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
 def onednn_fusion_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the fused oneDNN kernels can serve this call (else the plain-op fallback runs)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+    if not _onednn_fusion_built():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the fused kernels have no backward

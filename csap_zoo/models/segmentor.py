@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
 
@@ -23,8 +24,6 @@ HeadConfig = Union[CSAPHeadConfig, HamHeadConfig]
 # Serialised name of each head config type (config.json "head.type").
 HEAD_TYPES: Dict[str, type] = {"csap": CSAPHeadConfig, "ham": HamHeadConfig}
 
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 
 
 @dataclass
