@@ -5,14 +5,16 @@ grid, concatenates and squeezes them, and runs one Hamburger: a 1x1 conv + ReLU 
 reconstruction of the (channels x pixels) matrix ("ham"), and a 1x1 conv + GroupNorm ("lower bread") added back to
 the input. An align layer and a 1x1 classifier give stride-8 logits.
 
-NMF starts from fresh random bases on every call and refines them with a few multiplicative updates that carry no
-gradient; one last coefficient update is differentiable, so the conv layers around the ham are trained through it
-(the one-step gradient of the Hamburger paper).
+NMF starts from fresh random bases on every call (or, with a seed, from fixed bases drawn once from that seed) and
+refines them with a few multiplicative updates followed by one last coefficient update. Training backpropagates
+through every update by default (``nmf_grad="full"``); ``"one-step"`` runs the iterations without gradient and
+differentiates only the last update (the cheaper one-step gradient of the Hamburger paper). The forward pass is the
+same either way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,7 +22,19 @@ import torch.nn.functional as F
 
 from ..layers import check_head_features, conv1x1_over_resized_concat
 
-__all__ = ["NMF2D", "Hamburger", "LightHamHead", "HamHeadConfig", "mmseg_checkpoint_filter_fn"]
+__all__ = ["NMF2D", "NMF_GRAD_MODES", "Hamburger", "LightHamHead", "HamHeadConfig", "mmseg_checkpoint_filter_fn"]
+
+# How training differentiates the NMF: through every update, or through the last coefficient update only.
+NMF_GRAD_MODES = ("full", "one-step")
+
+
+def _check_nmf_options(grad: Any, seed: Any) -> None:
+    if grad not in NMF_GRAD_MODES:
+        raise ValueError(f"nmf_grad must be one of {NMF_GRAD_MODES} ('full': backpropagate through every NMF "
+                         f"update, as SegNeXt; 'one-step': through the last one only), got {grad!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+        raise ValueError(f"nmf_seed must be None (fresh random bases on every call) or an integer in [0, 2**63), "
+                         f"got {seed!r}")
 
 
 class NMF2D(nn.Module):
@@ -39,6 +53,12 @@ class NMF2D(nn.Module):
         eval_steps: no-grad update iterations in eval mode.
         inv_t: inverse temperature of the softmax that initialises the coefficients.
         eps: added to every denominator of the multiplicative updates.
+        grad: ``"full"`` backpropagates through every update; ``"one-step"`` runs the iterations without gradient
+            and differentiates only the final coefficient update (less time and memory in training).
+        seed: None draws fresh bases from the global RNG on every call. An integer fixes the initial bases to one
+            (S, D, R) draw from a CPU generator seeded with it, shared by every image of a batch: calls are then
+            repeatable (on any device, independent of the global RNG) and traced or exported graphs keep them as
+            a constant. The fixed bases are a non-persistent float32 buffer: never in the state dict.
     """
 
     def __init__(
@@ -50,8 +70,11 @@ class NMF2D(nn.Module):
             eval_steps: int = 7,
             inv_t: float = 1.0,
             eps: float = 1e-6,
+            grad: str = "full",
+            seed: Optional[int] = None,
     ) -> None:
         super().__init__()
+        _check_nmf_options(grad, seed)
         if num_splits < 1 or channels % num_splits:
             raise ValueError(f"NMF2D: channels ({channels}) must be divisible by num_splits ({num_splits})")
         if num_bases < 1:
@@ -65,6 +88,30 @@ class NMF2D(nn.Module):
         self.eval_steps = eval_steps
         self.inv_t = inv_t
         self.eps = eps
+        self.grad = grad
+        self.seed: Optional[int] = None
+        self.register_buffer("fixed_bases", None, persistent=False)
+        self.set_seed(seed)
+
+    def set_seed(self, seed: Optional[int]) -> None:
+        """Fix the initial bases to the draw of ``seed`` (None: fresh random bases on every call)."""
+        _check_nmf_options(self.grad, seed)
+        device = self.fixed_bases.device if self.fixed_bases is not None else torch.device("cpu")
+        self.seed = seed
+        self.fixed_bases = None if seed is None else self._seeded_bases(seed, device)
+
+    def _seeded_bases(self, seed: int, device: torch.device) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        bases = torch.rand(self.num_splits, self.channels // self.num_splits, self.num_bases, generator=gen)
+        return F.normalize(bases, dim=1).to(device)
+
+    def _apply(self, fn, *args, **kwargs):
+        # Module.to / .half / .double would cast the fixed bases; keep them float32 (the NMF always runs in
+        # float32) and follow only the device.
+        super()._apply(fn, *args, **kwargs)
+        if self.seed is not None and self.fixed_bases is not None and self.fixed_bases.dtype != torch.float32:
+            self.fixed_bases = self._seeded_bases(self.seed, self.fixed_bases.device)
+        return self
 
     @property
     def steps(self) -> int:
@@ -72,7 +119,11 @@ class NMF2D(nn.Module):
         return self.train_steps if self.training else self.eval_steps
 
     def init_bases(self, batch: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Random non-negative bases (batch, dim, R), each column of unit L2 norm."""
+        """Non-negative bases (batch, dim, R), each column of unit L2 norm: random, or the seeded ones repeated
+        over the ``batch / num_splits`` images (``batch`` counts matrices, image-major)."""
+        if self.fixed_bases is not None:
+            fixed = self.fixed_bases.to(device=device, dtype=dtype)
+            return fixed.unsqueeze(0).expand(batch // self.num_splits, -1, -1, -1).reshape(batch, dim, self.num_bases)
         bases = torch.rand(batch, dim, self.num_bases, device=device, dtype=dtype)
         return F.normalize(bases, dim=1)
 
@@ -100,11 +151,12 @@ class NMF2D(nn.Module):
     def decompose(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Factorise matrices x (b, D, N) into bases (b, D, R) and coef (b, N, R).
 
-        ``self.steps`` iterations run without gradient; the final coefficient update is differentiable w.r.t. x.
+        ``self.steps`` iterations, then a final coefficient update. With ``grad="one-step"`` the iterations run
+        without gradient and only the final update is differentiable w.r.t. x; with ``"full"`` all of them are.
         """
         bases = self.init_bases(x.shape[0], x.shape[1], x.device, x.dtype)
         coef = torch.softmax(self.inv_t * torch.bmm(x.transpose(1, 2), bases), dim=-1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.grad == "full" and torch.is_grad_enabled()):
             for _ in range(self.steps):
                 bases, coef = self.step(x, bases, coef)
         coef = self.update_coef(x, bases, coef)
@@ -135,10 +187,13 @@ class Hamburger(nn.Module):
             train_steps: int = 6,
             eval_steps: int = 7,
             num_groups: int = 32,
+            nmf_grad: str = "full",
+            nmf_seed: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.ham_in = nn.Conv2d(channels, channels, 1, bias=True)
-        self.ham = NMF2D(channels, num_bases=num_bases, train_steps=train_steps, eval_steps=eval_steps)
+        self.ham = NMF2D(channels, num_bases=num_bases, train_steps=train_steps, eval_steps=eval_steps,
+                         grad=nmf_grad, seed=nmf_seed)
         self.ham_out = nn.Sequential(
             nn.Conv2d(channels, channels, 1, bias=False),
             nn.GroupNorm(num_groups, channels),
@@ -172,6 +227,8 @@ class LightHamHead(nn.Module):
         num_groups: GroupNorm groups of every normalisation layer.
         dropout: channel dropout before the classifier.
         align_corners: passed to the bilinear resize of the deeper inputs.
+        nmf_grad: ``"full"`` (backpropagate through every NMF update, as SegNeXt) or ``"one-step"``.
+        nmf_seed: None (fresh random NMF bases on every call, as SegNeXt) or a seed for fixed, repeatable bases.
     """
 
     def __init__(
@@ -186,8 +243,11 @@ class LightHamHead(nn.Module):
             num_groups: int = 32,
             dropout: float = 0.1,
             align_corners: bool = False,
+            nmf_grad: str = "full",
+            nmf_seed: Optional[int] = None,
     ) -> None:
         super().__init__()
+        _check_nmf_options(nmf_grad, nmf_seed)
         in_channels = tuple(int(c) for c in in_channels)
         if len(in_channels) < 1:
             raise ValueError("LightHamHead needs at least one input feature")
@@ -209,7 +269,8 @@ class LightHamHead(nn.Module):
         self.project_before_resize = False
 
         self.squeeze = _conv_gn_relu(sum(in_channels), ham_channels, num_groups)
-        self.hamburger = Hamburger(ham_channels, num_bases, train_steps, eval_steps, num_groups)
+        self.hamburger = Hamburger(ham_channels, num_bases, train_steps, eval_steps, num_groups,
+                                   nmf_grad=nmf_grad, nmf_seed=nmf_seed)
         self.align = _conv_gn_relu(ham_channels, channels, num_groups)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -230,6 +291,11 @@ class LightHamHead(nn.Module):
     def _init_classifier(conv: nn.Conv2d) -> None:
         nn.init.normal_(conv.weight, std=0.01)
         nn.init.zeros_(conv.bias)
+
+    def set_nmf_seed(self, seed: Optional[int]) -> None:
+        """Fix the NMF's initial bases to the draw of ``seed`` for repeatable outputs; None restores fresh random
+        bases on every call. (A saved config records the seed given at construction, not this call.)"""
+        self.hamburger.ham.set_seed(seed)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier for a new class count (e.g. to fine-tune on another dataset)."""
@@ -268,12 +334,16 @@ class HamHeadConfig:
     eval_steps: int = 7
     num_groups: int = 32
     dropout: float = 0.1
+    # Absent from config.json files written before they existed: such files get these defaults. Inference is the
+    # same as with the code that wrote them (random bases, same forward); training now uses the full gradient.
+    nmf_grad: str = "full"
+    nmf_seed: Optional[int] = None
 
     def build(self, in_channels: Sequence[int], num_classes: int) -> LightHamHead:
         return LightHamHead(
             in_channels, num_classes, ham_channels=self.ham_channels, channels=self.channels,
             num_bases=self.num_bases, train_steps=self.train_steps, eval_steps=self.eval_steps,
-            num_groups=self.num_groups, dropout=self.dropout,
+            num_groups=self.num_groups, dropout=self.dropout, nmf_grad=self.nmf_grad, nmf_seed=self.nmf_seed,
         )
 
 

@@ -117,21 +117,24 @@ def _count_updates(nmf: NMF2D, x: torch.Tensor, monkeypatch) -> Tuple[int, List[
     return len(steps), grad_modes
 
 
+@pytest.mark.parametrize("grad", ["full", "one-step"])
 @pytest.mark.parametrize("train_steps,eval_steps", [(6, 7), (2, 5), (0, 3)])
-def test_nmf_runs_train_steps_in_training_and_eval_steps_in_eval(train_steps, eval_steps, monkeypatch):
-    nmf = NMF2D(8, num_bases=3, train_steps=train_steps, eval_steps=eval_steps)
+def test_nmf_runs_train_steps_in_training_and_eval_steps_in_eval(train_steps, eval_steps, grad, monkeypatch):
+    nmf = NMF2D(8, num_bases=3, train_steps=train_steps, eval_steps=eval_steps, grad=grad)
     x = torch.rand(2, 8, 4, 4, requires_grad=True)
+    # "full": every update is recorded for backward; "one-step": the iterated ones run without gradient and
+    # only the final coefficient update is differentiable
+    iterated = grad == "full"
 
     nmf.train()
     n, grad_modes = _count_updates(nmf, x, monkeypatch)
     assert n == train_steps == nmf.steps
-    # every iterated coefficient update runs without gradient, the final one with it
-    assert grad_modes == [False] * train_steps + [True]
+    assert grad_modes == [iterated] * train_steps + [True]
 
     nmf.eval()
     n, grad_modes = _count_updates(nmf, x, monkeypatch)
     assert n == eval_steps == nmf.steps
-    assert grad_modes == [False] * eval_steps + [True]
+    assert grad_modes == [iterated] * eval_steps + [True]
 
 
 def test_head_mode_switch_reaches_the_nmf(monkeypatch):
@@ -354,3 +357,307 @@ def test_default_config_matches_segnext_tiny_size():
     # SegNeXt-T: 4.3M in total, of which the MSCAN-T backbone is 3.90M (REFERENCE sections 2 and 3)
     assert round(3.90 + params / 1e6, 1) == 4.3
     assert isinstance(head.dropout, torch.nn.Dropout2d) and head.dropout.p == 0.1
+
+
+# --- backward through the Hamburger: full (default) and one-step gradients -----------------------------------
+#
+# The reference below is written from the maths, on a state dict in MMSegmentation's LightHamHead key layout (the
+# layout of official SegNeXt checkpoints), in float64 and one matrix at a time:
+#   x   = ReLU(GN(W_sq * cat(f0, up(f1), up(f2))))
+#   X   = ReLU(W_in * x + b_in)                        (C x N, non-negative)
+#   V0  = softmax(X^T U0) rows;  t = 1..T:  V <- V * (X^T U) / (V U^T U + eps),  U <- U * (X V) / (U V^T V + eps)
+#   V  <- V * (X^T U) / (V U^T U + eps)   (a last coefficient update);  ham = U V^T
+#   y   = ReLU(x + GN(W_out * ham));  logits = W_cls * ReLU(GN(W_al * y)) + b_cls
+# "full" differentiates every update; "one-step" treats the T iterated factors as constants.
+
+OFFICIAL_SHAPES = {  # small widths: in (64, 160, 256) -> ham 32 -> align 32 -> 5 classes
+    "squeeze.conv.weight": (32, sum(MSCAN_T), 1, 1), "squeeze.gn.weight": (32,), "squeeze.gn.bias": (32,),
+    "hamburger.ham_in.conv.weight": (32, 32, 1, 1), "hamburger.ham_in.conv.bias": (32,),
+    "hamburger.ham_out.conv.weight": (32, 32, 1, 1),
+    "hamburger.ham_out.gn.weight": (32,), "hamburger.ham_out.gn.bias": (32,),
+    "align.conv.weight": (32, 32, 1, 1), "align.gn.weight": (32,), "align.gn.bias": (32,),
+    "conv_seg.weight": (5, 32, 1, 1), "conv_seg.bias": (5,),
+}
+GROUPS, EPS = 8, 1e-6
+
+
+def official_layout_state_dict(seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in OFFICIAL_SHAPES.items():
+        if key.endswith("gn.weight"):
+            sd[key] = 1.0 + 0.2 * torch.randn(shape, generator=gen)
+        else:
+            sd[key] = torch.randn(shape, generator=gen) * (0.2 if key.endswith("bias") else 1.0 / shape[1] ** 0.5)
+    return sd
+
+
+def head_from_official(sd: dict, **kwargs) -> LightHamHead:
+    from csap_zoo.models.heads.ham import mmseg_checkpoint_filter_fn
+
+    head = small_head(dropout=0.0, **kwargs)
+    head.load_state_dict(mmseg_checkpoint_filter_fn(sd), strict=True)
+    return head
+
+
+def reference_logits(sd: dict, feats: List[torch.Tensor], bases0: torch.Tensor, steps: int, full: bool):
+    def conv(x, w, b=None):
+        return F.conv2d(x, w, b)
+
+    def gn(x, prefix):
+        return F.group_norm(x, GROUPS, sd[prefix + ".gn.weight"], sd[prefix + ".gn.bias"], eps=1e-5)
+
+    size = feats[0].shape[-2:]
+    cat = torch.cat([feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                  for f in feats[1:]], dim=1)
+    x = F.relu(gn(conv(cat, sd["squeeze.conv.weight"]), "squeeze"))
+    y = F.relu(conv(x, sd["hamburger.ham_in.conv.weight"], sd["hamburger.ham_in.conv.bias"]))
+    b, c, h, w = y.shape
+    recon = []
+    for X, U in zip(y.reshape(b, c, h * w), bases0):
+        V = torch.softmax(X.T @ U, dim=1)
+        with torch.set_grad_enabled(full and torch.is_grad_enabled()):
+            for _ in range(steps):
+                V = V * (X.T @ U) / (V @ (U.T @ U) + EPS)
+                U = U * (X @ V) / (U @ (V.T @ V) + EPS)
+        if not full:
+            U, V = U.detach(), V.detach()
+        V = V * (X.T @ U) / (V @ (U.T @ U) + EPS)
+        recon.append(U @ V.T)
+    ham = torch.stack(recon).reshape(b, c, h, w)
+    y = F.relu(x + gn(conv(ham, sd["hamburger.ham_out.conv.weight"]), "hamburger.ham_out"))
+    y = F.relu(gn(conv(y, sd["align.conv.weight"]), "align"))
+    return conv(y, sd["conv_seg.weight"], sd["conv_seg.bias"])
+
+
+def random_bases(n: int, dim: int, rank: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.rand(n, dim, rank, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def head_and_reference_grads(grad: str, size=(6, 10), steps: int = 6, batch: int = 2):
+    """Parameter gradients (our names) of the head and of the float64 reference, from the same bases."""
+    from csap_zoo.models.heads.ham import mmseg_checkpoint_filter_fn
+
+    torch.manual_seed(0)
+    sd = official_layout_state_dict()
+    head = head_from_official(sd, nmf_grad=grad, train_steps=steps).train()
+    feats = make_features(MSCAN_T, size, batch=batch)
+    bases0 = random_bases(batch, 32, 4, seed=1)
+    head.hamburger.ham.init_bases = lambda n, d, device, dtype: bases0.to(device, dtype)
+    logits = head(feats)
+    weight = torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))
+    (logits * weight).sum().backward()
+    got = {name: p.grad for name, p in head.named_parameters()}
+
+    sd64 = {k: v.double().requires_grad_() for k, v in sd.items()}
+    ref = reference_logits(sd64, [f.double() for f in feats], bases0.double(), steps, full=grad == "full")
+    (ref * weight.double()).sum().backward()
+    expected = mmseg_checkpoint_filter_fn({k: v.grad.float() for k, v in sd64.items()})
+    torch.testing.assert_close(logits.detach(), ref.detach().float(), rtol=1e-4, atol=1e-4)
+    return got, expected
+
+
+def test_full_gradient_is_the_default():
+    assert HamHeadConfig().nmf_grad == "full"
+    assert small_head().hamburger.ham.grad == "full" and NMF2D(8).grad == "full"
+    assert HamHeadConfig().build(MSCAN_T, 3).hamburger.ham.grad == "full"
+
+
+@pytest.mark.parametrize("size", [(6, 10), (5, 7)])  # a 48x80 image and a 33x53 (not a multiple of 32) one
+def test_full_gradient_equals_the_unrolled_reference(size):
+    got, expected = head_and_reference_grads("full", size)
+    assert set(got) == set(expected) and len(got) == 13
+    for name in got:
+        assert rel_error(got[name], expected[name]) < 1e-4, name
+
+
+def test_one_step_gradient_equals_its_reference_and_differs_from_full():
+    one, one_ref = head_and_reference_grads("one-step")
+    full, _ = head_and_reference_grads("full")
+    for name in one:
+        assert rel_error(one[name], one_ref[name]) < 1e-4, name
+    # layers before the ham see a different gradient (the layers after it do not: the forward is the same)
+    for name in ("squeeze.0.weight", "hamburger.ham_in.weight", "hamburger.ham_in.bias"):
+        assert rel_error(one[name], full[name]) > 1e-2, name
+    for name in ("classifier.weight", "align.0.weight", "hamburger.ham_out.0.weight"):
+        assert rel_error(one[name], full[name]) < 1e-5, name
+
+
+def test_gradient_modes_share_the_forward():
+    feats = make_features(MSCAN_T, (5, 9))
+    outs = []
+    for grad in ("full", "one-step"):
+        torch.manual_seed(0)
+        head = small_head(nmf_grad=grad).train()
+        torch.manual_seed(1)
+        outs.append(head(feats))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_one_step_keeps_the_nmf_iterations_out_of_the_graph():
+    """One-step backward does not revisit the iterations: the graph holds one coefficient update, not T."""
+    def graph_size(grad: str) -> int:
+        x = torch.rand(1, 8, 4, 4, requires_grad=True)
+        out = NMF2D(8, num_bases=3, train_steps=6, grad=grad).train()(x)
+        seen, stack = set(), [out.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+        return len(seen)
+
+    assert graph_size("full") > 3 * graph_size("one-step")
+
+
+# --- NMF determinism: the seeded option ----------------------------------------------------------------------
+
+
+def test_unseeded_nmf_is_random_by_default():
+    assert HamHeadConfig().nmf_seed is None and NMF2D(8).seed is None
+    head = small_head().eval()
+    feats = make_features(MSCAN_T, (6, 6))
+    with torch.no_grad():
+        assert not torch.equal(head(feats), head(feats))
+
+
+def test_seeded_calls_are_identical_and_ignore_the_global_rng():
+    head = small_head(nmf_seed=123).eval()
+    feats = make_features(MSCAN_T, (6, 6))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        state = torch.get_rng_state()
+        a = head(feats)
+        assert torch.equal(torch.get_rng_state(), state)  # the global generator is not consumed
+        torch.manual_seed(99)
+        b = head(feats)
+        other = small_head(nmf_seed=124).eval()
+        other.load_state_dict(head.state_dict())
+        c = other(feats)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c, atol=1e-4)  # the seed picks the bases
+
+
+def test_seeded_bases_are_the_documented_draw():
+    """Seed s: bases = column-normalised torch.rand((S, C / S, R)) from a CPU generator seeded with s, the same for
+    every image of a batch (so an image's result does not depend on its batch)."""
+    torch.manual_seed(0)
+    b, c, h, w, splits, r, steps, seed = 3, 12, 3, 5, 2, 3, 4, 42
+    x = torch.rand(b, c, h, w)
+    out = NMF2D(c, num_bases=r, num_splits=splits, eval_steps=steps, seed=seed).eval()(x)
+
+    bases0 = torch.rand(splits, c // splits, r, generator=torch.Generator().manual_seed(seed))
+    bases0 = bases0 / bases0.norm(dim=1, keepdim=True)
+    expected = torch.empty_like(x)
+    for i in range(b):
+        for s in range(splits):
+            X, U = x[i, s * c // splits:(s + 1) * c // splits].reshape(c // splits, h * w).double(), bases0[s].double()
+            V = torch.softmax(X.T @ U, dim=1)
+            for _ in range(steps):
+                V = V * (X.T @ U) / (V @ U.T @ U + EPS)
+                U = U * (X @ V) / (U @ V.T @ V + EPS)
+            V = V * (X.T @ U) / (V @ U.T @ U + EPS)
+            expected[i, s * c // splits:(s + 1) * c // splits] = (U @ V.T).reshape(c // splits, h, w).float()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    single = NMF2D(c, num_bases=r, num_splits=splits, eval_steps=steps, seed=seed).eval()(x[1:2])
+    torch.testing.assert_close(single, out[1:2])
+
+
+def test_seed_survives_dtype_and_device_moves_and_stays_out_of_the_state_dict():
+    import copy
+
+    head = small_head(nmf_seed=5).eval()
+    feats = make_features(MSCAN_T, (4, 6))
+    with torch.no_grad():
+        ref = head(feats)
+        assert set(head.state_dict()) == set(small_head().state_dict())  # checkpoints are unchanged
+        bases = head.hamburger.ham.fixed_bases.clone()
+        assert bases.dtype == torch.float32 and bases.shape == (1, 32, 4)
+        half = copy.deepcopy(head).to(torch.bfloat16).hamburger.ham.fixed_bases
+        assert half.dtype == torch.float32 and torch.equal(half, bases)  # not rounded to bfloat16
+        head.double().float()
+        torch.testing.assert_close(head(feats), ref, rtol=0, atol=0)
+        if torch.cuda.is_available():
+            head.cuda()
+            torch.testing.assert_close(head([f.cuda() for f in feats]).cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_seed_can_be_set_and_cleared_on_a_built_head():
+    head = small_head().eval()
+    feats = make_features(MSCAN_T, (4, 4))
+    head.set_nmf_seed(7)
+    with torch.no_grad():
+        a, b = head(feats), head(feats)
+        assert torch.equal(a, b)
+        fresh = small_head(nmf_seed=7).eval()
+        fresh.load_state_dict(head.state_dict())
+        assert torch.equal(fresh(feats), a)
+        head.set_nmf_seed(None)
+        assert not torch.equal(head(feats), head(feats))
+
+
+def test_seeded_head_traces_and_exports_with_parity():
+    """Seeded bases are a fixed tensor, so traced and exported heads reproduce eager outputs, also at other sizes."""
+    import warnings
+
+    head = small_head(nmf_seed=3).eval()
+    feats = make_features(MSCAN_T, (6, 8), batch=1)
+    other = make_features(MSCAN_T, (5, 11), batch=1)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(head, (feats,), check_trace=False)
+        for f in (feats, other, feats):
+            torch.testing.assert_close(traced(f), head(f), rtol=1e-5, atol=1e-5)
+        program = torch.export.export(head, (feats,))
+        torch.testing.assert_close(program.module()(feats), head(feats), rtol=0, atol=0)
+        torch.testing.assert_close(program.module()(feats), head(feats), rtol=0, atol=0)
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+
+def test_nmf_options_travel_through_the_config():
+    cfg = HamHeadConfig(ham_channels=32, channels=32, num_bases=4, num_groups=8, nmf_grad="one-step", nmf_seed=11)
+    nmf = cfg.build(MSCAN_T, 3).hamburger.ham
+    assert nmf.grad == "one-step" and nmf.seed == 11
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(nmf_grad="none"), r"nmf_grad.*'full'.*'one-step'"),
+    (dict(nmf_seed="1"), "nmf_seed"),
+    (dict(nmf_seed=-1), "nmf_seed"),
+    (dict(nmf_seed=True), "nmf_seed"),
+])
+def test_bad_nmf_options_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        small_head(**kwargs)
+
+
+def test_config_json_records_the_nmf_options_and_an_old_one_still_loads(tmp_path):
+    """config.json written before the options existed has neither key: it loads with the defaults (full gradient,
+    random bases), which infer exactly as that code did."""
+    import json
+
+    import csap_zoo
+    from csap_zoo.hub import from_pretrained, save_pretrained
+
+    model = csap_zoo.create_model("segnext_tiny", num_classes=3).eval()
+    model.decode_head.set_nmf_seed(0)  # so that the two folders can be compared
+    model.config.head.nmf_seed = 0
+    save_pretrained(model, tmp_path / "new")
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["model"]["head"]["nmf_grad"] == "full" and config["model"]["head"]["nmf_seed"] == 0
+    reloaded = from_pretrained(str(tmp_path / "new")).eval()
+    assert reloaded.decode_head.hamburger.ham.seed == 0
+
+    save_pretrained(model, tmp_path / "old")
+    old = json.loads((tmp_path / "old" / "config.json").read_text())
+    del old["model"]["head"]["nmf_grad"], old["model"]["head"]["nmf_seed"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    legacy = from_pretrained(str(tmp_path / "old")).eval()
+    assert legacy.config.head.nmf_grad == "full" and legacy.config.head.nmf_seed is None
+    legacy.decode_head.set_nmf_seed(0)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(legacy(x), reloaded(x), rtol=0, atol=0)
