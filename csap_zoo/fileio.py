@@ -1,35 +1,236 @@
-"""Atomic file writes: content goes to a temporary file in the destination folder, then is renamed into place, so a
-failure never leaves a half-written file under the final name."""
+"""Atomic writes of files and folders, and the cleanup of temporaries that a killed process left behind.
+
+Content goes to a temporary sibling of the destination, then is renamed into place, so a failure never leaves a
+half-written file (or folder) under the final name. Temporaries are created with ``os.open(..., 0o666)`` /
+``os.mkdir(..., 0o777)``, so they get the permissions the umask (and default ACLs) give any new file, not the
+0600 / 0700 of ``mkstemp`` / ``mkdtemp``.
+
+Every temporary is named ``.<destination name>.<owner>-<pid>-<random>.tmp[<suffix>]``: ``owner`` is a short hash
+of the host name, the boot id and the PID namespace, ``pid`` the writing process. :func:`clean_stale_temp` removes
+such a temporary only when it is provably orphaned: its owner is this host and PID namespace and no process with
+that PID exists. A temporary made on another host or in another PID namespace (or named the way mkstemp /
+mkdtemp did before) cannot be checked that way; it is stale once nothing has touched it for ``max_age`` seconds
+(default one hour). So a live writer, in this process or another one sharing the folder, never loses its
+temporary; a killed one's is removed by the next start on the same machine (if its PID was reused meanwhile,
+once that process is gone too).
+"""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
-__all__ = ["atomic_write"]
+__all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "clean_stale_temp", "fsync_dir", "is_stale_temp",
+           "temp_name"]
+
+PathLike = Union[str, os.PathLike]
+
+STALE_AGE_S = 3600.0
+"""A temporary untouched for this long is stale whoever made it."""
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<owner>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp(?:\.[A-Za-z0-9]+)?$")
+# what mkstemp / mkdtemp made before: ".<name>.<8 random>.tmp[<suffix>]" (only the age rule applies to these)
+_LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]+)?$")
+_OWNER: Optional[str] = None
 
 
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], None], suffix: str = "") -> Path:
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _owner() -> str:
+    """Identifies the PID space of this process: the same value means a PID can be checked with ``kill(pid, 0)``."""
+    global _OWNER
+    if _OWNER is None:
+        try:
+            pidns = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            pidns = ""
+        key = f"{socket.gethostname()}|{_read('/proc/sys/kernel/random/boot_id')}|{pidns}"
+        _OWNER = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return _OWNER
+
+
+def temp_name(name: str, suffix: str = "") -> str:
+    """A fresh temporary name for destination ``name`` (see the module docstring for the pattern)."""
+    return f".{name}.{_owner()}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}"
+
+
+def fsync_dir(folder: PathLike) -> None:
+    """Make renames in ``folder`` durable (best effort: some file systems cannot fsync a folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _new_temp_file(folder: Path, name: str, suffix: str) -> Path:
+    while True:
+        tmp = folder / temp_name(name, suffix)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _new_temp_dir(folder: Path, name: str) -> Path:
+    while True:
+        tmp = folder / temp_name(name)
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None], suffix: str = "", *, fsync: bool = False) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path``; the temp file is removed on failure.
 
-    ``suffix`` is appended to the temp name for writers that look at the extension (e.g. ".onnx"). The file gets
-    the usual umask-based permissions (mkstemp alone would leave it 0600).
+    ``suffix`` is appended to the temp name for writers that look at the extension (e.g. ".onnx"). ``fsync``
+    flushes the file and the rename to disk before returning (for files a crash must not lose, e.g. checkpoints).
+    The file gets the permissions of any new file (umask, default ACLs).
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"destination {path} is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
-    os.close(fd)
+    tmp = _new_temp_file(path.parent, path.name, suffix)
+    mode = os.stat(tmp).st_mode & 0o7777
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        write(str(tmp))
+        if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer that replaced the file (e.g. with its own mkstemp)
+            os.chmod(tmp, mode)
+        if fsync:
+            _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    if fsync:
+        fsync_dir(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike, names: Optional[Sequence[str]] = None, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder next to ``path``; when the block ends without an error, publish it.
+
+    If ``path`` does not exist, the staging folder is renamed to it (one atomic step). If it does, the files
+    ``names`` (default: every file written into the staging folder) are each renamed into it, replacing files of
+    the same name; other files there are kept. The staging folder is removed in every case.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"destination {target} exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = _new_temp_dir(target.parent, target.name)
+    try:
+        yield staging
+        written = list(names) if names is not None else sorted(p.name for p in staging.iterdir())
+        if fsync:
+            for name in written:
+                _fsync_file(staging / name)
+        if not target.exists():
+            try:
+                os.rename(staging, target)
+            except OSError:  # another writer created it meanwhile: fall back to file by file
+                if not target.is_dir():
+                    raise
+            else:
+                if fsync:
+                    fsync_dir(target.parent)
+                return
+        for name in written:
+            os.replace(staging / name, target / name)
+        if fsync:
+            fsync_dir(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by another user
+        return True
+    return True
+
+
+def _last_touched(path: Path) -> float:
+    """Newest mtime of a file, or of a folder and its direct entries (a staging folder being filled)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(path):
+                with contextlib.suppress(OSError):
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
+
+
+def is_stale_temp(path: PathLike, max_age: float = STALE_AGE_S, now: Optional[float] = None) -> bool:
+    """Whether ``path`` is one of our temporaries that no live writer owns (see the module docstring)."""
+    path = Path(path)
+    match = _TEMP_RE.match(path.name)
+    if match is None and _LEGACY_RE.match(path.name) is None:
+        return False
+    if match is not None and match.group("owner") == _owner():
+        pid = int(match.group("pid"))
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        return (time.time() if now is None else now) - _last_touched(path) >= max_age
+    except FileNotFoundError:
+        return False
+
+
+def clean_stale_temp(folder: PathLike, names: Union[str, re.Pattern, None] = None,
+                     max_age: float = STALE_AGE_S) -> List[Path]:
+    """Remove the stale temporaries in ``folder`` whose destination name matches ``names`` (a regular
+    expression matched in full; ``None``: any). Returns what was removed; nothing else is ever touched."""
+    folder = Path(folder)
+    pattern = re.compile(names) if isinstance(names, str) else names
+    removed: List[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    now = time.time()
+    for path in entries:
+        match = _TEMP_RE.match(path.name) or _LEGACY_RE.match(path.name)
+        if match is None or (pattern is not None and not pattern.fullmatch(match.group("name"))):
+            continue
+        if not is_stale_temp(path, max_age, now):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+        removed.append(path)
+    return removed

@@ -5,8 +5,7 @@ The folder layout is what ``from_pretrained`` reads back, locally or from a Hugg
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..fileio import atomic_folder, atomic_write, clean_stale_temp
 from ..complexity import estimate_gmacs
 from ..models.fused import is_fused
 from ..models.segmentor import Segmentor
@@ -117,7 +117,9 @@ def save_pretrained(
     copies them back into the model's own (fp32) parameters.
 
     The folder is assembled in a temporary sibling and moved into place, so a failure never leaves a
-    half-written model folder; an existing folder's three files are replaced, other files are kept.
+    half-written model folder; an existing folder's three files are replaced, other files are kept. Files and a
+    new folder get the permissions the umask gives; staging folders of earlier saves to the same destination that
+    were killed midway are removed (see ``csap_zoo.fileio.clean_stale_temp`` for when one counts as abandoned).
     """
     if is_fused(model):
         raise ValueError("this model was optimised for inference (folded, fused layers) and no longer has the "
@@ -130,18 +132,13 @@ def save_pretrained(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "csap_zoo_version": __version__})
+    clean_stale_temp(target.parent, re.escape(target.name))  # staging folders a killed save left behind
+    with atomic_folder(target, (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME), fsync=True) as staging:
+        # safetensors writes a 0600 file of its own; atomic_write gives it the usual permissions
+        atomic_write(staging / WEIGHTS_NAME,
+                     lambda tmp: save_file(state, tmp, metadata={"format": "pt", "csap_zoo_version": __version__}))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (staging / MODEL_CARD_NAME).write_text(render_model_card(model, metrics, repo_id))
-        if not target.exists():
-            os.replace(staging, target)
-        else:
-            for name in (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME):
-                os.replace(staging / name, target / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
