@@ -15,7 +15,10 @@ Everything here runs on loopback only:
 
 Both servers can ``corrupt`` a file (serve other bytes than announced) and
 ``truncate`` it (announce the full ``Content-Length`` and close the
-connection early).
+connection early). ``url_server`` can also ``throttle`` a file (send it in
+small steps with a pause after each, optionally after a pause before the
+headers: a slow or dripping server) and ``fail`` it (answer an HTTP error
+status).
 """
 
 from __future__ import annotations
@@ -171,6 +174,13 @@ class _Truncation:
     times: int | None  # GET responses left to truncate; None = forever
 
 
+@dataclass
+class _Throttle:
+    step: int  # bytes sent per step
+    delay: float  # seconds of silence after each step
+    header_delay: float = 0.0  # seconds of silence before the response headers
+
+
 class _LoopbackServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -236,9 +246,15 @@ class _Handler(BaseHTTPRequestHandler):
         head: bool,
         truncation: _Truncation | None,
         consume_truncation,
+        throttle=None,
     ) -> None:
         """HEAD: announce ``announced_size``. GET: send ``content`` (honouring a single ``Range``), cut at
-        ``truncation.n`` if set."""
+        ``truncation.n`` if set. ``throttle``: a callable returning the current ``_Throttle`` or None (read again
+        at every step, so healing a file speeds up a response already under way)."""
+        current = throttle() if throttle is not None else None
+        if current is not None and current.header_delay and not head:
+            if self.owner._stopping.wait(current.header_delay):
+                return
         if head:
             self.send_response(200)
             for k, v in headers.items():
@@ -284,6 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if cut is None and throttle is not None:
+            self._send_throttled(body, throttle)
+            return
         if cut is None:
             self.wfile.write(body)
             return
@@ -298,11 +317,32 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+    def _send_throttled(self, body: bytes, throttle) -> None:
+        """Send ``body`` in steps while ``throttle()`` says so, the rest at once; stop quietly when the client
+        goes away or the server closes."""
+        sent = 0
+        try:
+            while sent < len(body):
+                current = throttle()
+                if current is None:
+                    self.wfile.write(body[sent:])
+                    return
+                self.wfile.write(body[sent : sent + current.step])
+                self.wfile.flush()
+                sent += current.step
+                if sent < len(body) and self.owner._stopping.wait(current.delay):
+                    self.close_connection = True
+                    return
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
 class _ServerBase:
     """Owns a ThreadingHTTPServer on 127.0.0.1:<random port> running in a daemon thread."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._stopping = threading.Event()  # set by close(): throttled responses stop sending
         self._log: list[RequestRecord] = []
         handler = type(f"{type(self).__name__}Handler", (_Handler,), {"owner": self})
         self._httpd = _LoopbackServer(("127.0.0.1", 0), handler)
@@ -336,6 +376,7 @@ class _ServerBase:
             self._log.clear()
 
     def close(self) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -580,6 +621,8 @@ class UrlServer(_ServerBase):
         self._files: dict[str, bytes] = {}
         self._corrupt: dict[str, bytes | None] = {}
         self._truncate: dict[str, _Truncation] = {}
+        self._throttle: dict[str, _Throttle] = {}
+        self._fail: dict[str, tuple[int, str]] = {}
         super().__init__()
 
     @staticmethod
@@ -606,15 +649,39 @@ class UrlServer(_ServerBase):
         with self._lock:
             self._truncate[self._key(path)] = _Truncation(int(n), times)
 
+    def throttle(self, path: str, step: int, delay: float, *, header_delay: float = 0.0) -> None:
+        """Send GET bodies ``step`` bytes at a time with ``delay`` seconds of silence after each step (a slow or
+        dripping server); ``header_delay``: silence before the response headers. ``heal`` lifts it, also for a
+        response already being sent."""
+        with self._lock:
+            self._throttle[self._key(path)] = _Throttle(int(step), float(delay), float(header_delay))
+
+    def fail(self, path: str, status: int, reason: str | None = None) -> None:
+        """Answer every request for ``path`` with HTTP ``status`` (e.g. 500, 503, 429, 410)."""
+        with self._lock:
+            self._fail[self._key(path)] = (int(status), reason or "")
+
     def heal(self, path: str) -> None:
         with self._lock:
             self._corrupt.pop(self._key(path), None)
             self._truncate.pop(self._key(path), None)
+            self._throttle.pop(self._key(path), None)
+            self._fail.pop(self._key(path), None)
 
     def _dispatch(self, handler: _Handler, head: bool) -> None:
         key = unquote(urlsplit(handler.path).path)
         with self._lock:
             data = self._files.get(key)
+            failure = self._fail.get(key)
+            if failure is not None:
+                body = f"error {failure[0]}\n".encode()
+                handler.send_response(failure[0], failure[1] or None)
+                handler.send_header("Content-Type", "text/plain")
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                if not head:
+                    handler.wfile.write(body)
+                return
             if data is None:
                 body = b"Not Found\n"
                 handler.send_response(404)
@@ -636,6 +703,10 @@ class UrlServer(_ServerBase):
                 if trunc is not None and trunc.times is not None:
                     trunc.times -= 1
 
+        def current_throttle() -> _Throttle | None:
+            with self._lock:
+                return self._throttle.get(key)
+
         handler.send_content(
             announced_size=len(data),
             content=content,
@@ -643,6 +714,7 @@ class UrlServer(_ServerBase):
             head=head,
             truncation=trunc,
             consume_truncation=consume,
+            throttle=current_throttle if current_throttle() is not None else None,
         )
 
 
