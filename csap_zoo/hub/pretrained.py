@@ -8,8 +8,12 @@ Where weights come from:
 - ``pretrained="path/to/file_or_folder"``: a local state dict file or a ``save_pretrained`` folder;
 - ``create_model("hf-hub:org/repo")`` / ``from_pretrained("org/repo")``: a ``save_pretrained`` folder on the Hub.
 
-Loading is strict: a missing or unexpected key is an error. The one exception is the classifier when
-``num_classes`` differs from the checkpoint's: it is re-initialised, with a warning.
+Loading is strict: a missing or unexpected key, a shape mismatch or a tensor of the wrong kind (integer or bool
+where the model holds floats, or the reverse) is an error. The one exception is the classifier when ``num_classes``
+differs from the checkpoint's: it is re-initialised, with a warning. A saved folder must be consistent: its
+config.json is validated field by field (``csap_zoo.validation.ConfigError``), its class count must match its
+weights, and the model it describes is checked against the weights file on the meta device before any memory is
+allocated. Reading a local folder never touches the network.
 """
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import torch
 
 from ..models.registry import build_model, get_architecture, parse_model_name
-from ..models.segmentor import DataConfig, Segmentor, SegmentorConfig
+from ..models.segmentor import MAX_CLASSES, DataConfig, Segmentor, SegmentorConfig
+from ..validation import ConfigError, check_value, require_mapping
 from .convert import ConversionError, convert_state_dict, read_state_dict
 from .download import CheckpointError, CheckpointUnavailableError, fetch_checkpoint, is_offline
 from .manifest import Checkpoint, Manifest, default_manifest
@@ -32,25 +37,41 @@ __all__ = ["create_model", "from_pretrained", "load_checkpoint_into"]
 
 PathLike = Union[str, os.PathLike]
 _CLASSIFIER_PREFIX = "decode_head.classifier."
+_CLASSIFIER_WEIGHT = _CLASSIFIER_PREFIX + "weight"
+MAX_CONFIG_BYTES = 16 * 2 ** 20  # a config.json larger than this is refused unread
+_CONFIG_KEYS = ("format_version", "csap_zoo_version", "model", "data", "metrics")
 
 
-def load_checkpoint_into(model: Segmentor, state: Dict[str, torch.Tensor], source: str,
-                         backbone_only: bool = False) -> None:
-    """Strictly load ``state`` into ``model``; a classifier of another class count is skipped with a warning.
+def _listed(items: List[str]) -> str:
+    return f"{items[:5]}" + (f" and {len(items) - 5} more" if len(items) > 5 else "")
 
-    ``backbone_only``: the checkpoint holds backbone weights only; the head keeps its own (fresh) weights.
-    """
-    own = model.state_dict()
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _fit_state(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], source: str, num_classes: int,
+               backbone_only: bool, classifier_may_differ: bool) -> Dict[str, torch.Tensor]:
+    """``state`` reduced to what loads into a model whose state dict is ``own`` (real or meta tensors), or a
+    ConversionError saying what does not fit; nothing is copied."""
     state = dict(state)
     if backbone_only:
         state.update({k: v for k, v in own.items() if k.startswith("decode_head.")})
+    # A tensor of another kind (int/bool for a float parameter, or a float for an integer counter) would be cast
+    # silently by load_state_dict: integer weights give a model that predicts class 0 everywhere.
+    wrong_kind = [f"{k}: file {_dtype_name(v.dtype)}, model {_dtype_name(own[k].dtype)}" for k, v in state.items()
+                  if k in own and v.is_floating_point() != own[k].is_floating_point()]
+    if wrong_kind:
+        raise ConversionError(f"{source} holds tensors of the wrong kind (weights must be floating point, counters "
+                              f"integer): {_listed(wrong_kind)}. Is it a weights file at all?")
     # only a different class count (first dimension) excuses a classifier mismatch
-    skipped = [k for k in state if k.startswith(_CLASSIFIER_PREFIX) and k in own
+    skipped = [k for k in state if classifier_may_differ and k.startswith(_CLASSIFIER_PREFIX) and k in own
+               and state[k].dim() >= 1 and state[k].dim() == own[k].dim()
                and state[k].shape[0] != own[k].shape[0] and state[k].shape[1:] == own[k].shape[1:]]
     if skipped:
         warnings.warn(
             f"{source}: the checkpoint's classifier has {state[skipped[0]].shape[0]} classes, the model "
-            f"{model.num_classes}; the classifier is re-initialised and needs fine-tuning.", stacklevel=3,
+            f"{num_classes}; the classifier is re-initialised and needs fine-tuning.", stacklevel=4,
         )
         for key in skipped:
             del state[key]
@@ -59,13 +80,27 @@ def load_checkpoint_into(model: Segmentor, state: Dict[str, torch.Tensor], sourc
     if mismatched:
         raise ConversionError(f"{source} does not fit the model; shape mismatches: {mismatched[:5]}"
                               + (" ..." if len(mismatched) > 5 else ""))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in skipped and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and k not in skipped and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise ConversionError(
             f"{source} does not match the model: {len(missing)} missing key(s) {missing[:5]}, "
-            f"{len(unexpected)} unexpected key(s) {list(unexpected)[:5]}. Is it a checkpoint of this architecture?"
+            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}. Is it a checkpoint of this architecture?"
         )
+    return state
+
+
+def load_checkpoint_into(model: Segmentor, state: Dict[str, torch.Tensor], source: str,
+                         backbone_only: bool = False, classifier_may_differ: bool = True) -> None:
+    """Strictly load ``state`` into ``model``: every key, shape and kind (floating or integer) must match.
+
+    ``backbone_only``: the checkpoint holds backbone weights only; the head keeps its own (fresh) weights.
+    ``classifier_may_differ``: a classifier of another class count is skipped with a warning (the model keeps
+    its fresh one); False makes it a shape mismatch like any other.
+    """
+    state = _fit_state(model.state_dict(), state, source, model.num_classes, backbone_only, classifier_may_differ)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected  # _fit_state has refused them
 
 
 def _data_config_from_checkpoint(checkpoint: Checkpoint) -> DataConfig:
@@ -73,26 +108,111 @@ def _data_config_from_checkpoint(checkpoint: Checkpoint) -> DataConfig:
                       test_size=checkpoint.test_size, dataset=checkpoint.dataset)
 
 
-def _read_model_folder(folder: Path) -> tuple:
+class _ModelFolder(NamedTuple):
+    config: SegmentorConfig
+    data_config: DataConfig
+    metrics: Dict[str, Any]
+    config_path: Path
+    weights_path: Path
+
+
+def _parse_config_file(config_path: Path) -> Dict[str, Any]:
+    size = config_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"is larger than {MAX_CONFIG_BYTES} bytes ({size}); not a config written by "
+                          f"save_pretrained", source=str(config_path))
+    try:
+        saved = json.loads(config_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConversionError(f"{config_path} is not UTF-8 text: {err}") from None
+    except RecursionError:
+        raise ConversionError(f"{config_path} is not valid JSON: nested too deeply") from None
+    except ValueError as err:  # json.JSONDecodeError, and integers longer than Python converts
+        raise ConversionError(f"{config_path} is not valid JSON: {err}") from None
+    saved = require_mapping(saved, "the file")
+    version = saved.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION or "model" not in saved:
+        raise ConversionError(f"{config_path} is not a csap-zoo config (format_version {FORMAT_VERSION} expected)")
+    unknown = [k for k in saved if k not in _CONFIG_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown entry; a config.json holds {list(_CONFIG_KEYS)}", field=unknown[0])
+    check_value(saved.get("csap_zoo_version"), Optional[str])
+    return dict(saved)
+
+
+def _read_model_folder(folder: Path) -> _ModelFolder:
+    """The validated contents of a save_pretrained folder (its weights are not read)."""
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
         raise ConversionError(f"{folder} is not a csap-zoo model folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
                               f"(written by save_pretrained)")
+    section = None
     try:
-        saved = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{config_path} is not valid JSON: {err}") from None
-    if saved.get("format_version") != FORMAT_VERSION or "model" not in saved:
-        raise ConversionError(f"{config_path} is not a csap-zoo config (format_version {FORMAT_VERSION} expected)")
-    return saved, weights_path
+        saved = _parse_config_file(config_path)
+        section = "model"
+        config = SegmentorConfig.from_dict(saved["model"])
+        section = "data"
+        data_config = DataConfig.from_dict(saved.get("data", {}))
+        section = "metrics"
+        metrics = dict(require_mapping(saved.get("metrics", {}), "metrics"))
+        section = None
+        try:
+            get_architecture(config.architecture)
+        except ValueError as err:
+            raise ConfigError(str(err), field="model.architecture") from None
+        names = data_config.class_names
+        if names is not None and len(names) != config.num_classes:
+            raise ConfigError(f"lists {len(names)} class names for model.num_classes={config.num_classes}",
+                              field="data.class_names")
+    except ConfigError as err:
+        raise err.located(str(config_path), section) from None
+    return _ModelFolder(config, data_config, metrics, config_path, weights_path)
+
+
+def _check_class_count(contents: _ModelFolder, state: Dict[str, torch.Tensor]) -> None:
+    weight = state.get(_CLASSIFIER_WEIGHT)
+    saved = contents.config.num_classes
+    if weight is not None and weight.dim() >= 1 and weight.shape[0] != saved:
+        raise ConversionError(
+            f"{contents.config_path.parent} is inconsistent: {contents.config_path.name} says num_classes={saved} "
+            f"but {contents.weights_path.name} holds a classifier of {weight.shape[0]} classes "
+            f"({_CLASSIFIER_WEIGHT} {tuple(weight.shape)}). Re-save the model with save_pretrained, or load the "
+            f"weights file alone with create_model(name, pretrained=path_to_{contents.weights_path.name})."
+        )
+
+
+def _build_from_folder(contents: _ModelFolder, meta: bool) -> Optional[Segmentor]:
+    """The folder's model, never with pretrained backbone weights; a config the model code refuses is a
+    ConfigError of the file."""
+    try:
+        if not meta:
+            return Segmentor.from_config(contents.config, pretrained_backbone=False, data_config=contents.data_config)
+        with torch.device("meta"):
+            return Segmentor.from_config(contents.config, pretrained_backbone=False)
+    except NotImplementedError:
+        if meta:
+            return None
+        raise
+    except (ValueError, TypeError, RuntimeError, AssertionError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(f"does not describe a model that can be built: {type(err).__name__}: {first_line}",
+                          field="model", source=str(contents.config_path)) from None
 
 
 def _model_from_folder(folder: Path, source: str, num_classes: Optional[int]) -> Segmentor:
-    saved, weights_path = _read_model_folder(folder)
-    config = SegmentorConfig.from_dict(saved["model"])
-    model = Segmentor.from_config(config, data_config=DataConfig.from_dict(saved.get("data", {})))
-    load_checkpoint_into(model, read_state_dict(weights_path), source)
-    model.metrics = dict(saved.get("metrics", {}))
+    contents = _read_model_folder(folder)
+    state = read_state_dict(contents.weights_path)
+    _check_class_count(contents, state)
+    # The backbone is built without pretrained weights (they are in the folder's own file), first on the meta
+    # device: a config that describes anything but the weights file is refused before memory is allocated.
+    probe = _build_from_folder(contents, meta=True)
+    if probe is not None:  # None: a module that computes at construction and cannot be built on meta
+        _fit_state(probe.state_dict(), state, source, probe.num_classes, backbone_only=False,
+                   classifier_may_differ=False)
+    model = _build_from_folder(contents, meta=False)
+    assert model is not None
+    load_checkpoint_into(model, state, source, classifier_may_differ=False)
+    model.metrics = contents.metrics
     if num_classes is not None and num_classes != model.num_classes:
         _warn_reset(source, model.num_classes, num_classes)
         model.reset_classifier(num_classes)
@@ -161,7 +281,10 @@ def _from_local_pretrained(name: str, path: Path, num_classes: Optional[int], bu
         raise ConversionError(f"pretrained={str(path)!r}: no such file or folder")
     state = read_state_dict(path)
     saved_classes = next((v.shape[0] for k, v in state.items()
-                          if k in ("decode_head.classifier.weight", "decode_head.conv_seg.weight")), None)
+                          if k in ("decode_head.classifier.weight", "decode_head.conv_seg.weight") and v.dim()), None)
+    if saved_classes is not None and not 1 <= saved_classes <= MAX_CLASSES:
+        raise ConversionError(f"{path}: its classifier has {saved_classes} classes; at most {MAX_CLASSES} are "
+                              f"supported")
     model = build_model(name, num_classes=saved_classes or num_classes, **build_kwargs)
     fmt = "mmseg-segnext" if any(k.startswith("decode_head.conv_seg.") for k in state) else "csap-safetensors"
     if not any(k.startswith(("backbone.", "decode_head.")) for k in state):

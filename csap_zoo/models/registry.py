@@ -12,14 +12,15 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..validation import ConfigError
 from . import mscan  # noqa: F401  (registers the MSCAN family with timm)
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
 from .segmentor import DataConfig, HeadConfig, Segmentor, SegmentorConfig
 
 __all__ = [
-    "Architecture", "DATASET_NUM_CLASSES", "DEFAULT_NUM_CLASSES", "DEMO_DATASET_NUM_CLASSES", "build_model",
-    "get_architecture", "list_models", "parse_model_name", "register_architecture",
+    "Architecture", "DATASET_NUM_CLASSES", "DEFAULT_NUM_CLASSES", "DEMO_DATASET_NUM_CLASSES", "apply_head_overrides",
+    "build_model", "get_architecture", "list_models", "parse_model_name", "register_architecture",
 ]
 
 # Dataset tags a model name may carry, and their class counts.
@@ -88,16 +89,16 @@ def list_models(pattern: str = "*", with_datasets: bool = False) -> List[str]:
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-def _apply_head_overrides(head: HeadConfig, overrides: Dict[str, Any], model_name: str) -> HeadConfig:
+def apply_head_overrides(head: HeadConfig, overrides: Dict[str, Any], model_name: str) -> HeadConfig:
+    """``head`` with some options changed; unknown options and bad values are ConfigErrors naming the option."""
     valid = {f.name for f in dataclasses.fields(head)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown option(s) {unknown} for {model_name!r}; head options are {sorted(valid)}, backbone options "
-            f"go in backbone_args={{...}}"
+            f"go in backbone_args={{...}}", field=unknown[0],
         )
-    cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(head, **cleaned)
+    return dataclasses.replace(head, **overrides)  # the head config checks and normalises its values
 
 
 def build_model(
@@ -136,7 +137,7 @@ def build_model(
     config = SegmentorConfig(
         architecture=arch_name,
         backbone=backbone or arch.backbone,
-        head=_apply_head_overrides(arch.head, dict(overrides), name),
+        head=apply_head_overrides(arch.head, dict(overrides), name),
         num_classes=num_classes,
         in_chans=in_chans,
         feature_strides=arch.feature_strides,

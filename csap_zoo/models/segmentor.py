@@ -6,7 +6,7 @@ runs backbone and head, and returns logits cropped back to the input's own heigh
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
@@ -15,14 +15,61 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
+from ..validation import ConfigError, check_dataclass, check_value, dataclass_from_mapping, option, require_mapping
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
 
-__all__ = ["DataConfig", "HEAD_TYPES", "HeadConfig", "Segmentor", "SegmentorConfig", "select_feature_indices"]
+__all__ = ["DataConfig", "HEAD_TYPES", "HeadConfig", "MAX_CLASSES", "MAX_IMAGE_SIZE", "Segmentor", "SegmentorConfig",
+           "check_backbone_args", "select_feature_indices"]
 
 HeadConfig = Union[CSAPHeadConfig, HamHeadConfig]
 # Serialised name of each head config type (config.json "head.type").
 HEAD_TYPES: Dict[str, type] = {"csap": CSAPHeadConfig, "ham": HamHeadConfig}
+
+# Bounds of the configs (a file naming more is refused before anything is allocated).
+MAX_CLASSES = 65535
+MAX_IMAGE_SIZE = 16384  # pixels per side of a crop or evaluation size
+# Backbone options the segmentor sets itself.
+_RESERVED_BACKBONE_ARGS = frozenset({"features_only", "in_chans", "pretrained"})
+# Backbone options that make timm fetch or read weights (or place the model); never taken from a file, whose
+# weights are in its own model.safetensors.
+_WEIGHT_SOURCE_BACKBONE_ARGS = frozenset({
+    "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "pretrained_model_args", "checkpoint_path",
+    "cache_dir", "device", "dtype",
+})
+
+
+def _check_backbone_arg_value(value: Any, depth: int = 0) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return check_value(value, Optional[Union[bool, str]])
+    if isinstance(value, (int, float)):
+        return check_value(value, float) if isinstance(value, float) else value
+    if isinstance(value, (list, tuple)) and depth < 2:
+        if len(value) > 64:
+            raise ConfigError(f"must be a list of at most 64 items, got {len(value)}")
+        return [_check_backbone_arg_value(v, depth + 1) for v in value]
+    raise ConfigError(f"must be a JSON number, string, true/false, null or a list of them, got {type(value).__name__}")
+
+
+def check_backbone_args(args: Any, from_file: bool = False) -> Dict[str, Any]:
+    """Backbone keyword arguments, checked: never the options the segmentor sets itself; ``from_file``: only JSON
+    scalars and lists, and nothing that makes timm fetch or read weights."""
+    args = require_mapping(args, "backbone_args")
+    for key, value in args.items():
+        if key in _RESERVED_BACKBONE_ARGS or (from_file and key in _WEIGHT_SOURCE_BACKBONE_ARGS):
+            raise ConfigError(
+                "is not accepted in backbone_args: " + ("the segmentor sets it" if key in _RESERVED_BACKBONE_ARGS
+                                                        else "it would make timm fetch or read weights, which "
+                                                             "come from the model's own weights file"), field=key)
+    if not from_file:
+        return dict(args)
+    out = {}
+    for key, value in args.items():
+        try:
+            out[key] = _check_backbone_arg_value(value)
+        except ConfigError as err:
+            raise err.located(prefix=key) from None
+    return out
 
 
 
@@ -33,40 +80,48 @@ class DataConfig:
     mean/std are on the 0-255 scale. ``test_size`` is (long side, short side) of the evaluation resize, if any.
     """
 
-    mean: Tuple[float, float, float] = IMAGENET_MEAN_255
-    std: Tuple[float, float, float] = IMAGENET_STD_255
-    train_crop: Optional[Tuple[int, int]] = None
-    test_size: Optional[Tuple[int, int]] = None
-    dataset: Optional[str] = None
-    class_names: Optional[List[str]] = None
-    palette: Optional[List[Tuple[int, int, int]]] = None
+    mean: Tuple[float, float, float] = option(IMAGENET_MEAN_255, 0, 255)
+    std: Tuple[float, float, float] = option(IMAGENET_STD_255, 0, 255, low_open=True)
+    train_crop: Optional[Tuple[int, int]] = option(None, 1, MAX_IMAGE_SIZE)
+    test_size: Optional[Tuple[int, int]] = option(None, 1, MAX_IMAGE_SIZE)
+    dataset: Optional[str] = option(None, max_chars=256)
+    class_names: Optional[List[str]] = option(None, length=(1, MAX_CLASSES), max_chars=1024)
+    palette: Optional[List[Tuple[int, int, int]]] = option(None, 0, 255, length=(1, MAX_CLASSES))
+
+    def __post_init__(self) -> None:
+        check_dataclass(self)
+        if self.class_names is not None and self.palette is not None and len(self.palette) != len(self.class_names):
+            raise ConfigError(f"has {len(self.palette)} colours for {len(self.class_names)} class names",
+                              field="palette")
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "DataConfig":
-        values = dict(data)
-        for key in ("mean", "std", "train_crop", "test_size"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        if values.get("palette") is not None:
-            values["palette"] = [tuple(c) for c in values["palette"]]
-        return cls(**values)
+        """From config.json's "data" object; unknown keys and bad values are ConfigErrors naming the field."""
+        return dataclass_from_mapping(cls, data)
 
 
 @dataclass
 class SegmentorConfig:
     """Everything needed to rebuild a segmentor (weights aside)."""
 
-    architecture: str
-    backbone: str
-    head: HeadConfig
-    num_classes: int
-    in_chans: int = 3
-    feature_strides: Tuple[int, ...] = (8, 16, 32)
-    backbone_args: Dict[str, Any] = field(default_factory=dict)
-    dataset: Optional[str] = None
+    architecture: str = option(max_chars=256)
+    backbone: str = option(max_chars=256)
+    head: HeadConfig = option()
+    num_classes: int = option(low=1, high=MAX_CLASSES)
+    in_chans: int = option(3, 1, 1024)
+    feature_strides: Tuple[int, ...] = option((8, 16, 32), 1, 1024, length=(1, 8))
+    backbone_args: Dict[str, Any] = option(factory=dict)
+    dataset: Optional[str] = option(None, max_chars=256)
+
+    def __post_init__(self) -> None:
+        check_dataclass(self)
+        try:
+            self.backbone_args = check_backbone_args(self.backbone_args)
+        except ConfigError as err:
+            raise err.located(prefix="backbone_args") from None
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready form (config.json); the head is tagged with its type."""
@@ -79,14 +134,66 @@ class SegmentorConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "SegmentorConfig":
-        values = dict(data)
-        head = dict(values.pop("head"))
-        head_type = head.pop("type", None)
-        if head_type not in HEAD_TYPES:
-            raise ValueError(f"unknown head type {head_type!r} in model config; known: {sorted(HEAD_TYPES)}")
-        head = {k: tuple(v) if isinstance(v, list) else v for k, v in head.items()}
-        values["feature_strides"] = tuple(values.get("feature_strides", (8, 16, 32)))
-        return cls(head=HEAD_TYPES[head_type](**head), **values)
+        """From config.json's "model" object, which is untrusted: unknown keys, wrong types, values out of bounds,
+        backbones from a model source (``hf-hub:``) and backbone options that fetch weights are ConfigErrors
+        naming the field."""
+        values = dict(require_mapping(data, "the model config"))
+        if "head" not in values:
+            raise ConfigError("is required", field="head")
+        try:
+            head = require_mapping(values["head"], "the head config")
+        except ConfigError as err:
+            raise err.located(prefix="head") from None
+        head_type = head.get("type")
+        if not isinstance(head_type, str) or head_type not in HEAD_TYPES:
+            raise ConfigError(f"must be one of {sorted(HEAD_TYPES)}, got {head_type!r}", field="head.type")
+        try:
+            values["head"] = dataclass_from_mapping(HEAD_TYPES[head_type], head, ignore=("type",))
+        except ConfigError as err:
+            raise err.located(prefix="head") from None
+        backbone = values.get("backbone")
+        if isinstance(backbone, str) and ":" in backbone:
+            raise ConfigError(
+                f"names a backbone from a model source ({backbone!r}); a saved model must name a timm architecture "
+                f"(its weights come from its own model.safetensors, nothing is fetched)", field="backbone")
+        try:
+            values["backbone_args"] = check_backbone_args(values.get("backbone_args", {}), from_file=True)
+        except ConfigError as err:
+            raise err.located(prefix="backbone_args") from None
+        config = dataclass_from_mapping(cls, values)
+        if not timm.is_model(config.backbone):
+            raise ConfigError(f"unknown timm backbone {config.backbone!r}; see timm.list_models()", field="backbone")
+        return config
+
+
+def _tracing() -> bool:
+    """True while torch.jit traces, torch.compile / torch.export capture, or ONNX exports (data-dependent checks
+    cannot run there)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_compiling", "is_exporting"):
+        probe = getattr(compiler, name, None)
+        if probe is not None and probe():
+            return True
+    onnx = getattr(torch, "onnx", None)
+    probe = getattr(onnx, "is_in_onnx_export", None)
+    return bool(probe is not None and probe())
+
+
+def check_finite(x: torch.Tensor, layout: str) -> None:
+    """Raise ValueError naming how many values of ``x`` are NaN or infinite and the index of the first one (in the
+    given ``layout``, e.g. "(batch, channel, y, x)")."""
+    if not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        count = int(bad.sum())
+        flat = int(bad.reshape(-1).to(torch.uint8).argmax())  # argmax returns the first maximum
+        first = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), bad.shape))
+        raise ValueError(f"input has {count} non-finite value(s) (NaN or Inf); the first is at index {first} "
+                         f"{layout} of shape {tuple(x.shape)}. Replace them (e.g. torch.nan_to_num) before "
+                         f"running the model")
 
 
 def select_feature_indices(reductions: Sequence[int], strides: Sequence[int], backbone_name: str) -> List[int]:

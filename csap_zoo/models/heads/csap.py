@@ -28,6 +28,7 @@ from einops import rearrange
 from timm.layers import DropPath
 
 from ..fused import fold_batchnorm
+from ...validation import check_dataclass, option
 from ..layers import check_head_features, conv1x1_over_resized_concat, init_conv_linear
 
 __all__ = ["CSAPHead", "CSAPHeadConfig", "ATTENTION_MODES", "PROPAGATION_MODES"]
@@ -320,17 +321,23 @@ class CSAPHead(nn.Module):
 
 @dataclass
 class CSAPHeadConfig:
-    """Hyper-parameters of a :class:`CSAPHead`; the input channels come from the backbone."""
+    """Hyper-parameters of a :class:`CSAPHead`; the input channels come from the backbone.
 
-    num_heads: int = 8
-    pool_ratios: Tuple[int, ...] = (8, 4, 2)
-    mlp_ratio: float = 2.0
-    channels: int = 128
-    dropout: float = 0.1
-    drop_path: float = 0.1
-    attention: Union[str, Tuple[str, ...]] = "propagate"
-    propagation: str = "bilinear"
-    qk_dim: int = 1
+    Every field is checked on construction (type and bounds, see ``csap_zoo.validation``).
+    """
+
+    num_heads: int = option(8, 1, 64)
+    pool_ratios: Tuple[int, ...] = option((8, 4, 2), 1, 128, length=(1, 8))
+    mlp_ratio: float = option(2.0, 0, 16, low_open=True)
+    channels: int = option(128, 1, 4096)
+    dropout: float = option(0.1, 0, 1)
+    drop_path: float = option(0.1, 0, 1)
+    attention: Union[str, Tuple[str, ...]] = option("propagate", choices=ATTENTION_MODES, length=(1, 8))
+    propagation: str = option("bilinear", choices=PROPAGATION_MODES)
+    qk_dim: int = option(1, 1, 256)
+
+    def __post_init__(self) -> None:
+        check_dataclass(self)
 
     def build(self, in_channels: Sequence[int], num_classes: int) -> CSAPHead:
         return CSAPHead(

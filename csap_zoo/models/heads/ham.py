@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...validation import ConfigError, check_dataclass, option
 from ..layers import check_head_features, conv1x1_over_resized_concat
 
 __all__ = ["NMF2D", "NMF_GRAD_MODES", "Hamburger", "LightHamHead", "HamHeadConfig", "mmseg_checkpoint_filter_fn"]
@@ -325,19 +326,28 @@ class LightHamHead(nn.Module):
 
 @dataclass
 class HamHeadConfig:
-    """Hyper-parameters of a :class:`LightHamHead`; the input channels come from the backbone."""
+    """Hyper-parameters of a :class:`LightHamHead`; the input channels come from the backbone.
 
-    ham_channels: int = 256
-    channels: int = 256
-    num_bases: int = 16
-    train_steps: int = 6
-    eval_steps: int = 7
-    num_groups: int = 32
-    dropout: float = 0.1
+    Every field is checked on construction (type and bounds, see ``csap_zoo.validation``).
+    """
+
+    ham_channels: int = option(256, 1, 4096)
+    channels: int = option(256, 1, 4096)
+    num_bases: int = option(16, 1, 1024)
+    train_steps: int = option(6, 0, 100)
+    eval_steps: int = option(7, 0, 100)
+    num_groups: int = option(32, 1, 4096)
+    dropout: float = option(0.1, 0, 1)
     # Absent from config.json files written before they existed: such files get these defaults. Inference is the
     # same as with the code that wrote them (random bases, same forward); training now uses the full gradient.
-    nmf_grad: str = "full"
-    nmf_seed: Optional[int] = None
+    nmf_grad: str = option("full", choices=NMF_GRAD_MODES)
+    nmf_seed: Optional[int] = option(None, 0, 2 ** 63 - 1)
+
+    def __post_init__(self) -> None:
+        check_dataclass(self)
+        for name in ("ham_channels", "channels"):  # GroupNorm splits both widths into num_groups groups
+            if getattr(self, name) % self.num_groups:
+                raise ConfigError(f"must divide {name}={getattr(self, name)} (GroupNorm groups)", field="num_groups")
 
     def build(self, in_channels: Sequence[int], num_classes: int) -> LightHamHead:
         return LightHamHead(
