@@ -54,6 +54,8 @@ def _inference_config(args: argparse.Namespace, dataset: Optional[str], model):
         overrides["stride"] = tuple(args.stride) * (2 // len(args.stride))
     if args.resize is not None:
         overrides["resize"] = None if args.resize == [0] else tuple(args.resize)
+    if getattr(args, "max_pixels", None) is not None:
+        overrides["max_pixels"] = args.max_pixels
     elif dataset is None and getattr(getattr(model, "data_config", None), "test_size", None):
         overrides["resize"] = tuple(model.data_config.test_size)  # the checkpoint's own evaluation size
     return InferenceConfig.for_dataset(dataset, tta=args.tta, **overrides)
@@ -128,6 +130,9 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", type=_non_negative_int, nargs="+", metavar="N",
                         help="keep-ratio resize into LONG SHORT (e.g. 2048 512) before inference; 0 = native size")
     parser.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
+                        help="refuse images with more pixels before decoding them (default: $CSAP_ZOO_MAX_PIXELS or "
+                             "2**28; 0 = no limit)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16: CUDA only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -25,7 +25,22 @@ Conventions (MMSegmentation's test-time ones):
 - Images smaller than the model's minimum size (32 px for the built-in models) are stretched up to that size along
   the short side(s) before the model and the logits are resized back, so 1x1 images work.
 - ``amp="bf16"`` / ``"fp16"`` runs the model under ``torch.autocast`` (logits are merged in float32). fp16 autocast is
-  CUDA-only here: asking for it on the CPU raises a ValueError (use ``"bf16"`` or ``None`` there).
+  CUDA-only here: asking for it on the CPU raises a ValueError (use ``"bf16"`` or ``None`` there). Without autocast
+  the normalised input is cast to the model's parameter dtype (e.g. a ``model.half()`` on CUDA).
+- Tensors with NaN or Inf values are refused (ValueError naming how many and the first index).
+
+Memory (``predict``): an image larger than twice the largest view the model runs on is first reduced by an integer
+factor while decoding (JPEG: DCT scaling; other files, PIL images, arrays and tensors: box averaging a band of rows
+at a time), so the float image handed to the model is never built at full size when the model runs smaller. The
+view's logits are resized back and arg-maxed a band of rows at a time (bilinear, align_corners=False, computed by
+index arithmetic that matches ``F.interpolate`` to float rounding), slide windows are summed a window row at a time
+and each finished row band is averaged and passed on (the same sums in the same order as one full-size
+accumulator), and for Segmentors the whole-image pass resizes the head's stride-8 logits band by band. So a
+(K, H, W) float logit map of the full image never exists, except where one is returned or averaged: with
+``return_probs`` (the returned probabilities) and with several views (multi-scale / flip average probabilities at
+the full size). Files above ``max_pixels`` (default 2**28, ``CSAP_ZOO_MAX_PIXELS``) are refused before decoding,
+and ``mode="whole"`` refuses model inputs above ``whole_max_pixels`` (default 4096 * 4096) with a ValueError that
+suggests slide mode or a resize, instead of running out of memory inside the model.
 """
 from __future__ import annotations
 
@@ -36,17 +51,17 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.io import IMAGE_EXTENSIONS, ImageLike, save_png, to_rgb_array
+from .data.io import IMAGE_EXTENSIONS, ImageLike, decode_reduced, reduce_array, save_png, to_rgb_array
 from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
 from .models.fused import optimize_for_inference
-from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor
+from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor, check_finite
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "InferenceConfig", "PredictSummary", "Segmenter", "predict_paths",
@@ -58,6 +73,8 @@ IMAGENET_STD = IMAGENET_STD_255
 InputLike = Union[ImageLike, torch.Tensor]
 Pair = Tuple[int, int]
 
+_BAND_ELEMENTS = 2 ** 21  # logit values per band of rows when resizing / arg-maxing
+DEFAULT_WHOLE_MAX_PIXELS = 4096 * 4096
 _AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
                "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -83,6 +100,10 @@ class InferenceConfig:
         ratios: multi-scale ratios (1.0 alone = single scale).
         flip: also run each scale horizontally mirrored and average.
         slide_batch_size: how many slide windows go through the model at once.
+        max_pixels: refuse image files (and PIL images) with more pixels before decoding them; None: the
+            ``CSAP_ZOO_MAX_PIXELS`` environment variable, else 2**28; 0: no limit.
+        whole_max_pixels: in whole mode, refuse model inputs with more pixels (use slide mode or a resize for
+            larger images); 0: no limit.
     """
 
     mode: str = "whole"
@@ -92,6 +113,8 @@ class InferenceConfig:
     ratios: Tuple[float, ...] = (1.0,)
     flip: bool = False
     slide_batch_size: int = 4
+    max_pixels: Optional[int] = None
+    whole_max_pixels: int = DEFAULT_WHOLE_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
@@ -107,6 +130,10 @@ class InferenceConfig:
             raise ValueError(f"ratios must be a non-empty list of positive numbers, got {self.ratios!r}")
         if self.slide_batch_size < 1:
             raise ValueError(f"slide_batch_size must be >= 1, got {self.slide_batch_size}")
+        for name in ("max_pixels", "whole_max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer (0 = no limit), got {value!r}")
 
     @property
     def num_views(self) -> int:
@@ -135,6 +162,73 @@ def _keep_ratio_size(height: int, width: int, scale: Pair) -> Pair:
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def _linear_indices(out_size: int, in_size: int, device: torch.device
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (i0, i1) and weights (w0, w1) of each output position of a linear resize from ``in_size`` to
+    ``out_size`` with align_corners=False (the rule of ``F.interpolate(mode="bilinear")``)."""
+    scale = torch.tensor(float(in_size), dtype=torch.float32, device=device) / float(out_size)
+    src = ((torch.arange(out_size, dtype=torch.float32, device=device) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=in_size - 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    w1 = (src - i0.float()).clamp_(0, 1)
+    return i0, i1, 1 - w1, w1
+
+
+def resize_rows(
+        bands: Iterable[torch.Tensor],
+        in_size: Pair,
+        out_size: Pair,
+        keep: Optional[Pair] = None,
+        band_elements: int = _BAND_ELEMENTS,
+) -> Iterator[torch.Tensor]:
+    """Bilinear resize (align_corners=False) of a (B, K, in_h, in_w) map that arrives as consecutive bands of rows,
+    yielded as consecutive bands of output rows of about ``band_elements`` values each.
+
+    ``keep`` = (rows, cols) produces only the top-left part of the output (a crop of the resized map). Only the
+    source rows the current output band needs are kept, so the full output never exists at once.
+    """
+    in_h, in_w = in_size
+    out_h, out_w = out_size
+    keep_h, keep_w = keep or out_size
+    if (in_h, in_w) == (out_h, out_w):
+        done = 0
+        for band in bands:
+            if done >= keep_h:
+                break
+            band = band[:, :, :keep_h - done, :keep_w]
+            done += band.shape[2]
+            yield band
+        return
+    source = iter(bands)
+    buf = next(source)
+    lo = 0
+    i0, i1, a0, a1 = _linear_indices(out_h, in_h, buf.device)
+    j0, j1, b0, b1 = (t[:keep_w] for t in _linear_indices(out_w, in_w, buf.device))
+    step = max(1, band_elements // max(buf.shape[0] * buf.shape[1] * keep_w, 1))
+    for o in range(0, keep_h, step):
+        end = min(o + step, keep_h)
+        need = int(i1[end - 1]) + 1
+        while lo + buf.shape[2] < need:
+            buf = torch.cat([buf, next(source)], dim=2)
+        start = int(i0[o])
+        if start > lo:  # rows no later output row reads
+            buf = buf[:, :, start - lo:]
+            lo = start
+        if need - start <= 2 * (end - o):  # upsampling: interpolate each source row across once
+            rows = buf[:, :, :need - lo]
+            rows = rows[..., j0] * b0 + rows[..., j1] * b1
+            top, bottom = rows[:, :, i0[o:end] - lo], rows[:, :, i1[o:end] - lo]
+        else:  # downsampling: only the source rows that are read
+            top, bottom = buf[:, :, i0[o:end] - lo], buf[:, :, i1[o:end] - lo]
+            top = top[..., j0] * b0 + top[..., j1] * b1
+            bottom = bottom[..., j0] * b0 + bottom[..., j1] * b1
+        yield top * a0[o:end, None] + bottom * a1[o:end, None]
+
+
+def _label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
 
 
 class Segmenter:
@@ -187,6 +281,8 @@ class Segmenter:
         if isinstance(model, Segmentor) and (
                 optimize is True or (optimize == "auto" and self.device.type == "cpu" and amp is None)):
             self.model = optimize_for_inference(self.model)
+        param = next(iter(self.model.parameters()), None)
+        self.param_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         self.in_chans = int(getattr(model, "in_chans", 3))
         self.min_size = int(getattr(model, "min_size", 1))
         self.num_classes = getattr(model, "num_classes", None)
@@ -247,32 +343,56 @@ class Segmenter:
     # ------------------------------------------------------------------ preprocessing
     def _to_tensors(self, images: Any) -> Tuple[List[torch.Tensor], bool]:
         """Raw (1, C, H, W) float tensors on the 0-255 scale, and whether the input was a batch."""
+        items, batched = self._inputs(images)
+        return [self._raw_tensor(item, None)[0].float() for item in items], batched
+
+    def _inputs(self, images: Any) -> Tuple[List[Any], bool]:
+        """The images one by one (nothing decoded yet), and whether the input was a batch."""
         if isinstance(images, torch.Tensor):
             if images.dim() == 4:
-                return [self._tensor_image(t) for t in images], True
-            return [self._tensor_image(images)], False
+                if images.is_floating_point():
+                    check_finite(images, "(batch, channel, y, x)")
+                return list(images), True
+            return [images], False
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ValueError("got an empty list of images")
-            return [self._one(img) for img in images], True
-        return [self._one(images)], False
+            return list(images), True
+        return [images], False
 
-    def _one(self, image: Any) -> torch.Tensor:
+    def _decode_target(self, height: int, width: int) -> Pair:
+        """The largest view the model runs on for an image of this size (decoding may reduce down to it)."""
+        sizes = [self._view_size(height, width, r) for r in self.config.ratios]
+        return max(s[0] for s in sizes), max(s[1] for s in sizes)
+
+    def _raw_tensor(self, image: Any, target: Optional[Any]) -> Tuple[torch.Tensor, Pair]:
+        """A raw 0-255 (1, C, h, w) tensor (uint8 where the input allows) reduced towards ``target(H, W)``, and the
+        image's full size (H, W)."""
         if isinstance(image, torch.Tensor):
-            return self._tensor_image(image)
-        arr = to_rgb_array(image)
+            t = self._tensor_image(image)
+            size = (t.shape[-2], t.shape[-1])
+            factor = 1 if target is None else max(1, min(size[0] // target(*size)[0], size[1] // target(*size)[1]))
+            if factor > 1:
+                if t.dtype == torch.uint8 and t.shape[1] == 3 and t.device.type == "cpu":
+                    small = reduce_array(t[0].permute(1, 2, 0).numpy(), factor)
+                    t = torch.from_numpy(small).permute(2, 0, 1).unsqueeze(0)
+                else:
+                    t = F.avg_pool2d(t.float(), factor, stride=factor, ceil_mode=True)
+            return t.to(self.device), size
+        arr, size = decode_reduced(image, target, max_pixels=self.config.max_pixels)
         if not arr.flags.writeable:
             arr = arr.copy()
-        tensor = torch.from_numpy(arr).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
+        tensor = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
         if self.in_chans == 1:
             weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            tensor = (tensor * weights).sum(1, keepdim=True)
+            tensor = (tensor.float() * weights).sum(1, keepdim=True)
         elif self.in_chans != 3:
             raise ValueError(f"the model takes {self.in_chans}-channel input; pass a (C, H, W) tensor with "
                              f"C={self.in_chans} instead of an RGB image")
-        return tensor.to(self.device)
+        return tensor.to(self.device), size
 
     def _tensor_image(self, t: torch.Tensor) -> torch.Tensor:
+        """A (1, C, H, W) tensor on the 0-255 scale: uint8 tensors stay uint8, other ones become float32."""
         if t.dim() != 3:
             raise ValueError(f"expected an image tensor of shape (C, H, W) or a batch (B, C, H, W), got "
                              f"{tuple(t.shape)}")
@@ -282,10 +402,14 @@ class Segmenter:
         if t.shape[1] == 0 or t.shape[2] == 0:
             raise ValueError(f"image tensor has an empty side: {tuple(t.shape)}")
         was_float = t.is_floating_point()
-        t = t.detach().to(self.device, torch.float32)
+        if was_float:
+            check_finite(t, "(channel, y, x)")
+        t = t.detach()
+        if t.dtype != torch.uint8:
+            t = t.to(self.device, torch.float32)
         if was_float and t.numel() and 0.0 < t.max() <= 1.0 and t.min() >= 0.0:
             warnings.warn("float image tensor has all values in [0, 1]; Segmenter expects 0-255 values "
-                          "(multiply by 255)", stacklevel=4)
+                          "(multiply by 255)", stacklevel=5)
         chans = t.shape[0]
         if chans != self.in_chans:
             if self.in_chans == 3 and chans == 1:
@@ -297,7 +421,7 @@ class Segmenter:
         return t.unsqueeze(0)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return (x.float() - self.mean) / self.std
 
     # ------------------------------------------------------------------ model passes
     def _autocast(self):
@@ -305,9 +429,12 @@ class Segmenter:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _model_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.amp_dtype is not None or x.dtype == self.param_dtype else x.to(self.param_dtype)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            out = self.model(x)
+            out = self.model(self._model_input(x))
         if out.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"the model returned logits of size {tuple(out.shape[-2:])} for an input of size "
                              f"{tuple(x.shape[-2:])}; Segmenter needs logits at input resolution")
@@ -317,6 +444,16 @@ class Segmenter:
         return self._forward(x)
 
     def _slide(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(list(self._slide_rows(x)), dim=2)
+
+    def _slide_rows(self, x: torch.Tensor, normalize: bool = False) -> Iterator[torch.Tensor]:
+        """Slide-window logits of ``x`` (normalised, or raw 0-255 with ``normalize``: each batch of windows is
+        normalised on its own), as consecutive bands of finished rows.
+
+        Windows are summed in row-major order into a buffer of the rows still reachable; rows above the current
+        window row's top are final (no later window reaches them) and leave as soon as it starts, divided by their
+        window counts: the same sums, in the same order, as one full-size accumulator.
+        """
         (crop_h, crop_w), (stride_h, stride_w) = self.config.crop_size, self.config.stride
         batch, _, height, width = x.shape
         rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
@@ -327,19 +464,28 @@ class Segmenter:
                 y2, x2 = min(r * stride_h + crop_h, height), min(c * stride_w + crop_w, width)
                 boxes.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
         total: Optional[torch.Tensor] = None
-        count = torch.zeros((1, 1, height, width), device=x.device)
+        count = torch.zeros((1, 1, 0, width), device=x.device)
+        top = 0  # image row of total[:, :, 0]
         step = self.config.slide_batch_size
         for start in range(0, len(boxes), step):
             chunk = boxes[start:start + step]
             crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk], dim=0)
-            logits = self._forward(crops)
+            logits = self._forward(self._normalize(crops) if normalize else crops)
             if total is None:
-                total = torch.zeros((batch, logits.shape[1], height, width), device=x.device)
+                total = torch.zeros((batch, logits.shape[1], 0, width), device=x.device)
             for i, (y1, y2, x1, x2) in enumerate(chunk):
-                total[:, :, y1:y2, x1:x2] += logits[i * batch:(i + 1) * batch]
-                count[:, :, y1:y2, x1:x2] += 1
-        assert total is not None and bool((count > 0).all())
-        return total / count
+                if y1 > top:
+                    done = y1 - top
+                    yield total[:, :, :done] / count[:, :, :done]
+                    total, count, top = total[:, :, done:], count[:, :, done:], y1
+                if y2 - top > total.shape[2]:
+                    grow = y2 - top - total.shape[2]
+                    total = torch.cat([total, total.new_zeros(total.shape[:2] + (grow, width))], dim=2)
+                    count = torch.cat([count, count.new_zeros((1, 1, grow, width))], dim=2)
+                total[:, :, y1 - top:y2 - top, x1:x2] += logits[i * batch:(i + 1) * batch]
+                count[:, :, y1 - top:y2 - top, x1:x2] += 1
+        assert total is not None and top + total.shape[2] == height and bool((count > 0).all())
+        yield total / count
 
     @torch.inference_mode()
     def inference(self, x: torch.Tensor) -> torch.Tensor:
@@ -391,6 +537,89 @@ class Segmenter:
         assert merged is not None
         return merged / self.config.num_views, True
 
+    # ------------------------------------------------------------------ bounded-memory prediction
+    def _check_whole_size(self, height: int, width: int) -> None:
+        limit = self.config.whole_max_pixels
+        if limit and height * width > limit:
+            raise ValueError(
+                f"whole-image inference would run the model on a {height}x{width} input ({height * width:,} pixels), "
+                f"above whole_max_pixels={limit:,}; its activations would need many GB. Use sliding windows "
+                f"(mode='slide', e.g. --mode slide --crop-size 1024 --stride 768), a resize (--resize LONG SHORT), "
+                f"or raise whole_max_pixels (0 = no limit)")
+
+    def _view_bands(self, raw: torch.Tensor, size: Pair, flip: bool) -> Iterator[torch.Tensor]:
+        """The logits of one view (``raw`` resized to ``size``, mirrored with ``flip`` and mirrored back) as
+        consecutive bands of rows at the view's size."""
+        x = raw if tuple(raw.shape[-2:]) == size else F.interpolate(raw.float(), size=size, mode="bilinear",
+                                                                    align_corners=False)
+        if flip:
+            x = x.flip(-1)
+        height, width = size
+        if height < self.min_size or width < self.min_size:
+            bands: Iterable[torch.Tensor] = [self.inference(self._normalize(x))]
+        elif self.config.mode == "slide":
+            bands = self._slide_rows(x, normalize=True)
+        else:
+            self._check_whole_size(height, width)
+            x = self._normalize(x)
+            if isinstance(self.model, Segmentor):  # the head's own logits, resized band by band
+                with self._autocast():
+                    low = self.model(self._model_input(x), upsample=False, crop=False).float()
+                stride = self.model.stride
+                padded = (-(-height // stride) * stride, -(-width // stride) * stride)
+                bands = resize_rows([low], tuple(low.shape[-2:]), padded, keep=size)
+            else:
+                bands = [self._whole(x)]
+        for band in bands:
+            yield band.flip(-1) if flip else band
+
+    def _predict_one(self, raw: torch.Tensor, size: Pair, return_probs: bool) -> Tuple[np.ndarray,
+                                                                                    Optional[np.ndarray]]:
+        """Labels (H, W) in the smallest integer dtype that holds the classes, and probabilities (K, H, W) when
+        asked, for one raw image tensor whose full size is ``size``; see the module docstring for the memory."""
+        height, width = size
+        single = self.config.num_views == 1
+        labels: Optional[np.ndarray] = None
+        merged: Optional[torch.Tensor] = None
+        probs: Optional[np.ndarray] = None
+        for ratio in self.config.ratios:
+            view = self._view_size(height, width, ratio)
+            for flip in ((False, True) if self.config.flip else (False,)):
+                y = 0
+                for band in resize_rows(self._view_bands(raw, view, flip), view, size):
+                    rows = band.shape[2]
+                    if labels is None:
+                        labels = np.empty((height, width), dtype=_label_dtype(band.shape[1]))
+                    if single:
+                        labels[y:y + rows] = band.max(dim=1).indices[0].cpu().numpy()
+                        if return_probs:
+                            if probs is None:
+                                probs = np.empty((band.shape[1], height, width), dtype=np.float32)
+                            probs[:, y:y + rows] = band.softmax(dim=1)[0].cpu().numpy()
+                    else:
+                        if merged is None:
+                            merged = torch.zeros((1, band.shape[1], height, width), device=band.device)
+                        merged[:, :, y:y + rows] += band.softmax(dim=1)
+                    y += rows
+                assert y == height
+        if merged is not None:
+            merged /= self.config.num_views
+            assert labels is not None
+            step = max(1, _BAND_ELEMENTS // max(merged.shape[1] * width, 1))
+            for y in range(0, height, step):
+                labels[y:y + step] = merged[0, :, y:y + step].max(dim=0).indices.cpu().numpy()
+            if return_probs:
+                probs = merged[0].cpu().numpy().astype(np.float32, copy=False)
+        assert labels is not None
+        return labels, probs
+
+    @torch.inference_mode()
+    def predict_labels(self, image: Any) -> np.ndarray:
+        """The label map of one image in the smallest integer dtype that holds the classes (uint8 up to 256
+        classes), with the bounded memory of :meth:`predict`."""
+        raw, size = self._raw_tensor(image, self._decode_target)
+        return self._predict_one(raw, size, False)[0]
+
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
     def predict(self, images: Any, return_probs: bool = False) -> Any:
@@ -404,16 +633,13 @@ class Segmenter:
             For one image an (H, W) int64 array, or ``(labels, probs)`` with probs (K, H, W) float32 when
             ``return_probs``; for a batch, a list of those.
         """
-        tensors, batched = self._to_tensors(images)
+        items, batched = self._inputs(images)
         results = []
-        for raw in tensors:
-            scores, are_probs = self.scores(raw)
-            labels = scores.max(dim=1).indices[0].cpu().numpy().astype(np.int64)  # faster than argmax on CPU
-            if return_probs:
-                probs = scores if are_probs else scores.softmax(dim=1)
-                results.append((labels, probs[0].cpu().numpy().astype(np.float32)))
-            else:
-                results.append(labels)
+        for item in items:
+            raw, size = self._raw_tensor(item, self._decode_target)
+            labels, probs = self._predict_one(raw, size, return_probs)
+            labels = labels.astype(np.int64)
+            results.append((labels, probs) if return_probs else labels)
         return results if batched else results[0]
 
     __call__ = predict
@@ -483,18 +709,14 @@ def predict_paths(
     ``out_dir/overlays/<stem>.png`` (colour overlay, with a legend of the classes present).
 
     A single named file must be readable (else ValueError). From folders, globs or several files, unreadable and
-    non-image files are skipped with one warning listing them. Every PNG is written atomically, the label and
+    non-image files (and files above the segmenter's ``max_pixels``) are skipped with one warning listing them.
+    Labels come from :meth:`Segmenter.predict_labels` (reduced decoding); the overlay is drawn a band of rows at a
+    time on the full-size image. Every PNG is written atomically, the label and
     overlay of an image together, so a failure leaves only complete results; an output folder this call created
     and wrote nothing into is removed.
     """
-    from .visualize import render_overlay  # visualize imports nothing from here; keep module import light
-
     paths, single = resolve_inputs(inputs)
     out_dir = Path(out_dir)
-    if single:
-        images = {paths[0]: to_rgb_array(paths[0])}  # raises a clear ValueError before anything is written
-    else:
-        images = {}
     names = _output_names(paths)
     summary = PredictSummary()
     created = not out_dir.exists()
@@ -510,8 +732,11 @@ def predict_paths(
     try:
         for path, name in iterator:
             try:
-                image = images.pop(path) if path in images else to_rgb_array(path)
+                labels = segmenter.predict_labels(path)
+                image = to_rgb_array(path, max_pixels=segmenter.config.max_pixels)
             except (ValueError, OSError) as err:
+                if single:
+                    raise  # a clear ValueError before anything is written
                 cause = err.__cause__ or err
                 kind = "not an image file" if path.suffix.lower() not in IMAGE_EXTENSIONS else "unreadable image"
                 reason = f"{kind} ({type(cause).__name__}: {cause})"
@@ -519,8 +744,8 @@ def predict_paths(
                 if bar is not None:
                     bar.update(1)
                 continue
-            labels = segmenter.predict(image)
-            overlay = render_overlay(image, labels, info, alpha=alpha, with_legend=legend)
+            overlay = _render_overlay(image, labels, info, alpha=alpha, with_legend=legend)
+            del image
             label_path = out_dir / "labels" / f"{name}.png"
             overlay_path = out_dir / "overlays" / f"{name}.png"
             _save_pair((labels, label_path), (overlay, overlay_path))
@@ -536,6 +761,35 @@ def predict_paths(
         listed = "\n".join(f"  {p}: {why}" for p, why in summary.skipped)
         warnings.warn(f"skipped {len(summary.skipped)} unreadable or non-image file(s):\n{listed}", stacklevel=2)
     return summary
+
+
+def _render_overlay(image: np.ndarray, labels: np.ndarray, info: DatasetInfo, alpha: float, with_legend: bool,
+                    max_legend_rows: int = 20) -> np.ndarray:
+    """``visualize.render_overlay``'s picture, blended a band of rows at a time (no full-size float copies)."""
+    from .visualize import legend as draw_legend
+    from .visualize import overlay  # visualize imports nothing from here; keep module import light
+
+    height, width = labels.shape
+    step = max(1, (1 << 20) // max(width, 1))
+    blended = np.empty((height, width, 3), dtype=np.uint8)
+    seen = np.zeros(0, dtype=bool)
+    for y in range(0, height, step):
+        part = labels[y:y + step]
+        blended[y:y + step] = overlay(image[y:y + step], part, info, alpha=alpha, ignore_index=info.ignore_index)
+        counts = np.bincount(part.ravel().astype(np.int64, copy=False)) > 0
+        seen = np.pad(seen, (0, max(0, len(counts) - len(seen)))) if len(counts) > len(seen) else seen
+        seen[:len(counts)] |= counts
+    if not with_legend:
+        return blended
+    classes = [int(c) for c in np.flatnonzero(seen) if c != info.ignore_index]
+    natural = draw_legend(classes[:max_legend_rows], info).shape[0]
+    panel_height = max(height, natural)
+    panel = draw_legend(classes, info, height=panel_height)
+    out = np.full((panel_height, width + panel.shape[1], 3), 255, dtype=np.uint8)
+    out[:height, :width] = blended
+    del blended
+    out[:, width:] = panel
+    return out
 
 
 def _save_pair(*items: Tuple[Any, Path]) -> None:

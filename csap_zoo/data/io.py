@@ -3,79 +3,219 @@
 Decoding rules (``to_rgb_array``): palette images go through their palette, alpha is dropped (the pixels are kept as
 stored, as OpenCV-based pipelines do), grayscale is repeated to three channels, and 16-bit images are scaled to
 8 bits (value / 257). EXIF orientation is applied to files and PIL images.
+
+Files are closed as soon as they are decoded (multi-frame and truncated files included). Before a file is decoded,
+its size from the header is checked against a pixel limit (``max_pixels``; default ``DEFAULT_MAX_PIXELS`` = 2**28,
+or the ``CSAP_ZOO_MAX_PIXELS`` environment variable; 0 disables it); PIL's own decompression-bomb check is replaced
+by it while this module opens a file. :func:`decode_reduced` decodes to a size reduced by an integer factor
+(JPEG: DCT scaling while decoding; other formats: box averaging of the decoded pixels in bands of rows), for
+callers that only need a smaller image.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "ImageLike", "read_image", "read_mask", "save_png", "to_rgb_array",
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageTooLargeError", "MAX_PIXELS_ENV", "decode_reduced",
+    "max_pixels_limit", "read_image", "read_mask", "reduce_array", "save_png", "to_rgb_array",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+DEFAULT_MAX_PIXELS = 2 ** 28
+MAX_PIXELS_ENV = "CSAP_ZOO_MAX_PIXELS"
+_BAND_PIXELS = 2 ** 22  # pixels converted / reduced at a time
+_PIL_LIMIT_LOCK = threading.Lock()
+# EXIF orientation -> the PIL transpose that undoes it (what ImageOps.exif_transpose applies)
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
 
 
-def _open(path: Union[str, os.PathLike]) -> Image.Image:
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than the configured limit (checked before decoding)."""
+
+
+def max_pixels_limit(max_pixels: Optional[int] = None) -> Optional[int]:
+    """The pixel limit in force: ``max_pixels`` if given, else ``$CSAP_ZOO_MAX_PIXELS``, else
+    ``DEFAULT_MAX_PIXELS``; None when the limit is disabled (0 or negative)."""
+    if max_pixels is None:
+        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if env:
+            try:
+                max_pixels = int(float(env))
+            except ValueError:
+                raise ValueError(f"{MAX_PIXELS_ENV}={env!r} is not a number of pixels (use e.g. 300000000, "
+                                 f"or 0 for no limit)") from None
+        else:
+            max_pixels = DEFAULT_MAX_PIXELS
+    max_pixels = int(max_pixels)
+    return max_pixels if max_pixels > 0 else None
+
+
+def _check_pixels(width: int, height: int, source: object, max_pixels: Optional[int]) -> None:
+    limit = max_pixels_limit(max_pixels)
+    if limit is not None and width * height > limit:
+        raise ImageTooLargeError(
+            f"{source}: image of {width}x{height} = {width * height:,} pixels exceeds the pixel limit of {limit:,}; "
+            f"if the image is trusted, raise the limit with max_pixels=N (Segmenter, InferenceConfig, read_image), "
+            f"--max-pixels N on the command line, or the {MAX_PIXELS_ENV} environment variable (0 = no limit)")
+
+
+def _open_header(handle, path: Path, max_pixels: Optional[int]) -> Image.Image:
+    """Image.open on an open file with our pixel limit instead of PIL's decompression-bomb check."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            image = Image.open(handle)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    _check_pixels(image.size[0], image.size[1], path, max_pixels)
+    return image
+
+
+def _read_error(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err}); "
+                      f"is it a valid, complete image file?")
+
+
+def _decode_file(path: Union[str, os.PathLike], max_pixels: Optional[int] = None,
+                 prepare: Optional[Callable[[Image.Image], None]] = None) -> Image.Image:
+    """Open, check the pixel limit, optionally ``prepare`` (e.g. draft) and load a file; the file is closed on
+    return, whatever happened."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-        raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err}); "
-                         f"is it a valid, complete image file?") from err
+    with open(path, "rb") as handle:
+        try:
+            image = _open_header(handle, path, max_pixels)
+        except ImageTooLargeError:
+            raise
+        except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+            raise _read_error(path, err) from err
+        try:
+            if prepare is not None:
+                prepare(image)
+            image.load()
+        except ImageTooLargeError:
+            raise
+        except Exception as err:
+            raise _read_error(path, err) from err
+        finally:
+            image.fp = None  # the pixels are in memory; never read the (closing) file again
     return image
+
+
+def _open(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> Image.Image:
+    return _decode_file(path, max_pixels)
+
+
+def _convert_rgb(image: Image.Image, scale16: Optional[bool] = None, unit_float: Optional[bool] = None
+                 ) -> np.ndarray:
+    """An (h, w) or (h, w, 3) uint8 array for a PIL image of any mode (no orientation applied).
+
+    ``scale16`` / ``unit_float``: the whole image's 16-bit / [0, 1] decisions when ``image`` is one band of it
+    (default: decided from ``image`` itself)."""
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return np.asarray(image)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(image).astype(np.float64)
+        if mode == "F":
+            if unit_float is None:
+                unit_float = bool(arr.size) and float(arr.max()) <= 1.0
+            if unit_float:
+                arr = arr * 255.0
+        else:
+            if scale16 is None:
+                scale16 = mode.startswith("I;16") or (bool(arr.size) and float(arr.max()) > 255)
+            if scale16:
+                arr = arr / 257.0  # 16-bit range -> 8-bit range
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if mode in ("LA", "La"):
+        return np.asarray(image.convert("L"))
+    return np.asarray(image.convert("RGB"))  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, 1, ...
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     image = ImageOps.exif_transpose(image) or image
-    mode = image.mode
-    if mode in ("RGB", "L"):
-        arr = np.asarray(image)
-    elif mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(image).astype(np.float64)
-        if mode == "F" and arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        elif mode != "F" and (mode.startswith("I;16") or (arr.size and arr.max() > 255)):
-            arr = arr / 257.0  # 16-bit range -> 8-bit range
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    elif mode in ("LA", "La"):
-        arr = np.asarray(image.convert("L"))
-    else:  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, 1, ...
-        arr = np.asarray(image.convert("RGB"))
-    return arr
+    return _convert_rgb(image)
 
 
-def to_rgb_array(image: ImageLike) -> np.ndarray:
-    """Decode a file path, PIL image or numpy array into an (H, W, 3) uint8 RGB array.
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # unreadable EXIF: PIL's exif_transpose ignores it too
+        return 1
+    return value if value in _ORIENTATION else 1
 
-    Numpy arrays may be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped), of dtype uint8, uint16 (scaled
-    by 1/257), bool, or float/int on the 0-255 scale.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        image = _open(image)
-    if isinstance(image, Image.Image):
-        arr = _pil_to_array(image)
-    elif isinstance(image, np.ndarray):
-        arr = image
-        if arr.dtype == np.uint16:
-            arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        elif arr.dtype == bool:
-            arr = arr.astype(np.uint8) * 255
-        elif arr.dtype != np.uint8:
-            if not (np.issubdtype(arr.dtype, np.number)):
-                raise ValueError(f"unsupported image array dtype {arr.dtype}; use uint8 (0-255)")
-            arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
-    else:
-        raise TypeError(f"expected a file path, PIL.Image or numpy array, got {type(image).__name__}")
+
+def _box_reduce(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each factor x factor block (partial blocks at the right and bottom edges average what they hold)."""
+    if arr.ndim == 2:
+        return np.asarray(Image.fromarray(arr).reduce(factor))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).reduce(factor))
+
+
+def reduce_array(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Box-reduce an (H, W) or (H, W, 3) uint8 array by an integer factor, a band of rows at a time (output size
+    ceil(H / factor) x ceil(W / factor))."""
+    if factor <= 1:
+        return arr
+    height, width = arr.shape[:2]
+    out = np.empty((math.ceil(height / factor), math.ceil(width / factor)) + arr.shape[2:], dtype=np.uint8)
+    band = max(1, _BAND_PIXELS // max(width * factor, 1)) * factor
+    for y in range(0, height, band):
+        out[y // factor:(y + band) // factor + (1 if y + band > height else 0)] = _box_reduce(arr[y:y + band], factor)
+    return out
+
+
+def _reduce_pil(image: Image.Image, factor: int) -> np.ndarray:
+    """Convert (as ``_convert_rgb``) and box-reduce a loaded PIL image a band of rows at a time, so that no
+    full-size converted copy exists; (h, w[, 3]) uint8, no orientation applied."""
+    width, height = image.size
+    scale16 = unit_float = None
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        low, high = image.getextrema()
+        scale16 = image.mode.startswith("I;16") or float(high) > 255
+        unit_float = float(high) <= 1.0
+    if factor <= 1:
+        return _convert_rgb(image, scale16, unit_float)
+    band = max(1, _BAND_PIXELS // max(width * factor, 1)) * factor
+    out: Optional[np.ndarray] = None
+    for y in range(0, height, band):
+        piece = _convert_rgb(image.crop((0, y, width, min(y + band, height))), scale16, unit_float)
+        small = _box_reduce(piece, factor)
+        if out is None:
+            out = np.empty((math.ceil(height / factor), small.shape[1]) + small.shape[2:], dtype=np.uint8)
+        out[y // factor:y // factor + small.shape[0]] = small
+    assert out is not None
+    return out
+
+
+def _reduction(height: int, width: int, target: Optional[Tuple[int, int]]) -> int:
+    """The largest integer factor that keeps (height, width) at least ``target`` = (h, w) on both sides."""
+    if target is None:
+        return 1
+    return max(1, min(height // max(int(target[0]), 1), width // max(int(target[1]), 1)))
+
+
+def _oriented(image: Image.Image, arr: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation == 1:
+        return arr
+    return np.asarray(Image.fromarray(arr).transpose(_ORIENTATION[orientation]))
+
+
+def _finish(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -87,18 +227,114 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
+def _array_to_uint8(image: np.ndarray) -> np.ndarray:
+    arr = image
+    if arr.dtype == np.uint16:
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+    elif arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        if not (np.issubdtype(arr.dtype, np.number)) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise ValueError(f"unsupported image array dtype {arr.dtype}; use uint8 (0-255)")
+        if np.issubdtype(arr.dtype, np.floating):
+            finite = np.isfinite(arr)
+            if not finite.all():
+                bad = np.argwhere(~finite)
+                raise ValueError(f"image array has {len(bad)} non-finite value(s) (NaN or Inf), the first at index "
+                                 f"{tuple(int(i) for i in bad[0])} of shape {tuple(arr.shape)}; replace them "
+                                 f"(e.g. np.nan_to_num) before predicting")
+        arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
+    return arr
+
+
+def to_rgb_array(image: ImageLike, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Decode a file path, PIL image or numpy array into an (H, W, 3) uint8 RGB array.
+
+    Numpy arrays may be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped), of dtype uint8, uint16 (scaled
+    by 1/257), bool, or float/int on the 0-255 scale (NaN / Inf are refused). Files larger than ``max_pixels``
+    (see :func:`max_pixels_limit`) are refused before decoding.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = _decode_file(image, max_pixels)
+    if isinstance(image, Image.Image):
+        arr = _pil_to_array(image)
+    elif isinstance(image, np.ndarray):
+        arr = _array_to_uint8(image)
+    else:
+        raise TypeError(f"expected a file path, PIL.Image or numpy array, got {type(image).__name__}")
+    return _finish(arr)
+
+
+def decode_reduced(
+        image: ImageLike,
+        target: Optional[Callable[[int, int], Optional[Tuple[int, int]]]] = None,
+        max_pixels: Optional[int] = None,
+) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """Decode like :func:`to_rgb_array`, reduced by the largest integer factor that keeps the result at least
+    ``target(height, width)`` on both sides; returns ``(rgb, (height, width))`` with the full (oriented) size.
+
+    JPEG files (and PIL JPEGs not yet loaded) are decoded at a reduced DCT scale; other images are decoded, then
+    converted and box-averaged a band of rows at a time. Without ``target`` (or when it allows no reduction) the
+    result equals ``to_rgb_array(image)``.
+    """
+    if isinstance(image, np.ndarray):
+        arr = _finish(_array_to_uint8(image))
+        size = (arr.shape[0], arr.shape[1])
+        factor = _reduction(size[0], size[1], target(*size) if target is not None else None)
+        return (reduce_array(arr, factor) if factor > 1 else arr), size
+    if not isinstance(image, (str, os.PathLike, Image.Image)):
+        raise TypeError(f"expected a file path, PIL.Image or numpy array, got {type(image).__name__}")
+    plan: dict = {}
+
+    def prepare(img: Image.Image) -> None:  # before loading: DCT-scaled decoding of JPEGs
+        plan["stored"] = img.size
+        if img.format != "JPEG" or target is None:
+            return
+        orientation = _orientation(img)
+        width, height = img.size
+        swap = orientation in (5, 6, 7, 8)
+        wanted = target(*((width, height) if swap else (height, width)))
+        if wanted is not None:
+            factor = _reduction(height, width, tuple(wanted[::-1]) if swap else wanted)
+            if factor > 1:
+                img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+
+    if isinstance(image, Image.Image):
+        _check_pixels(image.size[0], image.size[1], "image", max_pixels)
+        if getattr(image, "tile", None):  # not loaded yet
+            prepare(image)
+        else:
+            plan["stored"] = image.size
+        image.load()
+        pil = image
+    else:
+        pil = _decode_file(image, max_pixels, prepare=prepare)
+    orientation = _orientation(pil)
+    swap = orientation in (5, 6, 7, 8)
+    stored_w, stored_h = plan.get("stored", pil.size)
+    full = (stored_w, stored_h) if swap else (stored_h, stored_w)
+    width, height = pil.size
+    wanted = target(*full) if target is not None else None
+    if wanted is not None and swap:
+        wanted = (wanted[1], wanted[0])  # in stored orientation
+    factor = _reduction(height, width, wanted)
+    if factor == 1 and pil.size == (stored_w, stored_h):
+        return to_rgb_array(pil), full
+    return _finish(_oriented(pil, _finish(_reduce_pil(pil, factor)), orientation)), full
+
+
+def read_image(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB (see the module docstring for the conversions)."""
-    return to_rgb_array(Path(path))
+    return to_rgb_array(Path(path), max_pixels=max_pixels)
 
 
-def read_mask(path: Union[str, os.PathLike]) -> np.ndarray:
+def read_mask(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> np.ndarray:
     """Read a label mask (one class index per pixel) as an (H, W) int64 array.
 
     Accepts 8/16-bit grayscale and palette ("P") PNGs, whose stored indices are the labels. Colour (RGB) masks are
     rejected: convert them to class indices first.
     """
-    image = _open(path)
+    image = _open(path, max_pixels)
     if image.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
         return np.asarray(image).astype(np.int64)
     raise ValueError(f"{path}: mask has image mode {image.mode!r}; masks must be single-channel class-index images "
@@ -123,11 +359,11 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
             if arr.size and (arr.min() < 0 or arr.max() > 65535):
                 raise ValueError(f"label values must be in 0..65535 to be stored as PNG, got {arr.min()}..{arr.max()}")
             if not arr.size or arr.max() <= 255:
-                image = Image.fromarray(arr.astype(np.uint8), mode="L")
+                image = Image.fromarray(arr.astype(np.uint8, copy=False), mode="L")
             else:
                 image = Image.fromarray(arr.astype(np.uint16))
         elif arr.ndim == 3 and arr.shape[2] in (3, 4):
-            image = Image.fromarray(arr.astype(np.uint8))
+            image = Image.fromarray(arr.astype(np.uint8, copy=False))
         else:
             raise ValueError(f"cannot save an array of shape {tuple(arr.shape)} as PNG")
     path.parent.mkdir(parents=True, exist_ok=True)

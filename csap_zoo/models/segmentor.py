@@ -196,6 +196,36 @@ def check_finite(x: torch.Tensor, layout: str) -> None:
                          f"running the model")
 
 
+def _tracing() -> bool:
+    """True while torch.jit traces, torch.compile / torch.export capture, or ONNX exports (data-dependent checks
+    cannot run there)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_compiling", "is_exporting"):
+        probe = getattr(compiler, name, None)
+        if probe is not None and probe():
+            return True
+    onnx = getattr(torch, "onnx", None)
+    probe = getattr(onnx, "is_in_onnx_export", None)
+    return bool(probe is not None and probe())
+
+
+def check_finite(x: torch.Tensor, layout: str) -> None:
+    """Raise ValueError naming how many values of ``x`` are NaN or infinite and the index of the first one (in the
+    given ``layout``, e.g. "(batch, channel, y, x)")."""
+    if not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        count = int(bad.sum())
+        flat = int(bad.reshape(-1).to(torch.uint8).argmax())  # argmax returns the first maximum
+        first = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), bad.shape))
+        raise ValueError(f"input has {count} non-finite value(s) (NaN or Inf); the first is at index {first} "
+                         f"{layout} of shape {tuple(x.shape)}. Replace them (e.g. torch.nan_to_num) before "
+                         f"running the model")
+
+
 def select_feature_indices(reductions: Sequence[int], strides: Sequence[int], backbone_name: str) -> List[int]:
     """Indices of the backbone features with the wanted output strides (the last one when a stride repeats)."""
     indices = []
@@ -328,6 +358,8 @@ class Segmentor(nn.Module):
         if height < self.min_size or width < self.min_size:
             raise ValueError(f"image of {height}x{width} is smaller than the minimum size "
                              f"{self.min_size}x{self.min_size}; upscale it first")
+        if not _tracing() and x.device.type != "meta":
+            check_finite(x, "(batch, channel, y, x)")
 
     def pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -355,12 +387,31 @@ class Segmentor(nn.Module):
         scale_w = padded.shape[-1] / logits.shape[-1]
         return logits[..., :math.ceil(size[0] / scale_h), :math.ceil(size[1] / scale_w)]
 
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
-        """Logits at the input's resolution, or the head's raw (stride-8) logits with ``upsample=False``."""
+    def _input_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """The input in the parameters' dtype where that loses nothing that matters (float64 -> float32, or a
+        lower-precision float up to the parameters' precision); under autocast the input is left alone."""
+        param = next(iter(self.parameters()), None)
+        if param is None or x.dtype == param.dtype or torch.is_autocast_enabled(x.device.type):
+            return x
+        wanted = param.dtype
+        if x.dtype == torch.float64 or torch.finfo(x.dtype).bits < torch.finfo(wanted).bits:
+            return x.to(wanted)
+        raise ValueError(f"the model's parameters are {wanted}, got a {x.dtype} input; pass x.to({wanted}) or run "
+                         f"the model under torch.autocast")
+
+    def forward(self, x: torch.Tensor, upsample: bool = True, crop: bool = True) -> torch.Tensor:
+        """Logits at the input's resolution, or the head's raw (stride-8) logits with ``upsample=False``.
+
+        ``crop=False`` (with ``upsample=False``) returns the raw logits of the whole stride-padded input, whose size
+        ``pad_to_stride`` gives: bilinear resizing them to the padded size and cropping equals ``forward(x)``.
+        """
         self.check_input(x)
+        x = self._input_dtype(x)
         size = (x.shape[-2], x.shape[-1])
         padded = self._to_memory_format(self.pad_to_stride(x))
         logits = self.decode_head(self.forward_features(padded))
+        if not crop and not upsample:
+            return logits
         return self._crop_logits(logits, padded, size, upsample).contiguous()
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
@@ -371,6 +422,7 @@ class Segmentor(nn.Module):
         if not hasattr(self.decode_head, "forward_with_attention"):
             raise ValueError(f"{type(self.decode_head).__name__} has no attention maps to return")
         self.check_input(x)
+        x = self._input_dtype(x)
         size = (x.shape[-2], x.shape[-1])
         padded = self._to_memory_format(self.pad_to_stride(x))
         logits, maps = self.decode_head.forward_with_attention(self.forward_features(padded))
