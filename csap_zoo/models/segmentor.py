@@ -196,36 +196,6 @@ def check_finite(x: torch.Tensor, layout: str) -> None:
                          f"running the model")
 
 
-def _tracing() -> bool:
-    """True while torch.jit traces, torch.compile / torch.export capture, or ONNX exports (data-dependent checks
-    cannot run there)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    for name in ("is_compiling", "is_exporting"):
-        probe = getattr(compiler, name, None)
-        if probe is not None and probe():
-            return True
-    onnx = getattr(torch, "onnx", None)
-    probe = getattr(onnx, "is_in_onnx_export", None)
-    return bool(probe is not None and probe())
-
-
-def check_finite(x: torch.Tensor, layout: str) -> None:
-    """Raise ValueError naming how many values of ``x`` are NaN or infinite and the index of the first one (in the
-    given ``layout``, e.g. "(batch, channel, y, x)")."""
-    if not x.is_floating_point():
-        return
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        count = int(bad.sum())
-        flat = int(bad.reshape(-1).to(torch.uint8).argmax())  # argmax returns the first maximum
-        first = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), bad.shape))
-        raise ValueError(f"input has {count} non-finite value(s) (NaN or Inf); the first is at index {first} "
-                         f"{layout} of shape {tuple(x.shape)}. Replace them (e.g. torch.nan_to_num) before "
-                         f"running the model")
-
-
 def select_feature_indices(reductions: Sequence[int], strides: Sequence[int], backbone_name: str) -> List[int]:
     """Indices of the backbone features with the wanted output strides (the last one when a stride repeats)."""
     indices = []
