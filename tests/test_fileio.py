@@ -195,3 +195,15 @@ def test_a_save_does_not_break_a_concurrent_save_to_the_same_folder(tmp_path):
             child.wait()
     assert csap_zoo.from_pretrained(tmp_path / "best").metrics == {"who": "child"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "go", "ready"]
+
+
+@pytest.mark.slow
+def test_save_pretrained_gives_the_same_bytes_in_every_process(tmp_path):
+    """Same weights, same file: what a resumed run's final/ is compared with, and what a manifest's sha256 pins."""
+    code = ("import sys, torch, csap_zoo; torch.manual_seed(0); "
+            "csap_zoo.create_model('csap_tiny', num_classes=3).save_pretrained(sys.argv[1])")
+    for i in range(4):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    weights = {(tmp_path / str(i) / "model.safetensors").read_bytes() for i in range(4)}
+    assert len(weights) == 1

@@ -14,6 +14,18 @@ Determinism, which makes resume and multi-process runs reproduce single-process 
   evaluation runs under a forked RNG, so it does not perturb training randomness.
 Checkpoints are written atomically (temp file, fsync, rename) and hold only tensors and plain values
 (``torch.load(weights_only=True)`` reads them).
+
+After a crash (even SIGKILL) ``resume="auto"`` continues from the newest *readable* checkpoint and ends as the
+uninterrupted run would (same weights, final/ and best/ with the same metrics):
+- retention (``keep_checkpoints``) never removes the checkpoint just written and counts only readable ones; a
+  file that cannot be read is renamed ``iter_<N>.pt.unreadable`` and one with a later iteration than the run
+  that just wrote a checkpoint (a different run's) ``iter_<N>.pt.superseded``, each with a warning;
+- the temporaries a killed process leaves (``checkpoints/.iter_*.tmp``, staging folders ``.best.*.tmp`` and
+  ``.final.*.tmp``) are removed at the next start when their writer is provably gone (see
+  ``csap_zoo.fileio.clean_stale_temp``); a live writer's never are;
+- ``log.jsonl`` is one history: a resume keeps the records up to the checkpoint's iteration, drops those of the
+  lost work (and any line cut short), and adds a ``resume`` event; a run that starts at iteration 0 starts a
+  new log.
 """
 from __future__ import annotations
 
@@ -24,7 +36,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +56,7 @@ from ..data.datasets import (
 from ..data.metadata import custom_dataset_info
 from ..data.transforms import TrainTransform
 from ..evaluation import Evaluator
+from ..fileio import atomic_write, clean_stale_temp
 from ..models.segmentor import DataConfig, Segmentor
 from .config import TrainConfig, get_preset, load_config, read_classes_file
 
@@ -280,28 +292,14 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def load_training_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Read a training checkpoint with ``torch.load(weights_only=True)``."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a checkpoint file (e.g. {path}/checkpoints/iter_<N>.pt)")
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
@@ -314,10 +312,70 @@ def load_training_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 
 def _checkpoints_in(folder: Path) -> List[Tuple[int, Path]]:
+    """``(iteration in the name, path)`` of every ``iter_<N>.pt`` in ``folder``, oldest first."""
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
     return sorted(found)
+
+
+def _is_readable_checkpoint(path: Path) -> bool:
+    """A cheap readability check: the archive and its record structure load (tensor data memory-mapped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and "iteration" in state
+
+
+def _set_aside(path: Path, tag: str) -> Path:
+    """Rename ``path`` to ``<name>.<tag>`` (numbered if taken), out of reach of resume and retention."""
+    target, n = path.with_name(f"{path.name}.{tag}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.{tag}{n}"), n + 1
+    os.replace(path, target)
+    return target
+
+
+def _labelled(mask: np.ndarray, ignore_index: int) -> bool:
+    return bool((mask != ignore_index).any())
+
+
+class _LabelTally:
+    """Passes ``check_dataset``'s reads through to a dataset and counts the masks with a labelled pixel."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        import threading
+
+        self.dataset, self.samples = dataset, dataset.samples
+        self.masks = self.labelled = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.dataset.load_image(index)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        mask = self.dataset.load_mask(index)
+        labelled = _labelled(mask, self.dataset.info.ignore_index)
+        with self._lock:
+            self.masks += 1
+            self.labelled += labelled
+        return mask
+
+
+def _first_labelled_mask(dataset: SegmentationDataset) -> Tuple[Optional[int], int]:
+    """Index of the first mask with a labelled pixel (reading no further), and how many masks could not be read."""
+    unreadable = 0
+    for i in range(len(dataset)):
+        try:
+            if _labelled(dataset.load_mask(i), dataset.info.ignore_index):
+                return i, unreadable
+        except (FileNotFoundError, ValueError, OSError):
+            unreadable += 1
+    return None, unreadable
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -354,6 +412,11 @@ class Trainer:
         self.iteration = 0
         self.best_metric: Optional[float] = None
         self.best_iteration: Optional[int] = None
+        self.last_metrics: Dict[str, Any] = {}  # the latest evaluation's, with its iteration in "_iter"
+        self._resumed_from: Optional[Path] = None
+        self._resume_state: Optional[Dict[str, Any]] = None
+        self._good_checkpoints: set = set()  # checkpoints this run wrote, loaded or found readable
+        self._resume_record: Optional[Dict[str, Any]] = None
         self._log_handle = None
         self._tb = None
         try:
@@ -394,6 +457,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
         # training randomness (dropout, drop path) differs per process, like independent GPUs
         torch.manual_seed(cfg.seed + 7919 * env.rank)
+        if env.is_main:
+            self._clean_leftovers()
         resume = self._resume_path()
         if resume is not None:
             self._load(resume)
@@ -405,13 +470,28 @@ class Trainer:
         """Every process checks its share of every sample; all report the same full list before step 1."""
         cfg, env = self.config, self.env
         problems: List[str] = []
+        labelled: Optional[int] = None  # training masks with a labelled pixel, when the full check counted them
         if cfg.validate == "full":
             for what, ds in (("training set", self.train_set), ("validation set", self.val_set)):
                 if ds is None:
                     continue
-                mine = check_dataset(ds, range(env.rank, len(ds), env.world_size), workers=max(cfg.num_workers, 1))
-                found = [p for part in _gather_objects(env, mine) for p in part]
-                problems += [f"{what}: {p}" for p in found]
+                tally = _LabelTally(ds)
+                mine = check_dataset(tally, range(env.rank, len(ds), env.world_size),  # type: ignore[arg-type]
+                                     workers=max(cfg.num_workers, 1))
+                parts = _gather_objects(env, (mine, tally.labelled))
+                problems += [f"{what}: {p}" for part, _ in parts for p in part]
+                if ds is self.train_set:
+                    labelled = sum(count for _, count in parts)
+        if not labelled:  # not counted (validate="pairs"), or none seen: look until the first labelled mask
+            first, unreadable = _first_labelled_mask(self.train_set)
+            if first is None:
+                ignore = self.info.ignore_index
+                how = (f" (with reduce_zero_label, stored 0 and {ignore} are ignored)"
+                       if getattr(self.train_set, "reduce_zero_label", False) else "")
+                problems.append(f"training set: no labelled pixel in any of its {len(self.train_set)} masks: every "
+                                f"pixel{' of the readable ones' if unreadable else ''} is the ignore index "
+                                f"{ignore}{how}, so there is nothing to learn; check the masks folder, "
+                                f"ignore_index and reduce_zero_label")
         if self.val_set is not None and self.val_set.num_classes != self.train_set.num_classes:
             problems.append("training and validation sets have different class counts")
         if problems:
@@ -453,22 +533,49 @@ class Trainer:
             model.config.dataset = None
         return model
 
+    def _clean_leftovers(self) -> None:
+        """Remove the temporaries of a killed run whose writer is gone (never a live writer's)."""
+        removed = (clean_stale_temp(self.ckpt_dir, r"iter_\d+\.pt")
+                   + clean_stale_temp(self.out_dir, r"best|final|log\.jsonl"))
+        for path in removed:
+            self._log(f"removed {path}, left behind by a run that was killed")
+
+    def _newest_readable(self, folder: Path, set_aside: bool) -> Optional[Path]:
+        """The newest checkpoint in ``folder`` that loads (kept in ``_resume_state``). Unreadable ones above it are
+        reported and, with ``set_aside`` (this run's own folder, rank 0), renamed out of the way."""
+        for _, path in reversed(_checkpoints_in(folder)):
+            try:
+                self._resume_state = load_training_checkpoint(path)
+                return path
+            except ValueError as err:  # a damaged file (it never should be: writes are atomic)
+                note = ""
+                if set_aside and self.env.is_main:
+                    with contextlib.suppress(OSError):
+                        note = f"; renamed it {_set_aside(path, 'unreadable').name}"
+                self._log(f"warning: skipping unreadable checkpoint {path}{note}: {err}")
+        return None
+
     def _resume_path(self) -> Optional[Path]:
         resume = self.config.resume
         if resume is None:
             return None
         if resume == "auto":
-            for _, path in reversed(_checkpoints_in(self.ckpt_dir)):
-                try:
-                    load_training_checkpoint(path)
-                    return path
-                except ValueError as err:  # a damaged file (it never should be: writes are atomic)
-                    self._log(f"warning: skipping unreadable checkpoint {path}: {err}")
-            return None
-        return Path(resume)
+            return self._newest_readable(self.ckpt_dir, set_aside=True)
+        path = Path(resume)
+        if path.is_dir():  # an output folder or a checkpoints folder
+            inner = path / "checkpoints"
+            found = self._newest_readable(inner, set_aside=False) if inner.is_dir() else None
+            found = found or self._newest_readable(path, set_aside=False)
+            if found is None:
+                raise ValueError(f"resume={resume!r} is a folder without a readable training checkpoint (looked "
+                                 f"for iter_<N>.pt in it and in its checkpoints/ folder); pass a checkpoint file, "
+                                 f"or 'auto' to continue the run in out_dir ({self.out_dir}) if it has one")
+            return found
+        return path
 
     def _load(self, path: Path) -> None:
-        state = load_training_checkpoint(path)
+        state = self._resume_state if self._resume_state is not None else load_training_checkpoint(path)
+        self._resume_state = None
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -483,6 +590,12 @@ class Trainer:
         self.best_metric = best.get("metric")
         self.best_iteration = best.get("iteration")
         self.evaluations = list(state.get("evaluations", []))
+        self.last_metrics = dict(state.get("last_metrics") or {})
+        name = _CKPT_RE.match(path.name)
+        if name is not None and int(name.group(1)) != self.iteration:
+            self._log(f"warning: {path} holds iteration {self.iteration}, not the one its name says")
+        self._resumed_from = path
+        self._good_checkpoints.add(path.resolve())
         self._log(f"resumed from {path} at iteration {self.iteration}")
 
     def save_checkpoint(self) -> Optional[Path]:
@@ -496,14 +609,39 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng,
             "best": {"metric": self.best_metric, "iteration": self.best_iteration},
-            "evaluations": self.evaluations, "world_size": self.env.world_size,
+            "evaluations": self.evaluations, "last_metrics": self.last_metrics, "world_size": self.env.world_size,
             "config": self.config.to_dict(),
         }
         path = self.ckpt_dir / f"iter_{self.iteration:08d}.pt"
         _atomic_torch_save(state, path)
-        for _, old in _checkpoints_in(self.ckpt_dir)[:-self.config.keep_checkpoints]:
-            old.unlink(missing_ok=True)
+        self._good_checkpoints.add(path.resolve())
+        self._retain(path)
         return path
+
+    def _retain(self, written: Path) -> None:
+        """Keep ``written`` and the newest ``keep_checkpoints - 1`` readable checkpoints before it; delete older
+        ones; set aside unreadable ones and those with a later iteration (another run's: resume must not pick
+        them over this run's)."""
+        kept = 1
+        for iteration, path in reversed(_checkpoints_in(self.ckpt_dir)):
+            if path == written:
+                continue
+            try:
+                if iteration > self.iteration:
+                    moved = _set_aside(path, "superseded")
+                    self._log(f"warning: {path.name} is from another run (iteration {iteration}, this run wrote "
+                              f"{written.name}); renamed it {moved.name} so that resume follows this run")
+                elif kept >= self.config.keep_checkpoints:
+                    path.unlink(missing_ok=True)
+                elif path.resolve() in self._good_checkpoints or _is_readable_checkpoint(path):
+                    self._good_checkpoints.add(path.resolve())
+                    kept += 1
+                else:
+                    moved = _set_aside(path, "unreadable")
+                    self._log(f"warning: checkpoint {path.name} cannot be read; renamed it {moved.name} (not "
+                              f"counted in keep_checkpoints)")
+            except OSError as err:
+                self._log(f"warning: could not tidy {path}: {err}")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> Dict[str, Any]:
@@ -545,9 +683,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _open_logs(self) -> None:
+        """Open ``log.jsonl``: a new one at iteration 0; on a resume, the records up to the checkpoint's iteration
+        (rewritten atomically), then a ``resume`` event."""
         if not self.env.is_main:
             return
-        self._log_handle = open(self.out_dir / "log.jsonl", "a", encoding="utf-8")
+        path = self.out_dir / "log.jsonl"
+        if self.iteration == 0:
+            self._log_handle = open(path, "w", encoding="utf-8")
+        else:
+            kept, dropped = _log_up_to(path, self.iteration)
+            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept), encoding="utf-8"), fsync=True)
+            self._log_handle = open(path, "a", encoding="utf-8")
+            self._resume_record = {"event": "resume", "iter": self.iteration,
+                                   "checkpoint": self._resumed_from.name if self._resumed_from else None,
+                                   "dropped": dropped}
         if self.config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -634,6 +783,7 @@ class Trainer:
         metrics = self.evaluate()
         if not metrics:
             return metrics
+        self.last_metrics = {**metrics, "_iter": self.iteration}
         record = {"event": "eval", "iter": self.iteration, "aAcc": metrics["aAcc"], "mIoU": metrics["mIoU"],
                   "mAcc": metrics["mAcc"]}
         self.evaluations.append(record)
@@ -652,7 +802,7 @@ class Trainer:
         start_time = time.time()
         self._open_logs()
         if self.iteration:
-            self._write_log({"event": "resume", "iter": self.iteration})
+            self._write_log(self._resume_record or {"event": "resume", "iter": self.iteration})
         else:
             self._write_log({"event": "start", "iter": 0, "world_size": env.world_size,
                              "train_images": len(self.train_set),
@@ -664,6 +814,8 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=cfg.max_iters, initial=self.iteration, unit="it", desc="train", dynamic_ncols=True)
         metrics: Dict[str, Any] = {}
+        if self.last_metrics.get("_iter") == self.iteration:  # resumed where the last evaluation was made
+            metrics = {k: v for k, v in self.last_metrics.items() if k != "_iter"}
         try:
             batches = iter(self._loader())
             while self.iteration < cfg.max_iters:
@@ -687,8 +839,11 @@ class Trainer:
                     metrics = self._evaluate_and_track()
                 if (cfg.checkpoint_interval and self.iteration % cfg.checkpoint_interval == 0) or last:
                     self.save_checkpoint()
-            if not metrics and self.val_set is not None and not self.evaluations:
-                metrics = self._evaluate_and_track()
+            if not metrics and self.val_set is not None:
+                if any(e["iter"] == self.iteration for e in self.evaluations):
+                    metrics = self.evaluate()  # a checkpoint without its metrics: the same evaluation again
+                else:
+                    metrics = self._evaluate_and_track()
             final_dir = None
             if env.is_main and cfg.export:
                 final_dir = self.module.save_pretrained(str(self.out_dir / "final"),
@@ -706,6 +861,28 @@ class Trainer:
             metrics=metrics, best_metric=self.best_metric, history=list(self.history),
             evaluations=list(self.evaluations), iterations=self.iteration, wall_time=time.time() - start_time,
         )
+
+
+def _log_up_to(path: Path, iteration: int) -> Tuple[List[str], int]:
+    """The lines of a log that describe iterations up to ``iteration`` (no ``end`` event, no line that does not
+    parse), and how many were dropped."""
+    if not path.is_file():
+        return [], 0
+    kept: List[str] = []
+    dropped = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+                keep = (isinstance(record, dict) and record.get("event") != "end" and line.endswith("\n")
+                        and int(record.get("iter", 0)) <= iteration)
+            except (ValueError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    return kept, dropped
 
 
 def _pct(value: Optional[float]) -> str:

@@ -134,9 +134,10 @@ def save_pretrained(
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     clean_stale_temp(target.parent, re.escape(target.name))  # staging folders a killed save left behind
     with atomic_folder(target, (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME), fsync=True) as staging:
-        # safetensors writes a 0600 file of its own; atomic_write gives it the usual permissions
-        atomic_write(staging / WEIGHTS_NAME,
-                     lambda tmp: save_file(state, tmp, metadata={"format": "pt", "csap_zoo_version": __version__}))
+        # safetensors writes a 0600 file of its own; atomic_write gives it the usual permissions. One metadata
+        # entry: safetensors orders several in a per-process random order, so the same weights would not give
+        # the same bytes (and sha256) twice; config.json records the csap-zoo version.
+        atomic_write(staging / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (staging / MODEL_CARD_NAME).write_text(render_model_card(model, metrics, repo_id))
     return target

@@ -68,3 +68,28 @@ def test_labels_beyond_the_class_count_with_a_custom_ignore_index(data, tmp_path
     save_png(mask, data / "train" / "masks" / "00001.png")
     message = _trainer_error(data, tmp_path, ignore_index=100)
     assert "1 problem(s)" in message and "00001.png" in message and "[255]" in message
+
+
+@pytest.mark.parametrize("validate", ["full", "pairs"])
+def test_a_training_set_without_a_labelled_pixel_is_refused(data, tmp_path, validate):
+    for mask in (data / "train" / "masks").iterdir():
+        save_png(np.full((48, 48), 255, np.uint8), mask)  # every pixel is the ignore value
+    message = _trainer_error(data, tmp_path, validate=validate)
+    assert "no labelled pixel" in message and "16" in message and "255" in message
+
+
+def test_masks_that_reduce_zero_label_turns_into_ignore_only_are_refused(data, tmp_path):
+    for mask in (data / "train" / "masks").iterdir():
+        save_png(np.zeros((48, 48), np.uint8), mask)  # 0 becomes the ignore value with reduce_zero_label
+    message = _trainer_error(data, tmp_path, reduce_zero_label=True)
+    assert "no labelled pixel" in message and "reduce_zero_label" in message
+
+
+def test_one_labelled_mask_is_enough(data, tmp_path):
+    for i, mask in enumerate(sorted((data / "train" / "masks").iterdir())):
+        values = np.full((48, 48), 255, np.uint8)
+        if i == 15:
+            values[10:20, 10:20] = 1
+        save_png(values, mask)
+    for validate in ("full", "pairs"):
+        Trainer(tiny_config(data, tmp_path / validate, validate=validate)).close()
