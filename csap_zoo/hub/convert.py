@@ -10,12 +10,14 @@ refuses pickled code.
 """
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import timm
 import torch
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file
 
 from ..models.heads.ham import mmseg_checkpoint_filter_fn
@@ -31,19 +33,25 @@ class ConversionError(ValueError):
     """A checkpoint file cannot be read or does not fit the model it is meant for."""
 
 
-def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: Union[str, Path, bytes], name: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Tensors of a checkpoint file (safetensors, or a torch file loaded with weights_only=True), unwrapped from
-    ``state_dict`` / ``model`` containers."""
-    path = Path(path)
-    if not path.is_file():
+    ``state_dict`` / ``model`` containers.
+
+    ``path`` may also be the file's contents (bytes already read and hash-checked, see ``fetch_verified``); ``name``
+    is then the file's name, whose suffix picks the format and which messages show.
+    """
+    contents = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else None
+    path = Path(name or "checkpoint") if contents is not None else Path(path)
+    if contents is None and not path.is_file():
         raise ConversionError(f"checkpoint file {path} does not exist")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            return load_file(str(path)) if contents is None else load_safetensors_bytes(contents)
         except Exception as err:
             raise ConversionError(f"{path} is not a readable safetensors file ({err})") from None
     try:
-        data: Any = torch.load(path, map_location="cpu", weights_only=True)
+        data: Any = torch.load(path if contents is None else io.BytesIO(contents), map_location="cpu",
+                               weights_only=True)
     except Exception as err:
         raise ConversionError(
             f"{path} could not be read as a weights-only torch checkpoint ({type(err).__name__}: "

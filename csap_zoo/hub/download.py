@@ -1,34 +1,81 @@
-"""Fetching checkpoint files: Hugging Face Hub, plain URLs or local paths; cached, hash-checked, offline-safe.
+"""Fetching checkpoint files: Hugging Face Hub, plain URLs or package files; cached, hash-checked, offline-safe.
 
+Sources:
 - Package sources (``{"package": "assets/demo/model.safetensors"}``) are files inside the installed package (the
   bundled demo); they are used in place, offline or not, after the same hash check.
-
 - Hugging Face sources go through ``huggingface_hub.hf_hub_download`` at the pinned revision and live in its cache
   (``HF_HUB_CACHE``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` apply).
-- URL sources are cached as ``<cache>/checkpoints/<filename>``, where ``<cache>`` is ``CSAP_ZOO_CACHE`` or
-  ``~/.cache/csap_zoo``; a file appears there only once it is complete and verified (temp file + rename).
-- Every file is checked against the manifest's sha256 (full, or the prefix the file name carries) each time it is
-  resolved, cache hits included; a file that fails is removed from the cache before the error is raised.
+- URL sources are cached as ``<cache>/checkpoints/<key>/<filename>``: ``<cache>`` is ``CSAP_ZOO_CACHE`` or
+  ``~/.cache/csap_zoo``, ``<key>`` the first 16 hex digits of the sha256 of the URL and the expected hash, and
+  ``<filename>`` the URL's last path segment (kept for people reading the cache).
 - Offline (``local_files_only=True``, ``CSAP_ZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``), only the cache is used.
+
+What is guaranteed:
+- What you load is what was verified. ``fetch_verified`` reads the file once, hashes exactly those bytes against the
+  manifest's sha256 (full, or the prefix the file name carries) and returns them; ``create_model`` builds the model
+  from those bytes. A file replaced or damaged after the check never reaches a model. This holds for every source
+  and on every load, cache hits included. (``fetch_checkpoint`` returns only the path, for tools that need a file.)
+- Two manifest entries never share a cache file, even when their URLs end in the same file name: each source (URL
+  plus expected hash) has its own folder.
+- A URL cache file appears only complete and verified: the download goes to ``.<filename>.<random>.partial`` in the
+  same folder, is hashed while it streams, flushed to disk and then renamed over the final name.
+- Concurrency: one download per cache entry at a time. The downloading process holds an exclusive ``flock`` on
+  ``.<filename>.lock`` next to the file (and on its own ``.partial``); another process that needs the same entry
+  waits for it (up to its own download deadline) and then uses the verified file instead of downloading again.
+  Reading a complete file takes no lock, so a read-only shared cache works offline. A cached file that fails its hash
+  is removed only while holding the entry's lock and only if it is still the very file that was hashed; a process
+  never deletes a file another entry or another live process owns, and never touches huggingface_hub's temp files.
+- After a crash (even SIGKILL) nothing half-written is ever used: a killed download leaves at most its ``.partial``,
+  which the next download of that entry removes (only our own ``.partial`` files that no live process holds locked).
+  The empty ``.lock`` files stay, one per entry; removing them while nothing runs is harmless.
+- Files and folders are created with the process umask, like ordinary files (0644 / 0755 under umask 022), so
+  caches can be shared by a team.
+- Hub files: a cached file that fails its hash is downloaded again once with ``force_download=True`` (online); if
+  it still fails, that file (if unchanged) is removed through its snapshot link and the error is raised.
+
+Timeouts (URL sources): every download has an overall deadline, ``CSAP_ZOO_DOWNLOAD_TIMEOUT`` seconds or the
+``timeout`` argument; the default is generous, 10 minutes plus the time the file takes at 128 KiB/s (from the
+manifest's ``size_bytes`` or the server's Content-Length; 1 hour when neither is known). Each read also times out
+after ``CSAP_ZOO_READ_TIMEOUT`` seconds without data (default 60). The errors name the URL and how much had arrived.
+Hub sources use huggingface_hub's own timeouts: ``HF_HUB_ETAG_TIMEOUT`` for the metadata request and
+``HF_HUB_DOWNLOAD_TIMEOUT`` per read (10 s each by default); huggingface_hub has no overall deadline, and ours does
+not apply to it.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import http.client
 import os
-import tempfile
+import secrets
+import socket
+import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from .manifest import Checkpoint, HfSource, PackageSource, UrlSource
 
 __all__ = [
-    "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "default_cache_dir",
-    "fetch_checkpoint", "is_offline", "sha256_of",
+    "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "VerifiedFile", "default_cache_dir",
+    "fetch_checkpoint", "fetch_verified", "is_offline", "sha256_of", "url_cache_path",
 ]
 
 _CHUNK = 1 << 20
+DEFAULT_READ_TIMEOUT = 60.0
+_DEADLINE_BASE = 600.0  # seconds every download gets, on top of the size-based share
+_DEADLINE_RATE = 128 * 1024  # bytes per second the default deadline assumes
+_DEADLINE_UNKNOWN_SIZE = 3600.0
+_OLD_PARTIAL_AGE = 3600.0  # leftovers of the flat cache layout (no locks) count as stale after this long
+_LOCK_POLL = 0.05
+
+PathLike = Union[str, os.PathLike]
 
 
 class CheckpointError(RuntimeError):
@@ -40,7 +87,16 @@ class CheckpointUnavailableError(CheckpointError):
 
 
 class CheckpointIntegrityError(CheckpointError):
-    """The file's sha256 does not match the manifest (it has been removed from the cache)."""
+    """The file's sha256 does not match the manifest."""
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A checkpoint file's bytes, exactly those whose hash matched the manifest, and where they were read."""
+
+    path: Path
+    data: bytes
+    sha256: str
 
 
 def _truthy(value: Optional[str]) -> bool:
@@ -56,7 +112,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CSAP_ZOO_CACHE") or Path.home() / ".cache" / "csap_zoo")
 
 
-def sha256_of(path: Union[str, Path]) -> str:
+def sha256_of(path: PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
@@ -76,12 +132,37 @@ def _expected_hash(checkpoint: Checkpoint) -> str:
     return checkpoint.sha256 or f"{checkpoint.sha256_prefix}..."
 
 
+def url_cache_path(checkpoint: Checkpoint, cache_dir: Optional[PathLike] = None) -> Path:
+    """Where a URL checkpoint is cached: ``<cache>/checkpoints/<key>/<filename>`` (see the module docstring)."""
+    source = checkpoint.source
+    if not isinstance(source, UrlSource):
+        raise TypeError(f"checkpoint {checkpoint.name!r} does not have a URL source")
+    identity = f"{source.url}\n{checkpoint.sha256 or checkpoint.sha256_prefix or ''}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / "checkpoints" / key / source.filename
+
+
 def fetch_checkpoint(
         checkpoint: Checkpoint,
-        cache_dir: Union[str, Path, None] = None,
+        cache_dir: Optional[PathLike] = None,
         local_files_only: Optional[bool] = None,
+        timeout: Optional[float] = None,
 ) -> Path:
-    """Local path of a verified copy of ``checkpoint``'s file, downloading it if needed and allowed."""
+    """Local path of a verified copy of ``checkpoint``'s file, downloading it if needed and allowed.
+
+    To load the weights, use ``fetch_verified``: it hands over the bytes that were checked.
+    """
+    return fetch_verified(checkpoint, cache_dir, local_files_only, timeout).path
+
+
+def fetch_verified(
+        checkpoint: Checkpoint,
+        cache_dir: Optional[PathLike] = None,
+        local_files_only: Optional[bool] = None,
+        timeout: Optional[float] = None,
+) -> VerifiedFile:
+    """The bytes of ``checkpoint``'s file, read once and checked against the manifest hash; downloads if needed
+    and allowed. ``timeout``: overall download deadline in seconds (URL sources; default see module docstring)."""
     if not checkpoint.published or checkpoint.source is None:
         note = f" ({checkpoint.notes})" if checkpoint.notes else ""
         raise CheckpointUnavailableError(
@@ -94,27 +175,93 @@ def fetch_checkpoint(
     offline = is_offline() if local_files_only is None else local_files_only
     if isinstance(checkpoint.source, HfSource):
         return _fetch_hf(checkpoint, checkpoint.source, cache_dir, offline)
-    return _fetch_url(checkpoint, checkpoint.source, Path(cache_dir or default_cache_dir()), offline)
+    return _fetch_url(checkpoint, url_cache_path(checkpoint, cache_dir), offline, timeout)
 
 
-def _fetch_package(checkpoint: Checkpoint, source: PackageSource) -> Path:
+# ------------------------------------------------------------------ reading and removing verified files
+@dataclass(frozen=True)
+class _Read:
+    data: bytes
+    digest: str
+    identity: Tuple[int, int]  # (st_dev, st_ino) of the file that was read
+
+
+def _read(path: Path) -> Optional[_Read]:
+    """The file's bytes and their sha256, read through one open handle; None if there is no such file."""
+    try:
+        handle = open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    with handle:
+        info = os.fstat(handle.fileno())
+        data = handle.read()
+    digest = hashlib.sha256()
+    digest.update(data)
+    return _Read(data, digest.hexdigest(), (info.st_dev, info.st_ino))
+
+
+def _same_file(path: Path, identity: Tuple[int, int], follow: bool = True) -> bool:
+    try:
+        info = os.stat(path) if follow else os.lstat(path)
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) == identity
+
+
+def _unlink_if_same(path: Path, identity: Tuple[int, int]) -> bool:
+    """Remove ``path`` if it is still the file that was read (not a copy another process has put there since)."""
+    if not _same_file(path, identity, follow=False):
+        return False
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ package files
+def _fetch_package(checkpoint: Checkpoint, source: PackageSource) -> VerifiedFile:
     """A file shipped with the package: used in place (never copied or downloaded), hash-checked every time."""
     path = source.resolve()
-    if not path.is_file():
+    got = _read(path) if path.is_file() else None
+    if got is None:
         raise CheckpointUnavailableError(
             f"checkpoint {checkpoint.name!r} should ship with the package at {path}, but the file is missing; "
             f"reinstall csap-zoo."
         )
-    digest = sha256_of(path)
-    if not _hash_matches(digest, checkpoint):
+    if not _hash_matches(got.digest, checkpoint):
         raise CheckpointIntegrityError(
-            f"bundled checkpoint {checkpoint.name!r} ({path}) has sha256 {digest}, expected "
+            f"bundled checkpoint {checkpoint.name!r} ({path}) has sha256 {got.digest}, expected "
             f"{_expected_hash(checkpoint)}; the installation is damaged or the manifest is stale. Reinstall csap-zoo."
         )
-    return path
+    return VerifiedFile(path, got.data, got.digest)
 
 
-def _fetch_hf(checkpoint: Checkpoint, source: HfSource, cache_dir: Union[str, Path, None], offline: bool) -> Path:
+# ------------------------------------------------------------------ Hugging Face Hub
+def _fetch_hf(checkpoint: Checkpoint, source: HfSource, cache_dir: Optional[PathLike], offline: bool) -> VerifiedFile:
+    where = source.describe()
+    path = _hf_download(checkpoint, source, cache_dir, offline, force=False)
+    got = _read(path)
+    if got is not None and _hash_matches(got.digest, checkpoint):
+        return VerifiedFile(path, got.data, got.digest)
+    if not offline:  # a damaged cached copy, or a bad transfer: huggingface_hub downloads it again
+        path = _hf_download(checkpoint, source, cache_dir, offline, force=True)
+        got = _read(path)
+        if got is not None and _hash_matches(got.digest, checkpoint):
+            return VerifiedFile(path, got.data, got.digest)
+    digest = got.digest if got is not None else "(file vanished)"
+    removed = got is not None and _remove_hf_file(path, got.identity)
+    fate = ("The file was removed from the cache" if removed
+            else "The file was left in the cache (it changed meanwhile, or cannot be removed)")
+    again = "retry online" if offline else "retry later"
+    raise CheckpointIntegrityError(
+        f"checkpoint {checkpoint.name!r} from {where} has sha256 {digest}, expected {_expected_hash(checkpoint)}. "
+        f"{fate}; {again}, and report it if it happens again."
+    )
+
+
+def _hf_download(checkpoint: Checkpoint, source: HfSource, cache_dir: Optional[PathLike], offline: bool,
+                 force: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
@@ -122,12 +269,11 @@ def _fetch_hf(checkpoint: Checkpoint, source: HfSource, cache_dir: Union[str, Pa
 
     where = source.describe()
     try:
-        path = Path(hf_hub_download(
+        return Path(hf_hub_download(
             source.repo_id, source.filename, revision=source.revision, cache_dir=cache_dir,
-            local_files_only=offline,
+            local_files_only=offline, force_download=force,
         ))
     except LocalEntryNotFoundError:
-        _remove_incomplete_hf_blobs(source, cache_dir)
         if offline:
             raise CheckpointUnavailableError(
                 f"checkpoint {checkpoint.name!r} is not in the local cache and offline mode is on ({where}). "
@@ -143,96 +289,325 @@ def _fetch_hf(checkpoint: Checkpoint, source: HfSource, cache_dir: Union[str, Pa
             f"checkpoint {checkpoint.name!r} is missing on the Hub ({where}): {type(err).__name__}. The manifest "
             f"entry may be stale; update csap-zoo or report it."
         ) from None
-    except Exception as err:  # network errors, truncated transfers: never leave a partial blob behind
-        _remove_incomplete_hf_blobs(source, cache_dir)
+    except Exception as err:  # network errors, truncated transfers (huggingface_hub removes its own temp file)
         raise CheckpointError(
             f"downloading checkpoint {checkpoint.name!r} from {where} failed ({type(err).__name__}: {err}). "
             f"Nothing was cached; retry."
         ) from err
-    digest = sha256_of(path)
-    if not _hash_matches(digest, checkpoint):
-        _remove_hf_file(path)
-        raise CheckpointIntegrityError(
-            f"checkpoint {checkpoint.name!r} from {where} has sha256 {digest}, expected "
-            f"{_expected_hash(checkpoint)}. The corrupt file was removed from the cache; retry the download, and "
-            f"report it if it happens again."
-        )
-    return path
 
 
-def _hf_repo_cache(source: HfSource, cache_dir: Union[str, Path, None]) -> Path:
-    from huggingface_hub import constants
-
-    root = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
-    return root / f"models--{source.repo_id.replace('/', '--')}"
-
-
-def _remove_incomplete_hf_blobs(source: HfSource, cache_dir: Union[str, Path, None]) -> None:
-    blobs = _hf_repo_cache(source, cache_dir) / "blobs"
-    for partial in blobs.glob("*.incomplete") if blobs.is_dir() else []:
-        partial.unlink(missing_ok=True)
-
-
-def _remove_hf_file(snapshot_path: Path) -> None:
-    """Delete a cached Hub file: its snapshot link and the blob it points to."""
+def _remove_hf_file(snapshot_path: Path, identity: Tuple[int, int]) -> bool:
+    """Delete a cached Hub file that failed its hash: the blob it points to and its snapshot link, only if the link
+    still leads to the file that was read."""
+    if not _same_file(snapshot_path, identity):
+        return False
     blob = snapshot_path.resolve()
-    snapshot_path.unlink(missing_ok=True)
-    if blob != snapshot_path:
-        blob.unlink(missing_ok=True)
-
-
-def _fetch_url(checkpoint: Checkpoint, source: UrlSource, cache_dir: Path, offline: bool) -> Path:
-    target = cache_dir / "checkpoints" / source.filename
-    if target.is_file():
-        digest = sha256_of(target)
-        if _hash_matches(digest, checkpoint):
-            return target
-        target.unlink()
-        if offline:
-            raise CheckpointIntegrityError(
-                f"cached file {target} for checkpoint {checkpoint.name!r} has sha256 {digest}, expected "
-                f"{_expected_hash(checkpoint)}; it was removed. Go online to download it again."
-            )
-    if offline:
-        raise CheckpointUnavailableError(
-            f"checkpoint {checkpoint.name!r} is not in the local cache ({target}) and offline mode is on. "
-            f"Download it once while online, or place the file there."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _download_verified(checkpoint, source.url, target)
-    return target
-
-
-def _download_verified(checkpoint: Checkpoint, url: str, target: Path) -> None:
-    """Stream ``url`` into a temp file next to ``target``, hashing as it goes; rename only when it is complete
-    and its hash matches."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
-        received = 0
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                expected_size = response.headers.get("Content-Length")
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-        except urllib.error.HTTPError as err:
-            kind = CheckpointUnavailableError if err.code == 404 else CheckpointError
-            raise kind(f"downloading checkpoint {checkpoint.name!r} from {url} failed: HTTP {err.code}. "
-                       f"The manifest entry may be stale; update csap-zoo or report it.") from None
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            raise CheckpointError(f"downloading checkpoint {checkpoint.name!r} from {url} failed "
-                                  f"({type(err).__name__}: {err}). Nothing was cached; retry.") from None
-        if expected_size is not None and received != int(expected_size):
-            raise CheckpointError(f"downloading checkpoint {checkpoint.name!r} from {url} stopped after {received} "
-                                  f"of {expected_size} bytes. Nothing was cached; retry.")
-        if not _hash_matches(digest.hexdigest(), checkpoint):
-            raise CheckpointIntegrityError(
-                f"checkpoint {checkpoint.name!r} from {url} has sha256 {digest.hexdigest()}, expected "
-                f"{_expected_hash(checkpoint)}. Nothing was cached; retry, and report it if it happens again."
+        if blob != snapshot_path:
+            snapshot_path.unlink()
+        return _unlink_if_same(blob, identity)
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ plain URLs
+def _positive_seconds(variable: str, default: Optional[float]) -> Optional[float]:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise CheckpointError(f"{variable} must be a number of seconds greater than 0, got {text!r}")
+    return value
+
+
+def _default_deadline(size: Optional[int]) -> float:
+    return _DEADLINE_BASE + size / _DEADLINE_RATE if size else _DEADLINE_UNKNOWN_SIZE
+
+
+def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Optional[float]) -> VerifiedFile:
+    source = checkpoint.source
+    assert isinstance(source, UrlSource)
+    if timeout is not None and not timeout > 0:
+        raise CheckpointError(f"timeout must be a number of seconds greater than 0, got {timeout!r}")
+    deadline = timeout if timeout is not None else _positive_seconds("CSAP_ZOO_DOWNLOAD_TIMEOUT", None)
+    read_timeout = _positive_seconds("CSAP_ZOO_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
+
+    got = _read(target)
+    if got is not None and _hash_matches(got.digest, checkpoint):
+        return VerifiedFile(target, got.data, got.digest)
+    if offline:
+        if got is None:
+            raise CheckpointUnavailableError(
+                f"checkpoint {checkpoint.name!r} is not in the local cache ({target}) and offline mode is on. "
+                f"Download it once while online, or place the file there."
             )
-        os.replace(tmp, target)
+        removed = _remove_bad_cache_file_offline(target, got)
+        fate = "it was removed" if removed else "it was left in place (it changed meanwhile, or cannot be removed)"
+        raise CheckpointIntegrityError(
+            f"cached file {target} for checkpoint {checkpoint.name!r} has sha256 {got.digest}, expected "
+            f"{_expected_hash(checkpoint)}; {fate}. Go online to download it again."
+        )
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    wait = deadline if deadline is not None else _default_deadline(checkpoint.size_bytes)
+    with _entry_lock(target, wait, checkpoint):
+        _remove_stale_partials(target)
+        got = _read(target)  # another process may have finished the download while this one waited
+        if got is not None and _hash_matches(got.digest, checkpoint):
+            return VerifiedFile(target, got.data, got.digest)
+        if got is not None:
+            _unlink_if_same(target, got.identity)
+        left = None if deadline is None else max(deadline - (time.monotonic() - started), 0.001)
+        data, digest = _download_verified(checkpoint, source.url, target, left, deadline, read_timeout)
+        return VerifiedFile(target, data, digest)
+
+
+def _remove_bad_cache_file_offline(target: Path, got: _Read) -> bool:
+    """Remove a cached file that failed its hash, if no process is downloading that entry right now (it will
+    replace the file itself) and the file is still the one that was hashed."""
+    try:
+        fd = os.open(_lock_path(target), os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:  # a read-only cache: leave it
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return _unlink_if_same(target, got.identity)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextmanager
+def _entry_lock(target: Path, wait: float, checkpoint: Checkpoint) -> Iterator[None]:
+    """Hold the cache entry's exclusive lock (waiting up to ``wait`` seconds for another process to release it)."""
+    lock = _lock_path(target)
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        give_up = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+            if time.monotonic() >= give_up:
+                raise CheckpointError(
+                    f"another process is downloading checkpoint {checkpoint.name!r} into {target.parent} and did "
+                    f"not finish within {wait:g} s. Retry when it is done, or allow more time with "
+                    f"CSAP_ZOO_DOWNLOAD_TIMEOUT=<seconds>."
+                )
+            time.sleep(_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_partials(target: Path) -> List[Path]:
+    """Remove our own ``.partial`` files of this entry that no live process holds locked (leftovers of a crash),
+    and leftovers of the older flat cache layout once they are old. Called with the entry's lock held."""
+    removed = []
+    candidates = [(p, 0.0) for p in target.parent.glob(f".{target.name}.*.partial")]
+    candidates += [(p, _OLD_PARTIAL_AGE) for p in target.parent.parent.glob(f".{target.name}.*.partial")]
+    for partial, min_age in candidates:
+        try:
+            fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if min_age and time.time() - info.st_mtime < min_age:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live download
+            if _unlink_if_same(partial, (info.st_dev, info.st_ino)):
+                removed.append(partial)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _create_partial(target: Path) -> Tuple[int, Path]:
+    """A new ``.<name>.<random>.partial`` next to ``target``, created with the umask's permissions and locked."""
+    while True:
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, partial
+
+
+class _Deadline:
+    """Shuts down the sockets of a download once its time is up, so that no read (headers included) can outlast it.
+
+    ``seconds`` None: the default deadline, from the size once the server announces it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.started = time.monotonic()
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="csap-zoo download deadline", daemon=True)
+
+    def __enter__(self) -> "_Deadline":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._shutdown(sock)
+
+    def _watch(self) -> None:
+        while True:
+            left = self.started + self.seconds - time.monotonic()
+            if left <= 0:
+                break
+            if self._done.wait(min(left, 0.25)):
+                return
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        try:  # the plain socket's shutdown (also under TLS): the blocked read returns at once
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """A urllib opener whose HTTP(S) connections are watched by ``deadline``."""
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class TlsConnection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Connection, req)
+
+    context = ssl.create_default_context()
+
+    class TlsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(TlsConnection, req, context=context)
+
+    return urllib.request.build_opener(Handler(), TlsHandler(context=context))
+
+
+def _http_error_message(code: int, reason: str) -> Tuple[type, str]:
+    status = f"HTTP {code} {reason}".rstrip()
+    if code in (404, 410):
+        return CheckpointUnavailableError, (f"the server has no file there ({status}). The manifest entry may be "
+                                            f"stale; update csap-zoo or report it.")
+    if code == 429 or code >= 500:
+        return CheckpointError, (f"the server failed ({status}); this is usually temporary: retry later, and report "
+                                 f"it if it persists.")
+    return CheckpointError, (f"the server refused the request ({status}). Check proxy and access settings; report "
+                             f"it if it persists.")
+
+
+def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Optional[float],
+                       deadline_setting: Optional[float], read_timeout: float) -> Tuple[bytes, str]:
+    """Stream ``url`` into a locked temp file next to ``target``, hashing and keeping the bytes as they arrive;
+    rename only when complete and verified. Returns the verified bytes and their sha256."""
+    fd, partial = _create_partial(target)
+    name = checkpoint.name
+    received, expected_size = 0, checkpoint.size_bytes
+    seconds = left if left is not None else _default_deadline(checkpoint.size_bytes)
+    setting = (f"{deadline_setting:g} s" if deadline_setting is not None
+               else f"{seconds:.0f} s (the default for its size)")
+
+    def progress() -> str:
+        total = f"{expected_size}" if expected_size else "an unknown number of"
+        return f"received {received} of {total} bytes"
+
+    try:
+        with os.fdopen(fd, "wb") as out, _Deadline(seconds) as watchdog:
+            chunks: List[bytes] = []
+            digest = hashlib.sha256()
+            try:
+                with _opener(watchdog).open(url, timeout=read_timeout) as response:
+                    length = response.headers.get("Content-Length")
+                    if length is not None and length.isdigit():
+                        expected_size = int(length)
+                        if left is None and not checkpoint.size_bytes:
+                            watchdog.seconds = _default_deadline(expected_size)
+                            setting = f"{watchdog.seconds:.0f} s (the default for its size)"
+                    read = getattr(response, "read1", response.read)
+                    while True:
+                        chunk = read(_CHUNK)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        digest.update(chunk)
+                        chunks.append(chunk)
+                        received += len(chunk)
+            except urllib.error.HTTPError as err:
+                kind, what = _http_error_message(err.code, err.reason or "")
+                err.close()
+                raise kind(f"downloading checkpoint {name!r} from {url} failed: {what}") from None
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+                if not watchdog.expired:
+                    if isinstance(getattr(err, "reason", err), (socket.timeout, TimeoutError)):
+                        raise CheckpointError(
+                            f"downloading checkpoint {name!r} from {url} stopped: no data for {read_timeout:g} s "
+                            f"({progress()}); the server stalled. Nothing was cached; retry later, or allow longer "
+                            f"pauses with CSAP_ZOO_READ_TIMEOUT=<seconds>."
+                        ) from None
+                    raise CheckpointError(f"downloading checkpoint {name!r} from {url} failed "
+                                          f"({type(err).__name__}: {err}; {progress()}). Nothing was cached; "
+                                          f"retry.") from None
+            if watchdog.expired:
+                rate = received / max(time.monotonic() - watchdog.started, 1e-9) / 1024
+                raise CheckpointError(
+                    f"downloading checkpoint {name!r} from {url} did not finish within {setting} and was stopped: "
+                    f"{progress()} ({rate:.1f} KiB/s). The server is slow or stalled; nothing was cached. Retry "
+                    f"later, or allow more time with CSAP_ZOO_DOWNLOAD_TIMEOUT=<seconds>."
+                )
+            if expected_size is not None and received != expected_size:
+                raise CheckpointError(f"downloading checkpoint {name!r} from {url} stopped after {received} "
+                                      f"of {expected_size} bytes. Nothing was cached; retry.")
+            if not _hash_matches(digest.hexdigest(), checkpoint):
+                raise CheckpointIntegrityError(
+                    f"checkpoint {name!r} from {url} has sha256 {digest.hexdigest()}, expected "
+                    f"{_expected_hash(checkpoint)}. Nothing was cached; retry, and report it if it happens again."
+                )
+            out.flush()
+            os.fsync(out.fileno())
+            os.replace(partial, target)  # still holding the partial's lock: nobody takes it for a leftover
+            return b"".join(chunks), digest.hexdigest()
+    finally:
+        partial.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
+from urllib.parse import unquote, urlsplit
 
 import jsonschema
 
@@ -45,13 +46,22 @@ class HfSource:
 
 @dataclass(frozen=True)
 class UrlSource:
-    """A file at a plain URL (torch.hub style)."""
+    """A file at a plain URL (torch.hub style); the URL's last path segment is the file's name."""
 
     url: str
 
+    def __post_init__(self) -> None:
+        name = unquote(urlsplit(self.url).path.rsplit("/", 1)[-1])
+        if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise ManifestError(
+                f"source URL {self.url!r} does not end in a file name (last path segment {name!r}); the URL must "
+                f"name the checkpoint file itself, e.g. https://host/path/model.safetensors"
+            )
+
     @property
     def filename(self) -> str:
-        return self.url.rstrip("/").rsplit("/", 1)[-1]
+        """The last path segment, percent-decoded (query and fragment ignored)."""
+        return unquote(urlsplit(self.url).path.rsplit("/", 1)[-1])
 
     def describe(self) -> str:
         return self.url
@@ -164,7 +174,12 @@ class Manifest:
         except jsonschema.ValidationError as err:
             location = "/".join(str(p) for p in err.absolute_path) or "(top level)"
             raise ManifestError(f"invalid weights manifest{where} at {location}: {err.message}") from None
-        checkpoints = [Checkpoint.from_dict(entry) for entry in data["checkpoints"]]
+        checkpoints = []
+        for entry in data["checkpoints"]:
+            try:
+                checkpoints.append(Checkpoint.from_dict(entry))
+            except ManifestError as err:
+                raise ManifestError(f"weights manifest{where}, entry {entry['name']!r}: {err}") from None
         names = [c.name for c in checkpoints]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -29,7 +29,7 @@ from ..models.registry import build_model, get_architecture, parse_model_name
 from ..models.segmentor import MAX_CLASSES, DataConfig, Segmentor, SegmentorConfig
 from ..validation import ConfigError, check_value, require_mapping
 from .convert import ConversionError, convert_state_dict, read_state_dict
-from .download import CheckpointError, CheckpointUnavailableError, fetch_checkpoint, is_offline
+from .download import CheckpointError, CheckpointUnavailableError, fetch_checkpoint, fetch_verified, is_offline
 from .manifest import Checkpoint, Manifest, default_manifest
 from .serialization import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 
@@ -342,10 +342,11 @@ def create_model(
             raise ValueError(f"{name!r} with pretrained=True loads a full checkpoint; it cannot take another "
                              f"backbone ({backbone!r})")
         checkpoint = manifest.get(name)
-        path = fetch_checkpoint(checkpoint, cache_dir, local_files_only)
+        verified = fetch_verified(checkpoint, cache_dir, local_files_only)  # the bytes that passed the hash check
         model = build_model(name, num_classes=checkpoint.num_classes,
                             data_config=_data_config_from_checkpoint(checkpoint), **build_kwargs)
-        load_checkpoint_into(model, convert_state_dict(read_state_dict(path), checkpoint.format, model),
+        state = read_state_dict(verified.data, verified.path.name)
+        load_checkpoint_into(model, convert_state_dict(state, checkpoint.format, model),
                              f"checkpoint {checkpoint.name}")
         if num_classes is not None and num_classes != checkpoint.num_classes:
             _warn_reset(f"checkpoint {checkpoint.name}", checkpoint.num_classes, num_classes)
@@ -359,9 +360,11 @@ def create_model(
     if checkpoint is None:
         raise CheckpointUnavailableError(f"no ImageNet checkpoint for backbone {arch.backbone!r} in the weights "
                                          f"manifest; use pretrained=False")
-    path = fetch_checkpoint(checkpoint, cache_dir, local_files_only)
+    verified = fetch_verified(checkpoint, cache_dir, local_files_only)
+    path = verified.path
     try:
-        return build_model(name, num_classes=num_classes, pretrained_backbone=str(path), **build_kwargs)
+        return build_model(name, num_classes=num_classes, **build_kwargs,
+                           pretrained_backbone=read_state_dict(verified.data, path.name))
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {checkpoint.name} ({path}) does not fit backbone {arch.backbone!r}: "
                               f"{err}") from None

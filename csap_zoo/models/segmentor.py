@@ -254,7 +254,7 @@ class Segmentor(nn.Module):
     def from_config(
             cls,
             config: SegmentorConfig,
-            pretrained_backbone: Union[bool, str] = False,
+            pretrained_backbone: Union[bool, str, Dict[str, Any]] = False,
             data_config: Optional[DataConfig] = None,
     ) -> "Segmentor":
         """Build backbone (through timm) and head from a config.
@@ -265,6 +265,8 @@ class Segmentor(nn.Module):
         timm_kwargs: Dict[str, Any] = dict(pretrained=bool(pretrained_backbone))
         if isinstance(pretrained_backbone, str):
             timm_kwargs["pretrained_cfg_overlay"] = dict(file=pretrained_backbone)
+        elif isinstance(pretrained_backbone, dict):  # tensors the caller has already read (and verified)
+            timm_kwargs["pretrained_cfg_overlay"] = dict(state_dict=pretrained_backbone)
         try:
             backbone = timm.create_model(
                 config.backbone, features_only=True, in_chans=config.in_chans, **timm_kwargs, **config.backbone_args,

@@ -14,6 +14,7 @@ from csap_zoo.hub import (
     CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, HfSource, ManifestError, UrlSource,
     default_manifest,
 )
+from csap_zoo.hub.download import url_cache_path
 from csap_zoo.hub.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +164,8 @@ def test_url_download_verifies_caches_and_loads_offline(url_server, url_manifest
     cache = tmp_path / "cache"
     model = csap_zoo.create_model("csap_tiny.ade20k", pretrained=True, manifest=manifest, cache_dir=cache)
     assert same_outputs(model.eval(), source_model)
-    assert cache_files(cache) == [f"checkpoints/{filename}"]
+    cached = url_cache_path(manifest.get("csap_tiny.ade20k"), cache)
+    assert cache_files(cache) == [str(cached.relative_to(cache))] and cached.name == filename
     assert len(url_server.requests) == 1
 
     url_server.clear_requests()
@@ -200,8 +202,9 @@ def test_url_bad_downloads_leave_no_file(url_server, url_manifest, tmp_path, dam
 def test_corrupted_cache_file_is_replaced(url_server, url_manifest, source_model, tmp_path):
     manifest, filename = url_manifest
     cache = tmp_path / "cache"
-    (cache / "checkpoints").mkdir(parents=True)
-    (cache / "checkpoints" / filename).write_bytes(b"garbage")
+    cached = url_cache_path(manifest.get("csap_tiny.ade20k"), cache)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"garbage")
     model = csap_zoo.create_model("csap_tiny.ade20k", pretrained=True, manifest=manifest, cache_dir=cache)
     assert same_outputs(model.eval(), source_model)
 
