@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["ConfigError", "Limits", "check_dataclass", "check_value", "dataclass_from_mapping", "describe",
-           "option", "require_mapping"]
+           "numbers_from_strings", "option", "require_mapping"]
 
 MAX_STRING_CHARS = 4096  # any string field, unless its limits say otherwise
 
@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 
     def __init__(self, problem: str, field: Optional[str] = None, source: Optional[str] = None) -> None:
         self.problem, self.field, self.source = problem, field, source
-        where = ": ".join(str(p) for p in (source, field) if p)
-        super().__init__(f"{where}: {problem}" if where else problem)
+        subject = f"{field} {problem}" if field else problem
+        super().__init__(f"{source}: {subject}" if source and field else f"{source} {subject}" if source else subject)
 
     def located(self, source: Optional[str] = None, prefix: Optional[str] = None) -> "ConfigError":
         """The same error inside field ``prefix`` of file ``source``."""
@@ -146,7 +146,7 @@ def _check_sequence(value: Any, annotation: Any, limits: Limits, numeric_strings
         try:
             items.append(check_value(item, item_type, dataclasses.replace(limits, length=None), numeric_strings))
         except ConfigError as err:
-            raise ConfigError(f"item {index} {err.problem}") from None
+            raise ConfigError(f"item {index} {err.problem}") from None  # reads "<field> item 2 must be ..."
     return tuple(items) if origin is tuple else items
 
 
@@ -198,7 +198,7 @@ def check_value(value: Any, annotation: Any, limits: Limits = _NO_LIMITS, numeri
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ConfigError(f"keys must be strings, got {describe(key)}")
+                raise ConfigError(f"must have string keys only, got {describe(key)}")
             try:
                 out[key] = check_value(item, value_type, _NO_LIMITS, numeric_strings)
             except ConfigError as err:
@@ -238,25 +238,38 @@ def check_dataclass(obj: Any, numeric_strings: bool = False, skip: Sequence[str]
         object.__setattr__(obj, f.name, value)
 
 
-def require_mapping(data: Any, what: str = "this section") -> Mapping[str, Any]:
+def numbers_from_strings(cls: Any, values: Mapping[str, Any]) -> Dict[str, Any]:
+    """``values`` (options of dataclass ``cls``) with numeric strings turned into floats where ``cls`` declares a
+    float, as YAML needs (``dropout: 5e-2`` reads as a string); anything else is left for the checks to judge."""
+    hints, out = _hints(cls), dict(values)
+    for key, value in values.items():
+        if isinstance(value, str) and float in (hints.get(key), *typing.get_args(hints.get(key))):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def require_mapping(data: Any) -> Mapping[str, Any]:
     """``data`` if it is a JSON object with string keys, else ConfigError."""
     if not isinstance(data, Mapping):
         kind = {list: "a list", str: "a string"}.get(type(data), describe(data))
-        raise ConfigError(f"{what} must be a JSON object (mapping of name: value), got {kind}")
+        raise ConfigError(f"must be a JSON object (mapping of name: value), got {kind}")
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
-        raise ConfigError(f"{what} has a key that is not a string: {describe(bad[0])}")
+        raise ConfigError(f"must have string keys only, got {describe(bad[0])}")
     return data
 
 
 def dataclass_from_mapping(cls: Any, data: Any, ignore: Sequence[str] = ()) -> Any:
     """Build dataclass ``cls`` from a mapping: unknown keys and missing required fields are ConfigErrors; the
     values are checked by the class's own ``__post_init__`` (which calls :func:`check_dataclass`)."""
-    data = require_mapping(data, f"a {cls.__name__}")
+    data = require_mapping(data)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields and k not in ignore]
     if unknown:
-        raise ConfigError(f"unknown option; valid options: {sorted(fields)}", field=unknown[0])
+        raise ConfigError(f"is not a known option; valid options: {sorted(fields)}", field=unknown[0])
     missing = [name for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -12,17 +12,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255
+from ..models.registry import apply_head_overrides, get_architecture
+from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, MAX_IMAGE_SIZE, check_backbone_args
+from ..validation import ConfigError, check_dataclass, describe, numbers_from_strings, option, require_mapping
 
-__all__ = ["PRESETS", "TrainConfig", "get_preset", "list_presets", "load_config", "read_classes_file"]
+__all__ = ["ConfigError", "PRESETS", "TrainConfig", "get_preset", "list_presets", "load_config", "read_classes_file"]
 
 PathLike = Union[str, os.PathLike]
 _TUPLE_FIELDS = ("crop_size", "scale", "ratio_range", "betas", "mean", "std", "test_size", "eval_crop_size",
                  "eval_stride")
+_SQUARE_FIELDS = ("crop_size", "eval_crop_size", "eval_stride")  # one integer means (n, n)
+DATASETS = ("ade20k", "cityscapes", "cocostuff", "folder")
+MAX_ITERS = 10 ** 9
+MAX_CONFIG_BYTES = 16 * 2 ** 20
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
 @dataclass
@@ -62,12 +70,12 @@ class TrainConfig:
     """
 
     # model
-    model: str = "csap_tiny"
+    model: str = option("csap_tiny", max_chars=256)
     init: str = "imagenet"
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    backbone_args: Dict[str, Any] = field(default_factory=dict)
+    model_kwargs: Dict[str, Any] = option(factory=dict)
+    backbone_args: Dict[str, Any] = option(factory=dict)
     # data
-    dataset: str = "folder"
+    dataset: str = option("folder", choices=DATASETS)
     data_root: Optional[str] = None
     train_split: Optional[str] = None
     val_split: Optional[str] = None
@@ -76,48 +84,48 @@ class TrainConfig:
     val_images: Optional[str] = None
     val_masks: Optional[str] = None
     classes_file: Optional[str] = None
-    dataset_name: Optional[str] = None
-    ignore_index: int = 255
+    dataset_name: Optional[str] = option(None, max_chars=256)
+    ignore_index: int = option(255, 0, 65535)
     reduce_zero_label: bool = False
-    validate: str = "full"
+    validate: str = option("full", choices=("full", "pairs"))
     # pipeline
-    crop_size: Tuple[int, int] = (512, 512)
-    scale: Optional[Tuple[int, int]] = (2048, 512)
-    ratio_range: Tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75
-    flip_prob: float = 0.5
+    crop_size: Tuple[int, int] = option((512, 512), 1, MAX_IMAGE_SIZE)
+    scale: Optional[Tuple[int, int]] = option((2048, 512), 1, MAX_IMAGE_SIZE)
+    ratio_range: Tuple[float, float] = option((0.5, 2.0), 0, 16, low_open=True)
+    cat_max_ratio: float = option(0.75, 0, 1, low_open=True)
+    flip_prob: float = option(0.5, 0, 1)
     photometric: bool = True
-    mean: Tuple[float, float, float] = IMAGENET_MEAN_255
-    std: Tuple[float, float, float] = IMAGENET_STD_255
+    mean: Tuple[float, float, float] = option(IMAGENET_MEAN_255, 0, 255)
+    std: Tuple[float, float, float] = option(IMAGENET_STD_255, 0, 255, low_open=True)
     # evaluation
-    test_size: Optional[Tuple[int, int]] = (2048, 512)
-    eval_mode: str = "whole"
-    eval_crop_size: Optional[Tuple[int, int]] = None
-    eval_stride: Optional[Tuple[int, int]] = None
+    test_size: Optional[Tuple[int, int]] = option((2048, 512), 1, MAX_IMAGE_SIZE)
+    eval_mode: str = option("whole", choices=("whole", "slide"))
+    eval_crop_size: Optional[Tuple[int, int]] = option(None, 1, MAX_IMAGE_SIZE)
+    eval_stride: Optional[Tuple[int, int]] = option(None, 1, MAX_IMAGE_SIZE)
     # optimisation
-    batch_size: int = 16
-    accum_steps: int = 1
-    lr: float = 6e-5
-    betas: Tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
-    head_lr_mult: float = 10.0
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    poly_power: float = 1.0
-    min_lr: float = 0.0
-    amp: str = "auto"
-    clip_grad: Optional[float] = None
+    batch_size: int = option(16, 1, 65536)
+    accum_steps: int = option(1, 1, 65536)
+    lr: float = option(6e-5, 0, 10, low_open=True)
+    betas: Tuple[float, float] = option((0.9, 0.999), 0, 1)
+    weight_decay: float = option(0.01, 0, 10)
+    head_lr_mult: float = option(10.0, 0, 1e4, low_open=True)
+    warmup_iters: int = option(1500, 0, MAX_ITERS)
+    warmup_ratio: float = option(1e-6, 0, 1)
+    poly_power: float = option(1.0, 0, 100)
+    min_lr: float = option(0.0, 0, 10)
+    amp: str = option("auto", choices=("auto", "bf16", "fp16", "none"))
+    clip_grad: Optional[float] = option(None, 0, 1e6, low_open=True)
     # run
-    max_iters: int = 160_000
-    eval_interval: int = 16_000
-    checkpoint_interval: int = 16_000
-    log_interval: int = 50
-    keep_checkpoints: int = 1
+    max_iters: int = option(160_000, 1, MAX_ITERS)
+    eval_interval: int = option(16_000, 0, MAX_ITERS)
+    checkpoint_interval: int = option(16_000, 0, MAX_ITERS)
+    log_interval: int = option(50, 0, MAX_ITERS)
+    keep_checkpoints: int = option(1, 1, 10_000)
     out_dir: str = "runs/train"
-    seed: int = 0
+    seed: int = option(0, 0, 2 ** 32 - 1)
     resume: Optional[str] = None
-    device: str = "auto"
-    num_workers: int = 4
+    device: str = option("auto", max_chars=32)
+    num_workers: int = option(4, 0, 1024)
     pin_memory: Optional[bool] = None
     sync_bn: bool = False
     progress: bool = True
@@ -127,42 +135,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in _TUPLE_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                setattr(self, name, tuple(value))
-            elif isinstance(value, int) and name in ("crop_size", "eval_crop_size", "eval_stride"):
+            if isinstance(value, int) and not isinstance(value, bool) and name in _SQUARE_FIELDS:
                 setattr(self, name, (value, value))
         self.check()
 
     def check(self) -> None:
-        """Raise ValueError for inconsistent settings."""
-        def positive(name: str) -> None:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("batch_size", "accum_steps", "max_iters", "keep_checkpoints"):
-            positive(name)
-        for name in ("eval_interval", "checkpoint_interval", "log_interval", "warmup_iters", "num_workers"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a non-negative integer (0 = never/none), got {getattr(self, name)!r}")
+        """Raise ConfigError (a ValueError) for a setting of the wrong type, out of bounds, or inconsistent with
+        another."""
+        check_dataclass(self, numeric_strings=True)
         if self.batch_size % self.accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
-        if self.dataset not in ("ade20k", "cityscapes", "cocostuff", "folder"):
-            raise ValueError(f"dataset must be ade20k, cityscapes, cocostuff or folder, got {self.dataset!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "none"):
-            raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
-        if self.eval_mode not in ("whole", "slide"):
-            raise ValueError(f"eval_mode must be whole or slide, got {self.eval_mode!r}")
-        if self.validate not in ("full", "pairs"):
-            raise ValueError(f"validate must be 'full' or 'pairs', got {self.validate!r}")
-        if len(self.crop_size) != 2 or min(self.crop_size) < 1:
-            raise ValueError(f"crop_size must be (height, width), got {self.crop_size!r}")
-        if len(self.ratio_range) != 2 or not 0 < self.ratio_range[0] <= self.ratio_range[1]:
-            raise ValueError(f"ratio_range must be (low, high) with 0 < low <= high, got {self.ratio_range!r}")
-        if not 0 < self.cat_max_ratio <= 1:
-            raise ValueError(f"cat_max_ratio must be in (0, 1], got {self.cat_max_ratio}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.head_lr_mult <= 0:
-            raise ValueError("lr and head_lr_mult must be positive and weight_decay non-negative")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad must be positive or None, got {self.clip_grad}")
+            raise ConfigError(f"{self.accum_steps} does not divide batch_size {self.batch_size} (batch_size must be "
+                              f"divisible by accum_steps)", field="accum_steps")
+        if self.dataset not in DATASETS:  # pragma: no cover - the field's choices say so first
+            raise ConfigError(f"must be one of {DATASETS}, got {self.dataset!r}", field="dataset")
+        if not self.ratio_range[0] <= self.ratio_range[1]:
+            raise ConfigError(f"must be (low, high) with low <= high, got {self.ratio_range!r}", field="ratio_range")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}", field="device")
+        try:
+            arch = get_architecture(self.model)
+        except ValueError as err:
+            raise ConfigError(f"must name a registered architecture ({err})", field="model") from None
+        self.model_kwargs = numbers_from_strings(type(arch.head), self.model_kwargs)
+        try:
+            apply_head_overrides(arch.head, self.model_kwargs, self.model)
+        except ConfigError as err:
+            raise err.located(prefix="model_kwargs") from None
+        try:
+            check_backbone_args(self.backbone_args, from_file=True)
+        except ConfigError as err:
+            raise err.located(prefix="backbone_args") from None
 
     # ------------------------------------------------------------------ round trips
     def to_dict(self) -> Dict[str, Any]:
@@ -170,17 +172,25 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
-        """Build from a dict; an optional ``preset`` key starts from that preset. Unknown keys are an error."""
-        values = dict(data)
-        preset = values.pop("preset", None)
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; valid options: {sorted(valid)}")
-        base = get_preset(preset).to_dict() if preset else {}
-        base.update(values)
-        return cls(**base)
+    def from_dict(cls, data: Dict[str, Any], source: Optional[str] = None) -> "TrainConfig":
+        """Build from a dict; an optional ``preset`` key starts from that preset. Unknown keys, wrong types and
+        values out of bounds are ConfigErrors naming the field (and ``source``, the file it came from)."""
+        try:
+            values = dict(require_mapping(data))
+            preset = values.pop("preset", None)
+            if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
+                raise ConfigError(f"unknown preset {describe(preset)}; presets: {', '.join(list_presets())}",
+                                  field="preset")
+            valid = {f.name for f in fields(cls)}
+            unknown = sorted(set(values) - valid)
+            if unknown:
+                raise ConfigError(f"is an unknown training option (all unknown: {unknown}); valid options: "
+                                  f"{sorted(valid)}", field=unknown[0])
+            base = get_preset(preset).to_dict() if preset else {}
+            base.update(values)
+            return cls(**base)
+        except ConfigError as err:
+            raise err.located(source) from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated)."""
@@ -206,18 +216,21 @@ def load_config(path: PathLike) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"is larger than {MAX_CONFIG_BYTES} bytes; not a training config", source=str(path))
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
+            data = {} if data is None else data
         else:
             data = json.loads(text)
-    except Exception as err:  # yaml.YAMLError, json.JSONDecodeError
-        raise ValueError(f"cannot parse config file {path}: {err}") from None
+    except (Exception, RecursionError) as err:  # yaml.YAMLError, ValueError (JSON, long integers), decoding
+        raise ConfigError(f"cannot parse config file {path}: {str(err)[:300] or type(err).__name__}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of option: value")
-    return TrainConfig.from_dict(data)
+        raise ConfigError(f"must hold a mapping of option: value, got a {type(data).__name__}", source=str(path))
+    return TrainConfig.from_dict(data, source=str(path))
 
 
 def read_classes_file(path: PathLike) -> Tuple[List[str], Optional[List[Tuple[int, int, int]]]]:

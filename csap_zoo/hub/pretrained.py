@@ -129,13 +129,13 @@ def _parse_config_file(config_path: Path) -> Dict[str, Any]:
         raise ConversionError(f"{config_path} is not valid JSON: nested too deeply") from None
     except ValueError as err:  # json.JSONDecodeError, and integers longer than Python converts
         raise ConversionError(f"{config_path} is not valid JSON: {err}") from None
-    saved = require_mapping(saved, "the file")
+    saved = require_mapping(saved)
     version = saved.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION or "model" not in saved:
         raise ConversionError(f"{config_path} is not a csap-zoo config (format_version {FORMAT_VERSION} expected)")
     unknown = [k for k in saved if k not in _CONFIG_KEYS]
     if unknown:
-        raise ConfigError(f"unknown entry; a config.json holds {list(_CONFIG_KEYS)}", field=unknown[0])
+        raise ConfigError(f"is not a known entry; a config.json holds {list(_CONFIG_KEYS)}", field=unknown[0])
     check_value(saved.get("csap_zoo_version"), Optional[str])
     return dict(saved)
 
@@ -154,12 +154,12 @@ def _read_model_folder(folder: Path) -> _ModelFolder:
         section = "data"
         data_config = DataConfig.from_dict(saved.get("data", {}))
         section = "metrics"
-        metrics = dict(require_mapping(saved.get("metrics", {}), "metrics"))
+        metrics = dict(require_mapping(saved.get("metrics", {})))
         section = None
         try:
             get_architecture(config.architecture)
         except ValueError as err:
-            raise ConfigError(str(err), field="model.architecture") from None
+            raise ConfigError(f"must name a registered architecture ({err})", field="model.architecture") from None
         names = data_config.class_names
         if names is not None and len(names) != config.num_classes:
             raise ConfigError(f"lists {len(names)} class names for model.num_classes={config.num_classes}",

@@ -54,11 +54,11 @@ def _check_backbone_arg_value(value: Any, depth: int = 0) -> Any:
 def check_backbone_args(args: Any, from_file: bool = False) -> Dict[str, Any]:
     """Backbone keyword arguments, checked: never the options the segmentor sets itself; ``from_file``: only JSON
     scalars and lists, and nothing that makes timm fetch or read weights."""
-    args = require_mapping(args, "backbone_args")
+    args = require_mapping(args)
     for key, value in args.items():
         if key in _RESERVED_BACKBONE_ARGS or (from_file and key in _WEIGHT_SOURCE_BACKBONE_ARGS):
             raise ConfigError(
-                "is not accepted in backbone_args: " + ("the segmentor sets it" if key in _RESERVED_BACKBONE_ARGS
+                "is not accepted: " + ("the segmentor sets it" if key in _RESERVED_BACKBONE_ARGS
                                                         else "it would make timm fetch or read weights, which "
                                                              "come from the model's own weights file"), field=key)
     if not from_file:
@@ -137,11 +137,11 @@ class SegmentorConfig:
         """From config.json's "model" object, which is untrusted: unknown keys, wrong types, values out of bounds,
         backbones from a model source (``hf-hub:``) and backbone options that fetch weights are ConfigErrors
         naming the field."""
-        values = dict(require_mapping(data, "the model config"))
+        values = dict(require_mapping(data))
         if "head" not in values:
             raise ConfigError("is required", field="head")
         try:
-            head = require_mapping(values["head"], "the head config")
+            head = require_mapping(values["head"])
         except ConfigError as err:
             raise err.located(prefix="head") from None
         head_type = head.get("type")

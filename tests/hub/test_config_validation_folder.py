@@ -214,3 +214,13 @@ def test_reading_a_folder_builds_the_backbone_without_pretrained_weights(saved, 
     assert calls and all(kwargs.get("pretrained") is False and "pretrained_cfg_overlay" not in kwargs
                          for _, kwargs in calls), calls
     assert hf_env.server.requests == []
+
+
+def test_a_config_describing_a_larger_model_than_its_weights_is_refused_before_allocating(saved, tmp_path):
+    # every value is within its bounds, but the backbone described needs ~40 GB: it is compared with the weights
+    # file on the meta device and refused without allocating it
+    folder = edited(saved, tmp_path, model(lambda m: m.update(backbone_args={"embed_dims": [50000] * 4})))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="does not fit the model; shape mismatches"):
+        from_pretrained(folder)  # not an allocation failure: nothing that size was allocated
+    assert time.perf_counter() - start < 5.0  # a meta build and a comparison (an allocation attempt is an error)
