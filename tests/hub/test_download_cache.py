@@ -282,3 +282,19 @@ def test_hf_damaged_cached_blob_is_downloaded_again(hf_env, hf_entry):
     blob.write_bytes(b"bit rot")
     again = fetch_checkpoint(hf_entry)
     assert hashlib.sha256(again.read_bytes()).hexdigest() == hf_entry.sha256
+
+
+def test_leftovers_of_the_flat_cache_layout_are_removed_once_old(url_server, tmp_path):
+    """Killed downloads of earlier versions left ``checkpoints/.<name>.<random>.partial`` (no lock): removed on the
+    next download of that file name once an hour old; a recent one may still be a live download and is kept."""
+    data = _payload("flat")
+    entry = _entry("mscan_tiny.in1k", UrlSource(url_server.add_file("w/mscan_t.pth", data)), data)
+    flat = tmp_path / "cache" / "checkpoints"
+    flat.mkdir(parents=True)
+    old, recent, other = flat / ".mscan_t.pth.k2j4h5g6.partial", flat / ".mscan_t.pth.a1b2c3d4.partial", flat / "x.pth"
+    for path in (old, recent, other):
+        path.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    fetch_checkpoint(entry, tmp_path / "cache")
+    assert not old.exists() and recent.exists() and other.exists()
