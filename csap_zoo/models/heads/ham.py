@@ -94,23 +94,26 @@ class NMF2D(nn.Module):
         self.register_buffer("fixed_bases", None, persistent=False)
         self.set_seed(seed)
 
-    def set_seed(self, seed: Optional[int]) -> None:
-        """Fix the initial bases to the draw of ``seed`` (None: fresh random bases on every call)."""
+    def set_seed(self, seed: Optional[int], device: Optional[torch.device] = None) -> None:
+        """Fix the initial bases to the draw of ``seed`` (None: fresh random bases on every call), kept on
+        ``device`` (default: where they were, else the CPU)."""
         _check_nmf_options(self.grad, seed)
-        device = self.fixed_bases.device if self.fixed_bases is not None else torch.device("cpu")
+        if device is None:
+            device = self.fixed_bases.device if self.fixed_bases is not None else torch.device("cpu")
         self.seed = seed
         self.fixed_bases = None if seed is None else self._seeded_bases(seed, device)
 
     def _seeded_bases(self, seed: int, device: torch.device) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
-        bases = torch.rand(self.num_splits, self.channels // self.num_splits, self.num_bases, generator=gen)
+        shape = (self.num_splits, self.channels // self.num_splits, self.num_bases)
+        bases = torch.rand(shape, generator=gen, device="cpu")  # the same numbers whatever the default device
         return F.normalize(bases, dim=1).to(device)
 
     def _apply(self, fn, *args, **kwargs):
-        # Module.to / .half / .double would cast the fixed bases; keep them float32 (the NMF always runs in
-        # float32) and follow only the device.
+        # Module.to / .half / .to_empty would cast or blank the fixed bases: redraw them (float32, the NMF's
+        # precision) on whatever device the move put them.
         super()._apply(fn, *args, **kwargs)
-        if self.seed is not None and self.fixed_bases is not None and self.fixed_bases.dtype != torch.float32:
+        if self.seed is not None and self.fixed_bases is not None:
             self.fixed_bases = self._seeded_bases(self.seed, self.fixed_bases.device)
         return self
 
@@ -296,7 +299,7 @@ class LightHamHead(nn.Module):
     def set_nmf_seed(self, seed: Optional[int]) -> None:
         """Fix the NMF's initial bases to the draw of ``seed`` for repeatable outputs; None restores fresh random
         bases on every call. (A saved config records the seed given at construction, not this call.)"""
-        self.hamburger.ham.set_seed(seed)
+        self.hamburger.ham.set_seed(seed, device=self.classifier.weight.device)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier for a new class count (e.g. to fine-tune on another dataset)."""

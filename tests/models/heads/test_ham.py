@@ -578,6 +578,11 @@ def test_seed_survives_dtype_and_device_moves_and_stays_out_of_the_state_dict():
         assert half.dtype == torch.float32 and torch.equal(half, bases)  # not rounded to bfloat16
         head.double().float()
         torch.testing.assert_close(head(feats), ref, rtol=0, atol=0)
+        with torch.device("meta"):  # shape-only builds (model cards, load probes) work too
+            meta = small_head(nmf_seed=5)
+        assert meta.to("meta").hamburger.ham.fixed_bases.is_meta
+        blank = meta.to_empty(device="cpu").hamburger.ham.fixed_bases  # uninitialised memory: redrawn
+        assert torch.equal(blank, bases)
         if torch.cuda.is_available():
             head.cuda()
             torch.testing.assert_close(head([f.cuda() for f in feats]).cpu(), ref, rtol=1e-4, atol=1e-4)
@@ -632,6 +637,8 @@ def test_nmf_options_travel_through_the_config():
 def test_bad_nmf_options_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         small_head(**kwargs)
+    with pytest.raises(ValueError, match=match.split(".")[0]):  # from a config (e.g. config.json) as well
+        HamHeadConfig(ham_channels=32, channels=32, num_bases=4, num_groups=8, **kwargs).build(MSCAN_T, 3)
 
 
 def test_config_json_records_the_nmf_options_and_an_old_one_still_loads(tmp_path):
