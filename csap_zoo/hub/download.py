@@ -44,7 +44,6 @@ not apply to it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import http.client
 import os
@@ -61,6 +60,11 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
 from .manifest import Checkpoint, HfSource, PackageSource, UrlSource
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks (see _try_lock)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "VerifiedFile", "default_cache_dir",
@@ -311,6 +315,23 @@ def _remove_hf_file(snapshot_path: Path, identity: Tuple[int, int]) -> bool:
 
 
 # ------------------------------------------------------------------ plain URLs
+def _try_lock(fd: int) -> Optional[bool]:
+    """Take an exclusive flock without waiting: True if taken, False if another process holds it, None where the
+    system or file system has no such locks (then cache entries are not serialised and only age marks a
+    ``.partial`` as stale)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
 def _positive_seconds(variable: str, default: Optional[float]) -> Optional[float]:
     text = os.environ.get(variable, "").strip()
     if not text:
@@ -352,7 +373,13 @@ def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Opt
             f"{_expected_hash(checkpoint)}; {fate}. Go online to download it again."
         )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot create the cache folder {target.parent} for checkpoint {checkpoint.name!r} ({err.strerror}). "
+            f"Point CSAP_ZOO_CACHE (or cache_dir) at a writable folder."
+        ) from None
     started = time.monotonic()
     wait = deadline if deadline is not None else _default_deadline(checkpoint.size_bytes)
     with _entry_lock(target, wait, checkpoint):
@@ -375,11 +402,7 @@ def _remove_bad_cache_file_offline(target: Path, got: _Read) -> bool:
     except OSError:  # a read-only cache: leave it
         return False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        return _unlink_if_same(target, got.identity)
+        return _try_lock(fd) is not False and _unlink_if_same(target, got.identity)
     finally:
         os.close(fd)
 
@@ -392,16 +415,16 @@ def _lock_path(target: Path) -> Path:
 def _entry_lock(target: Path, wait: float, checkpoint: Checkpoint) -> Iterator[None]:
     """Hold the cache entry's exclusive lock (waiting up to ``wait`` seconds for another process to release it)."""
     lock = _lock_path(target)
-    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot create the lock file {lock} for checkpoint {checkpoint.name!r} ({err.strerror}). Point "
+            f"CSAP_ZOO_CACHE (or cache_dir) at a writable folder."
+        ) from None
     try:
         give_up = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise
+        while _try_lock(fd) is False:
             if time.monotonic() >= give_up:
                 raise CheckpointError(
                     f"another process is downloading checkpoint {checkpoint.name!r} into {target.parent} and did "
@@ -418,7 +441,7 @@ def _remove_stale_partials(target: Path) -> List[Path]:
     """Remove our own ``.partial`` files of this entry that no live process holds locked (leftovers of a crash),
     and leftovers of the older flat cache layout once they are old. Called with the entry's lock held."""
     removed = []
-    candidates = [(p, 0.0) for p in target.parent.glob(f".{target.name}.*.partial")]
+    candidates = [(p, 0.0) for p in target.parent.glob(f".{target.name}.*.partial")]  # locked while live
     candidates += [(p, _OLD_PARTIAL_AGE) for p in target.parent.parent.glob(f".{target.name}.*.partial")]
     for partial, min_age in candidates:
         try:
@@ -427,12 +450,11 @@ def _remove_stale_partials(target: Path) -> List[Path]:
             continue
         try:
             info = os.fstat(fd)
-            if min_age and time.time() - info.st_mtime < min_age:
+            locked = _try_lock(fd)
+            if locked is None:  # no locks here: only age tells a leftover from a live download
+                min_age = _OLD_PARTIAL_AGE
+            if locked is False or (min_age and time.time() - info.st_mtime < min_age):
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live download
             if _unlink_if_same(partial, (info.st_dev, info.st_ino)):
                 removed.append(partial)
         finally:
@@ -448,7 +470,7 @@ def _create_partial(target: Path) -> Tuple[int, Path]:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _try_lock(fd)  # a new file nobody else has opened: taken at once where locks exist
         return fd, partial
 
 
@@ -587,8 +609,9 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
                             f"({progress()}); the server stalled. Nothing was cached; retry later, or allow longer "
                             f"pauses with CSAP_ZOO_READ_TIMEOUT=<seconds>."
                         ) from None
+                    detail = f"; {progress()}" if received else ""
                     raise CheckpointError(f"downloading checkpoint {name!r} from {url} failed "
-                                          f"({type(err).__name__}: {err}; {progress()}). Nothing was cached; "
+                                          f"({type(err).__name__}: {err}{detail}). Nothing was cached; "
                                           f"retry.") from None
             if watchdog.expired:
                 rate = received / max(time.monotonic() - watchdog.started, 1e-9) / 1024
