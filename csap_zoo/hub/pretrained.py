@@ -136,7 +136,10 @@ def _parse_config_file(config_path: Path) -> Dict[str, Any]:
     unknown = [k for k in saved if k not in _CONFIG_KEYS]
     if unknown:
         raise ConfigError(f"is not a known entry; a config.json holds {list(_CONFIG_KEYS)}", field=unknown[0])
-    check_value(saved.get("csap_zoo_version"), Optional[str])
+    try:
+        check_value(saved.get("csap_zoo_version"), Optional[str])
+    except ConfigError as err:
+        raise err.located(prefix="csap_zoo_version") from None
     return dict(saved)
 
 

@@ -72,6 +72,7 @@ HOSTILE = {
     "list instead of head": (model(lambda m: m.update(head=["csap"])), "model.head"),
     "string instead of data": (lambda d: d.update(data="imagenet"), "data"),
     "list instead of metrics": (lambda d: d.update(metrics=[91.2]), "metrics"),
+    "number as version": (lambda d: d.update(csap_zoo_version=1), "csap_zoo_version"),
     # wrong types
     "string num_classes": (model(lambda m: m.update(num_classes="3")), "model.num_classes"),
     "float num_classes": (model(lambda m: m.update(num_classes=3.0)), "model.num_classes"),
