@@ -330,9 +330,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body[sent : sent + current.step])
                 self.wfile.flush()
                 sent += current.step
-                if sent < len(body) and self.owner._stopping.wait(current.delay):
-                    self.close_connection = True
-                    return
+                pause_until = time.monotonic() + current.delay
+                while sent < len(body) and throttle() == current and time.monotonic() < pause_until:
+                    if self.owner._stopping.wait(min(0.05, max(pause_until - time.monotonic(), 0))):
+                        self.close_connection = True
+                        return
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 

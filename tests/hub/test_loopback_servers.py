@@ -390,3 +390,40 @@ def test_network_guard_allows_loopback(url_server, no_network):
     with urllib.request.urlopen(url) as r:
         assert r.read() == b"1"
     assert no_network.attempts == []
+
+
+def test_url_server_throttle_and_heal(url_server):
+    import time
+
+    data = _data(4000, seed=b"slow")
+    url = url_server.add_file("slow.pth", data)
+    url_server.throttle("slow.pth", 1000, 0.1)
+    started = time.monotonic()
+    with urllib.request.urlopen(url) as r:
+        assert r.read() == data  # complete, only slow: 3 pauses of 0.1 s
+    assert 0.3 <= time.monotonic() - started < 3
+    url_server.throttle("slow.pth", 1000, 0, header_delay=0.3)
+    started = time.monotonic()
+    with urllib.request.urlopen(url) as r:
+        assert time.monotonic() - started >= 0.3 and r.read() == data
+    # healing speeds up a response already under way
+    url_server.throttle("slow.pth", 100, 30)
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.read1(100) == data[:100]
+        url_server.heal("slow.pth")
+        rest = b""
+        while chunk := r.read1(4000):
+            rest += chunk
+    assert data[:100] + rest == data
+
+
+def test_url_server_fail(url_server):
+    url = url_server.add_file("e.pth", b"x")
+    url_server.fail("e.pth", 503)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url)
+    assert info.value.code == 503 and info.value.reason == "Service Unavailable"
+    info.value.close()
+    url_server.heal("e.pth")
+    with urllib.request.urlopen(url) as r:
+        assert r.read() == b"x"
