@@ -348,7 +348,7 @@ class _LabelTally:
         import threading
 
         self.dataset, self.samples = dataset, dataset.samples
-        self.masks = self.labelled = 0
+        self.labelled = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -361,7 +361,6 @@ class _LabelTally:
         mask = self.dataset.load_mask(index)
         labelled = _labelled(mask, self.dataset.info.ignore_index)
         with self._lock:
-            self.masks += 1
             self.labelled += labelled
         return mask
 

@@ -144,3 +144,19 @@ def test_checkpoints_and_exports_follow_the_umask(tiny_shapes, tmp_path, umask_0
         for name in ("config.json", "model.safetensors", "README.md"):
             assert _mode(out / folder / name) == 0o664
     assert _mode(out / "log.jsonl") == 0o664
+
+
+def test_a_checkpoint_without_stored_metrics_is_evaluated_again(tiny_shapes, tmp_path):
+    """Checkpoints of earlier versions lack the last evaluation: resuming at the end measures it again."""
+    out = tmp_path / "run"
+    done = train(tiny_config(tiny_shapes, out, export=True))
+    expected = (out / "final" / "config.json").read_text()
+    path = out / "checkpoints" / "iter_00000004.pt"
+    state = torch.load(path, weights_only=True)
+    state.pop("last_metrics", None)
+    torch.save(state, path)
+    shutil.rmtree(out / "final")
+    again = train(tiny_config(tiny_shapes, out, export=True, resume="auto"))
+    assert again.history == [] and again.metrics == done.metrics
+    assert (out / "final" / "config.json").read_text() == expected
+    assert [e["iter"] for e in again.evaluations] == [4]  # measured, not recorded twice
