@@ -36,7 +36,9 @@ What is guaranteed:
 Timeouts (URL sources): every download has an overall deadline, ``CSAP_ZOO_DOWNLOAD_TIMEOUT`` seconds or the
 ``timeout`` argument; the default is generous, 10 minutes plus the time the file takes at 128 KiB/s (from the
 manifest's ``size_bytes`` or the server's Content-Length; 1 hour when neither is known). Each read also times out
-after ``CSAP_ZOO_READ_TIMEOUT`` seconds without data (default 60). The errors name the URL and how much had arrived.
+after ``CSAP_ZOO_READ_TIMEOUT`` seconds without data (default 60). The deadline covers a connection from the moment
+it is established (for HTTPS: after the TLS handshake, which only the per-read timeout bounds) through the response
+headers and body. The errors name the URL and how much had arrived.
 Hub sources use huggingface_hub's own timeouts: ``HF_HUB_ETAG_TIMEOUT`` for the metadata request and
 ``HF_HUB_DOWNLOAD_TIMEOUT`` per read (10 s each by default); huggingface_hub has no overall deadline, and ours does
 not apply to it.
@@ -475,9 +477,8 @@ def _create_partial(target: Path) -> Tuple[int, Path]:
 
 
 class _Deadline:
-    """Shuts down the sockets of a download once its time is up, so that no read (headers included) can outlast it.
-
-    ``seconds`` None: the default deadline, from the size once the server announces it.
+    """Shuts down the sockets of a download once its time is up, so that no read (response headers included) can
+    outlast it. ``seconds`` may be changed while it runs (the default deadline, once the server announces the size).
     """
 
     def __init__(self, seconds: float) -> None:
@@ -613,7 +614,7 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
                     raise CheckpointError(f"downloading checkpoint {name!r} from {url} failed "
                                           f"({type(err).__name__}: {err}{detail}). Nothing was cached; "
                                           f"retry.") from None
-            if watchdog.expired:
+            if watchdog.expired and received != expected_size:
                 rate = received / max(time.monotonic() - watchdog.started, 1e-9) / 1024
                 raise CheckpointError(
                     f"downloading checkpoint {name!r} from {url} did not finish within {setting} and was stopped: "

@@ -53,7 +53,7 @@ def test_overall_deadline_stops_a_slow_server(url_server, tmp_path, monkeypatch,
     message = str(err)
     assert url in message and "1.5 s" in message and "CSAP_ZOO_DOWNLOAD_TIMEOUT" in message
     assert f"of {len(DATA)} bytes" in message and "received" in message
-    assert 1.4 < took < 4
+    assert 1.4 < took < 8  # the deadline, plus slack for a busy machine
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
@@ -65,7 +65,7 @@ def test_per_read_timeout_names_the_stalled_source(url_server, tmp_path, monkeyp
     err = result.get("error")
     assert isinstance(err, CheckpointError), result
     assert url in str(err) and "no data for 0.5 s" in str(err) and "1000 of 65536 bytes" in str(err)
-    assert took < 4
+    assert took < 8
 
 
 def test_timeout_setting_must_be_a_positive_number(url_server, tmp_path, monkeypatch):
