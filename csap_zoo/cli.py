@@ -301,7 +301,8 @@ def _add_train(sub) -> None:
     train.add_argument("--init", help="imagenet, scratch, a zoo checkpoint name, or a local checkpoint/folder")
     train.add_argument("--max-iters", dest="max_iters", type=int, metavar="N")
     train.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="global batch size")
-    train.add_argument("--resume", metavar="auto|PATH", help="resume: 'auto' (latest in OUT) or a checkpoint")
+    train.add_argument("--resume", metavar="auto|PATH", help="resume: 'auto' (newest readable checkpoint in OUT), a checkpoint file, or a run / "
+                       "checkpoints folder")
     train.add_argument("--device", help="auto, cpu, cuda")
     train.add_argument("--num-workers", dest="num_workers", type=int, metavar="N")
     train.add_argument("--seed", type=int)

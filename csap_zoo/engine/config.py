@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..fileio import atomic_write
 from ..models.registry import apply_head_overrides, get_architecture
 from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, MAX_IMAGE_SIZE, check_backbone_args
 from ..validation import ConfigError, check_dataclass, describe, numbers_from_strings, option, require_mapping
@@ -205,10 +206,7 @@ class TrainConfig:
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         else:
             text = json.dumps(self.to_dict(), indent=2) + "\n"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def load_config(path: PathLike) -> TrainConfig:
