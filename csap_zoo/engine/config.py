@@ -21,6 +21,7 @@ from ..fileio import atomic_write
 from ..models.registry import apply_head_overrides, get_architecture
 from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, MAX_IMAGE_SIZE, check_backbone_args
 from ..validation import ConfigError, check_dataclass, describe, numbers_from_strings, option, require_mapping
+from .optim import resolve_param_rules
 
 __all__ = ["ConfigError", "PRESETS", "TrainConfig", "get_preset", "list_presets", "load_config", "read_classes_file"]
 
@@ -59,9 +60,11 @@ class TrainConfig:
     mean/std (0-255). Evaluation: test_size (keep-ratio resize, or None), eval_mode whole/slide, eval_crop_size,
     eval_stride.
 
-    Optimisation: AdamW(lr, betas, weight_decay), head_lr_mult for ``decode_head.*``, no decay on norms, biases
-    and layer scales; linear warmup for warmup_iters from warmup_ratio, then poly(power) to min_lr; amp
-    ``"auto"`` (bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU), ``"bf16"``, ``"fp16"``,
+    Optimisation: AdamW(lr, betas, weight_decay); param_rules picks each parameter's lr and decay: ``"mmseg"``
+    (the official SegNeXt configs: names containing ``norm`` or ``pos_block`` without decay, ``head`` at
+    head_lr_mult x lr), ``"no-decay-1d"`` (head at head_lr_mult x lr, no decay on any 1-D parameter, bias, norm
+    or layer scale), or a list of ``{key, lr_mult, decay_mult}`` rules (see ``csap_zoo.engine.optim``); linear
+    warmup for warmup_iters from warmup_ratio, then poly(power) to min_lr; amp ``"auto"`` (bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU), ``"bf16"``, ``"fp16"``,
     ``"none"``; accum_steps micro-steps per optimiser step; clip_grad (max grad norm) or None.
 
     Run: max_iters, eval_interval, checkpoint_interval, log_interval (0 = never), keep_checkpoints,
@@ -110,6 +113,7 @@ class TrainConfig:
     betas: Tuple[float, float] = option((0.9, 0.999), 0, 1)
     weight_decay: float = option(0.01, 0, 10)
     head_lr_mult: float = option(10.0, 0, 1e4, low_open=True)
+    param_rules: Union[str, List[Dict[str, Any]]] = "mmseg"
     warmup_iters: int = option(1500, 0, MAX_ITERS)
     warmup_ratio: float = option(1e-6, 0, 1)
     poly_power: float = option(1.0, 0, 100)
@@ -162,6 +166,10 @@ class TrainConfig:
             apply_head_overrides(arch.head, self.model_kwargs, self.model)
         except ConfigError as err:
             raise err.located(prefix="model_kwargs") from None
+        try:
+            resolve_param_rules(self.param_rules, self.head_lr_mult)
+        except ValueError as err:
+            raise ConfigError(f"is not a parameter rule set: {err}", field="param_rules") from None
         try:
             check_backbone_args(self.backbone_args, from_file=True)
         except ConfigError as err:
@@ -263,7 +271,8 @@ def read_classes_file(path: PathLike) -> Tuple[List[str], Optional[List[Tuple[in
     return names, None
 
 
-_RECIPE = dict(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01, head_lr_mult=10.0, warmup_iters=1500,
+_RECIPE = dict(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01, head_lr_mult=10.0, param_rules="mmseg",
+               warmup_iters=1500,
                warmup_ratio=1e-6, poly_power=1.0, min_lr=0.0, cat_max_ratio=0.75, flip_prob=0.5, photometric=True,
                ratio_range=(0.5, 2.0), init="imagenet")
 
@@ -285,7 +294,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "shapes-demo": dict(dataset="folder", dataset_name="shapes", data_root="data/shapes", model="csap_tiny",
                         init="scratch", crop_size=(96, 96), scale=(128, 128), ratio_range=(0.75, 1.5),
                         cat_max_ratio=1.0, flip_prob=0.5, photometric=True, batch_size=8, lr=2e-3,
-                        head_lr_mult=1.0, weight_decay=0.01, warmup_iters=50, warmup_ratio=1e-3, max_iters=1000,
+                        head_lr_mult=1.0, param_rules="no-decay-1d", weight_decay=0.01, warmup_iters=50, warmup_ratio=1e-3, max_iters=1000,
                         eval_interval=250, checkpoint_interval=250, log_interval=20, test_size=(128, 128),
                         eval_mode="whole", num_workers=1, out_dir="runs/shapes-demo"),
 }

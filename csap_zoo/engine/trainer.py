@@ -59,6 +59,7 @@ from ..evaluation import Evaluator
 from ..fileio import atomic_write, clean_stale_temp
 from ..models.segmentor import DataConfig, Segmentor
 from .config import TrainConfig, get_preset, load_config, read_classes_file
+from .optim import describe_param_groups, param_groups
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainResult", "Trainer", "build_datasets", "load_training_checkpoint", "train"]
 
@@ -228,26 +229,6 @@ class WarmupPoly:
         span = max(self.max_iters - self.warmup_iters, 1)
         progress = min(max(it - self.warmup_iters, 0) / span, 1.0)
         return (1.0 - self.min_ratio) * (1.0 - progress) ** self.power + self.min_ratio
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> List[Dict[str, Any]]:
-    """AdamW groups: ``decode_head.*`` at ``lr * head_lr_mult``; norms, biases and layer scales (every 1-D
-    parameter) without weight decay."""
-    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
-    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-    norm_params = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(False)}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        head = name.startswith("decode_head.") or ".decode_head." in name
-        no_decay = param.ndim <= 1 or name.endswith(".bias") or id(param) in norm_params or "gamma" in name
-        groups.setdefault((head, no_decay), []).append(param)
-    out = []
-    for (head, no_decay), params in sorted(groups.items()):
-        out.append({"params": params, "lr": lr * (head_lr_mult if head else 1.0),
-                    "weight_decay": 0.0 if no_decay else weight_decay,
-                    "name": f"{'head' if head else 'backbone'}{'_no_decay' if no_decay else ''}"})
-    return out
 
 
 def _amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
@@ -447,8 +428,9 @@ class Trainer:
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg.lr, cfg.weight_decay, cfg.head_lr_mult),
-                                           lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        groups = param_groups(self.module, cfg.lr, cfg.weight_decay, cfg.param_rules, cfg.head_lr_mult)
+        self._log(f"parameter groups (param_rules={cfg.param_rules!r}):\n{describe_param_groups(groups)}")
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.schedule = WarmupPoly(cfg.max_iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power,
                                    cfg.min_lr / cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -576,6 +558,13 @@ class Trainer:
         state = self._resume_state if self._resume_state is not None else load_training_checkpoint(path)
         self._resume_state = None
         self.module.load_state_dict(state["model"])
+        saved_rules = state.get("config", {}).get("param_rules", "no-decay-1d")  # older versions had only that rule
+        saved_groups = len(state["optimizer"].get("param_groups", []))
+        if saved_rules != self.config.param_rules or saved_groups != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"{path} was trained with param_rules={saved_rules!r} ({saved_groups} parameter groups); this "
+                f"config has param_rules={self.config.param_rules!r} ({len(self.optimizer.param_groups)} groups), "
+                f"so its optimiser state does not fit. Resume with param_rules={saved_rules!r}, or start a new run.")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -110,3 +110,49 @@ def test_describe_param_groups_counts_every_tensor():
     counts = [int(m) for m in re.findall(r": (\d+) tensors", text)]
     assert sum(counts) == sum(1 for _ in model.parameters())
     assert len(text.splitlines()) == len(groups) == 3
+
+
+def test_recipe_presets_use_the_official_rule_and_the_demo_keeps_its_own():
+    from csap_zoo.engine import get_preset
+
+    for name in ("ade20k", "cityscapes", "cocostuff"):
+        assert get_preset(name).param_rules == "mmseg"
+    assert get_preset("shapes-demo").param_rules == "no-decay-1d"
+    with pytest.raises(ValueError, match="param_rules"):
+        get_preset("ade20k").replace(param_rules="mmsegg")
+
+
+def test_trainer_builds_its_optimiser_from_the_rule_and_prints_the_groups(tiny_shapes, tmp_path, capsys):
+    from csap_zoo.engine.trainer import Trainer
+
+    from .conftest import tiny_config
+
+    trainer = Trainer(tiny_config(tiny_shapes, tmp_path / "run", param_rules="mmseg", head_lr_mult=10.0,
+                                  max_iters=1))
+    try:
+        names = {id(p): n for n, p in trainer.module.named_parameters()}
+        got = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups
+               for p in g["params"]}
+        base_lr = trainer.config.lr * trainer.schedule(0)  # the scheduler has applied the warmup factor
+        expected = {n: mmcv_custom_keys(n, base_lr, 0.01, OFFICIAL_CUSTOM_KEYS) for n in names.values()}
+        assert {n: v for n, v in got.items() if not _close(v, expected[n])} == {}
+    finally:
+        trainer.close()
+    err = capsys.readouterr().err
+    assert "parameter groups (param_rules='mmseg')" in err
+    assert sum(int(m) for m in re.findall(r": (\d+) tensors", err)) == len(names)
+
+
+def test_resume_with_other_rules_is_a_clear_error(tiny_shapes, tmp_path):
+    from csap_zoo.engine import train
+
+    out = tmp_path / "run"
+    train(tiny_config_for(tiny_shapes, out, max_iters=2, checkpoint_interval=2))
+    with pytest.raises(ValueError, match=r"param_rules='no-decay-1d'.*Resume with param_rules='no-decay-1d'"):
+        train(tiny_config_for(tiny_shapes, out, max_iters=4, param_rules="mmseg", resume="auto"))
+
+
+def tiny_config_for(*args, **kwargs):
+    from .conftest import tiny_config
+
+    return tiny_config(*args, **kwargs)

@@ -7,7 +7,7 @@ import torch
 import csap_zoo
 from csap_zoo.cli import main
 from csap_zoo.engine import TrainConfig, get_preset, list_presets, load_config
-from csap_zoo.engine.trainer import GlobalBatchSampler, WarmupPoly, param_groups
+from csap_zoo.engine.trainer import GlobalBatchSampler, WarmupPoly
 
 
 def test_presets_follow_the_recipe():
@@ -45,20 +45,6 @@ def test_round_trip_and_preset_key(tmp_path, suffix):
 def test_bad_settings_are_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict({**TrainConfig().to_dict(), **changes})
-
-
-def test_param_groups_head_lr_and_no_decay():
-    model = csap_zoo.create_model("csap_tiny", num_classes=3)
-    groups = {g["name"]: g for g in param_groups(model, 6e-5, 0.01, 10.0)}
-    assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
-    assert groups["head"]["lr"] == pytest.approx(6e-4) and groups["backbone"]["lr"] == pytest.approx(6e-5)
-    names = {id(p): n for n, p in model.named_parameters()}
-    no_decay = [names[id(p)] for g in ("backbone_no_decay", "head_no_decay") for p in groups[g]["params"]]
-    assert all(groups[g]["weight_decay"] == 0 for g in ("backbone_no_decay", "head_no_decay"))
-    assert any("ls1.gamma" in n for n in no_decay) and any(n.endswith(".bias") for n in no_decay)
-    assert any("norm" in n and n.endswith(".weight") for n in no_decay)
-    assert all(p.ndim > 1 for g in ("backbone", "head") for p in groups[g]["params"])
-    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
 
 
 def test_warmup_then_poly():
