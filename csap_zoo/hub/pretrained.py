@@ -29,7 +29,7 @@ from ..models.registry import build_model, get_architecture, parse_model_name
 from ..models.segmentor import MAX_CLASSES, DataConfig, Segmentor, SegmentorConfig
 from ..validation import ConfigError, check_value, require_mapping
 from .convert import ConversionError, convert_state_dict, read_state_dict
-from .download import CheckpointError, CheckpointUnavailableError, fetch_checkpoint, fetch_verified, is_offline
+from .download import CheckpointError, CheckpointUnavailableError, fetch_verified, is_offline
 from .manifest import Checkpoint, Manifest, default_manifest
 from .serialization import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 

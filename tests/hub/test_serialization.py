@@ -42,8 +42,11 @@ def test_save_and_reload_exactly(model, tmp_path):
 
 def test_reloading_never_downloads_backbone_weights(model, tmp_path, monkeypatch):
     folder = model.save_pretrained(str(tmp_path / "m"))
-    monkeypatch.setattr("csap_zoo.hub.pretrained.fetch_checkpoint",
-                        lambda *a, **k: pytest.fail("from_pretrained must not fetch anything"))
+    for fetcher in ("fetch_checkpoint", "fetch_verified"):
+        monkeypatch.setattr(f"csap_zoo.hub.download.{fetcher}",
+                            lambda *a, **k: pytest.fail("from_pretrained must not fetch anything"))
+        monkeypatch.setattr(f"csap_zoo.hub.pretrained.{fetcher}",
+                            lambda *a, **k: pytest.fail("from_pretrained must not fetch anything"), raising=False)
     from_pretrained(folder)
 
 
