@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 import csap_zoo
@@ -245,3 +246,172 @@ def test_dataset_info_follows_the_model(tiny):
     assert Segmenter(csap_zoo.create_model("csap_tiny.cityscapes")).dataset_info.name == "cityscapes"
     info = Segmenter(tiny).dataset_info
     assert info.num_classes == 4 and len(set(info.palette)) == 4
+
+
+# ---------------------------------------------------------------------- hostile inputs and bounded memory
+def test_banded_resize_and_argmax_equal_the_full_size_ones():
+    from csap_zoo.inference import resize_rows
+
+    torch.manual_seed(0)
+    for (h, w), (H, W) in [((13, 17), (100, 133)), ((64, 48), (512, 384)), ((90, 70), (41, 33))]:
+        logits = torch.randn(1, 6, h, w)
+        whole = torch.cat(list(resize_rows([logits], (h, w), (H, W), band_elements=10 ** 9)), dim=2)
+        bands = [logits[:, :, i:i + 5] for i in range(0, h, 5)]
+        banded = torch.cat(list(resize_rows(bands, (h, w), (H, W), band_elements=6 * W * 3)), dim=2)
+        assert torch.equal(banded, whole)  # banding changes nothing
+        reference = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(banded, reference, atol=1e-4, rtol=0)
+        top2 = reference.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-4  # everywhere but near-ties
+        assert torch.equal(banded.argmax(1)[clear], reference.argmax(1)[clear])
+
+
+def _old_slide(seg, x):
+    """The full-size accumulator slide inference used before it was streamed."""
+    (ch, cw), (sh, sw) = seg.config.crop_size, seg.config.stride
+    _, _, height, width = x.shape
+    rows = max(height - ch + sh - 1, 0) // sh + 1
+    cols = max(width - cw + sw - 1, 0) // sw + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * sh + ch, height), min(c * sw + cw, width)
+            boxes.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+    total, count = None, torch.zeros((1, 1, height, width))
+    step = seg.config.slide_batch_size
+    for start in range(0, len(boxes), step):
+        chunk = boxes[start:start + step]
+        logits = seg._forward(torch.cat([x[:, :, a:b, c:d] for a, b, c, d in chunk], dim=0))
+        if total is None:
+            total = torch.zeros((1, logits.shape[1], height, width))
+        for i, (a, b, c, d) in enumerate(chunk):
+            total[:, :, a:b, c:d] += logits[i:i + 1]
+            count[:, :, a:b, c:d] += 1
+    return total / count
+
+
+@pytest.mark.parametrize("size,crop,stride,batch", [((333, 517), 128, 96, 4), ((200, 150), 96, 40, 3),
+                                                    ((128, 300), 128, 100, 1)])
+def test_streamed_slide_gives_the_same_logits_and_labels_as_one_accumulator(tiny, size, crop, stride, batch):
+    seg = Segmenter(tiny, mode="slide", crop_size=crop, stride=stride, slide_batch_size=batch)
+    image = _image(*size, seed=3)
+    x = seg._normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    with torch.inference_mode():
+        expected = _old_slide(seg, x)
+        streamed = torch.cat(list(seg._slide_rows(x)), dim=2)
+    assert torch.equal(streamed, expected)
+    np.testing.assert_array_equal(seg.predict(image), expected.max(1).indices[0].numpy())
+
+
+def test_whole_mode_labels_agree_with_full_size_logits(tiny):
+    """Whole mode resizes the head's stride-8 logits band by band; the labels equal those of the full-size
+    F.interpolate path except at near-ties (none on these images). (Sizes where decoding is not reduced.)"""
+    for size, resize in [((333, 517), None), ((300, 200), (256, 192)), ((97, 100), (256, 256))]:
+        seg = Segmenter(tiny, resize=resize)
+        image = _image(*size, seed=5)
+        raw = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        scores, _ = seg.scores(raw)
+        np.testing.assert_array_equal(seg.predict(image), scores.max(1).indices[0].numpy())
+
+
+def test_non_finite_tensors_are_refused_with_the_first_index(tiny):
+    seg = Segmenter(tiny)
+    batch = torch.full((2, 3, 40, 40), 100.0)
+    batch[1, 2, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"1 non-finite.*\(1, 2, 3, 4\)"):
+        seg.predict(batch)
+    single = torch.full((3, 40, 40), 100.0)
+    single[0, 5, 6] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite.*\(0, 5, 6\)"):
+        seg.predict(single)
+    with pytest.raises(ValueError, match="non-finite"):
+        seg.predict(np.full((40, 40, 3), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_models_and_tensors_in_other_float_dtypes(tiny, dtype):
+    import copy
+
+    image = _image(64, 64, seed=2)
+    expected = Segmenter(tiny).predict(image)
+    tensor = torch.from_numpy(image).permute(2, 0, 1).to(dtype)
+    np.testing.assert_array_equal(Segmenter(tiny).predict(tensor) if dtype == torch.float64 else
+                                  Segmenter(tiny).predict(tensor).shape, expected if dtype == torch.float64 else
+                                  expected.shape)
+    other = copy.deepcopy(tiny).to(dtype)
+    labels = Segmenter(other, optimize=False).predict(image)
+    assert labels.shape == (64, 64) and labels.dtype == np.int64
+    if dtype == torch.float64:
+        np.testing.assert_array_equal(labels, expected)
+
+
+def test_pixel_limit_names_the_image_and_how_to_raise_it(tmp_path, tiny):
+    path = tmp_path / "wide.png"
+    Image.new("1", (4000, 3000)).save(path)
+    with pytest.raises(ValueError, match=r"wide\.png.*4000x3000.*limit of 1,000,000.*max_pixels"):
+        Segmenter(tiny, max_pixels=1_000_000, resize=(64, 64)).predict(path)
+    labels = Segmenter(tiny, max_pixels=20_000_000, resize=(64, 64)).predict(path)
+    assert labels.shape == (3000, 4000)
+    with pytest.raises(ValueError, match="max_pixels must be"):
+        Segmenter(tiny, max_pixels=-1)
+
+
+def test_whole_mode_refuses_inputs_above_its_limit_and_suggests_slide(tiny):
+    with pytest.raises(ValueError, match=r"whole-image inference.*50x60.*whole_max_pixels=1,000.*slide"):
+        Segmenter(tiny, whole_max_pixels=1000).predict(_image(50, 60))
+    assert Segmenter(tiny, mode="slide", crop_size=32, stride=32, whole_max_pixels=1000).predict(
+        _image(50, 60)).shape == (50, 60)
+
+
+def test_reduced_decoding_for_every_input_kind(tmp_path, tiny):
+    image = _image(400, 520, seed=4)
+    path = tmp_path / "big.png"
+    Image.fromarray(image).save(path)
+    seg = Segmenter(tiny, resize=(64, 64))
+    expected = seg.predict(image)
+    assert expected.shape == (400, 520)
+    for source in (path, Image.fromarray(image), torch.from_numpy(image).permute(2, 0, 1)):
+        np.testing.assert_array_equal(seg.predict(source), expected)
+    agree = (seg.predict(torch.from_numpy(image).permute(2, 0, 1).float()) == expected).mean()
+    assert agree > 0.95  # float tensors are averaged without rounding to uint8
+
+
+_MEMORY_CHILD = r"""
+import resource, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+import csap_zoo
+from csap_zoo.inference import Segmenter
+side, path = int(sys.argv[1]), sys.argv[2]
+torch.manual_seed(0)
+seg = Segmenter(csap_zoo.create_model("csap_tiny", num_classes=4).eval(), resize=(128, 128))
+seg.predict(np.zeros((300, 300, 3), np.uint8))  # warm up kernels and allocator
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+labels = seg.predict(path)
+assert labels.shape == (side, side)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_of_predicting_a_large_file_is_bounded(tmp_path):
+    """A 4096^2 RGB PNG (48 MiB decoded, 128 MiB as the returned int64 labels) with the model at 128x128, in a
+    fresh child: the old pipeline held a full-size float image and (K, H, W) logits (about 700 MiB more); now the
+    growth is the decoded image, the labels and bands."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    side, path = 4096, tmp_path / "big.png"
+    ramp = Image.linear_gradient("L").resize((side, side))
+    image = Image.merge("RGB", (ramp, ramp.rotate(90), ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    ImageDraw.Draw(image).ellipse([side // 4, side // 4, 3 * side // 4, 3 * side // 4], fill=(200, 30, 90))
+    image.save(path, compress_level=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(side), str(path)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth_mib = int(out.stdout.strip().splitlines()[-1])
+    assert growth_mib < 400, f"peak RSS grew by {growth_mib} MiB"
