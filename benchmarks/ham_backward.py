@@ -8,7 +8,7 @@ the image (what the trainer does) and on the stride-8 logits (the head alone, an
   warm-up steps; median and p90 per variant.
 * memory: (a) bytes the autograd graph saves for backward (saved-tensor hooks, each storage counted once);
   (b) peak resident-memory growth of one step in a fresh process (VmHWM minus the resident size before the
-  step), several processes per variant, run round-robin.
+  step, large allocations mmap-ed so that freed memory leaves), several processes per variant, run round-robin.
 
     OMP_NUM_THREADS=1 python benchmarks/ham_backward.py                 # 1 thread, writes benchmarks/results/
     python benchmarks/ham_backward.py --repeats 20 --memory-runs 5
@@ -107,7 +107,10 @@ def _child(mode: str, loss: str, height: int, width: int, batch: int) -> None:
 
 
 def peak_memory(height: int, width: int, batch: int, runs: int, threads: int) -> Dict[str, List[float]]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # glibc serves allocations >= 64 KiB with mmap and unmaps them on free: resident memory then follows the live
+    # tensors instead of whatever the heap keeps cached (without it the peaks of one variant vary by ~30 %).
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               MALLOC_MMAP_THRESHOLD_="65536")
     keys = [(m, loss) for m in MODES for loss in LOSSES]
     out: Dict[str, List[float]] = {f"{m}/{loss}": [] for m, loss in keys}
     for r in range(runs):
