@@ -50,8 +50,8 @@ class NMF2D(nn.Module):
         channels: C of the input.
         num_bases: rank R of the factorisation.
         num_splits: number of channel groups factorised independently (S).
-        train_steps: no-grad update iterations in training mode.
-        eval_steps: no-grad update iterations in eval mode.
+        train_steps: update iterations in training mode.
+        eval_steps: update iterations in eval mode.
         inv_t: inverse temperature of the softmax that initialises the coefficients.
         eps: added to every denominator of the multiplicative updates.
         grad: ``"full"`` backpropagates through every update; ``"one-step"`` runs the iterations without gradient
@@ -119,7 +119,7 @@ class NMF2D(nn.Module):
 
     @property
     def steps(self) -> int:
-        """Number of no-grad update iterations the current mode runs."""
+        """Number of update iterations the current mode runs (before the final coefficient update)."""
         return self.train_steps if self.training else self.eval_steps
 
     def init_bases(self, batch: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
