@@ -184,3 +184,92 @@ def _classes(root, n):
     path = root / "classes.txt"
     path.write_text("\n".join(f"c{i}" for i in range(n)))
     return path
+
+
+# ---------------------------------------------------------------------- streamed outputs equal the full-size ones
+class _ManyClasses(torch.nn.Module):
+    """A per-pixel linear model with 300 classes (labels above 255: 16-bit label PNGs, the ignore index 255 is a
+    real prediction)."""
+
+    num_classes, in_chans, min_size = 300, 3, 1
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.proj = torch.nn.Conv2d(3, 300, 1)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _scene(h, w, seed):
+    """A picture with regions (so labels vary in blobs) plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], axis=-1)
+    blobs = ((xx // 37 + yy // 29) % 3)[..., None] * np.array([80, -60, 40])
+    return np.clip(base + blobs + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _reference_inputs(root):
+    """Files of several modes and orientations, as they come from cameras and tools."""
+    root.mkdir(parents=True, exist_ok=True)
+    rgb = _scene(230, 310, 0)
+    files = {}
+    Image.fromarray(rgb).save(root / "rgb.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_scene(200, 260, 1)).save(root / "rotated.jpg", quality=92, exif=exif.tobytes())
+    exif[0x0112] = 3
+    Image.fromarray(_scene(150, 170, 2)).save(root / "flipped_png.png", exif=exif.tobytes())
+    exif[0x0112] = 7
+    Image.fromarray(_scene(121, 187, 7)).save(root / "transverse.png", exif=exif.tobytes())
+    Image.fromarray(rgb).quantize(40).save(root / "palette.png")
+    Image.fromarray((_scene(190, 240, 3)[..., 0].astype(np.uint16) * 257)).save(root / "gray16.png")
+    Image.fromarray(np.dstack([_scene(160, 200, 4), np.full((160, 200), 90, np.uint8)])).save(root / "rgba.png")
+    Image.fromarray(_scene(19, 301, 5)).save(root / "short.png")  # the legend is taller than the image
+    Image.fromarray(_scene(170, 150, 6)[..., 1] > 120).save(root / "bits.png")
+    for path in sorted(root.iterdir()):
+        files[path.stem] = path
+    return files
+
+
+def _reference(seg, path, alpha, with_legend):
+    """What predict_paths wrote before its outputs were streamed: the labels of the full-size code path and
+    visualize.render_overlay on the fully decoded image."""
+    from csap_zoo.data.io import to_rgb_array
+    from csap_zoo.visualize import render_overlay
+
+    labels = seg.predict(path, return_probs=True)[0]
+    overlay = render_overlay(to_rgb_array(path), labels, seg.dataset_info, alpha=alpha, with_legend=with_legend)
+    return labels, overlay
+
+
+@pytest.mark.parametrize("setup", ["whole", "slide", "tta", "many_classes"])
+def test_written_label_maps_and_overlays_equal_the_full_size_rendering(tmp_path, monkeypatch, setup):
+    torch.manual_seed(0)
+    tiny = csap_zoo.create_model("csap_tiny", num_classes=4).eval()
+    seg, alpha, with_legend = {
+        "whole": lambda: (Segmenter(tiny, resize=(96, 64)), 0.5, True),
+        "slide": lambda: (Segmenter(tiny, mode="slide", resize=(160, 120), crop_size=64, stride=48), 0.35, True),
+        "tta": lambda: (Segmenter(tiny, resize=(96, 80), ratios=(0.75, 1.0), flip=True), 0.5, True),
+        "many_classes": lambda: (Segmenter(_ManyClasses(), resize=(100, 70)), 0.6, False),
+    }[setup]()
+    # small bands, so that every image is cut into many of them
+    monkeypatch.setattr(csap_zoo.inference, "_BAND_ELEMENTS", 4096)
+    monkeypatch.setattr(csap_zoo.inference, "_WRITE_BAND_PIXELS", 1500, raising=False)
+    monkeypatch.setattr(csap_zoo.data.io, "_BAND_PIXELS", 5000)
+    files = _reference_inputs(tmp_path / "in")
+    summary = predict_paths(seg, tmp_path / "in", tmp_path / "out", alpha=alpha, legend=with_legend,
+                            progress=False)
+    assert len(summary.written) == len(files) and not summary.skipped
+    for stem, path in files.items():
+        labels, overlay = _reference(seg, path, alpha, with_legend)
+        with Image.open(tmp_path / "out" / "labels" / f"{stem}.png") as written:
+            assert written.mode == ("L" if labels.max() <= 255 else "I;16"), stem
+            np.testing.assert_array_equal(np.asarray(written).astype(np.int64), labels, err_msg=stem)
+        with Image.open(tmp_path / "out" / "overlays" / f"{stem}.png") as written:
+            assert written.mode == "RGB", stem
+            np.testing.assert_array_equal(np.asarray(written), overlay, err_msg=stem)
+    if setup == "many_classes":
+        assert max(int(np.asarray(Image.open(p)).max()) for p in (tmp_path / "out" / "labels").iterdir()) > 255
