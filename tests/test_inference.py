@@ -415,3 +415,52 @@ def test_peak_memory_of_predicting_a_large_file_is_bounded(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     growth_mib = int(out.stdout.strip().splitlines()[-1])
     assert growth_mib < 400, f"peak RSS grew by {growth_mib} MiB"
+
+
+_PREDICT_PATHS_CHILD = r"""
+import resource, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+from PIL import Image
+import csap_zoo
+from csap_zoo.inference import Segmenter, predict_paths
+path, small, out = sys.argv[1], sys.argv[2], sys.argv[3]
+torch.manual_seed(0)
+seg = Segmenter(csap_zoo.create_model("csap_tiny", num_classes=4).eval(), resize=(128, 128))
+predict_paths(seg, [small], out, progress=False)  # warm up kernels, allocator, PNG code
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+predict_paths(seg, [path], out, progress=False)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_of_writing_label_and_overlay_pngs_is_the_decoded_image_plus_a_constant(tmp_path):
+    """predict_paths (what ``csap-zoo predict`` runs) on a 4096^2 RGB PNG, in a fresh child: PIL holds the decoded
+    image at 4 bytes a pixel (64 MiB); everything else (model input, label rows, overlay rows, PNG encoders) is
+    streamed in bands, so the peak grows by less than 100 MiB more. Writing full-size label, overlay and legend
+    arrays through PIL grew by about 220 MiB more."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    side, path, small = 4096, tmp_path / "big.png", tmp_path / "small.png"
+    ramp = Image.linear_gradient("L").resize((side, side))
+    image = Image.merge("RGB", (ramp, ramp.rotate(90), ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    ImageDraw.Draw(image).ellipse([side // 4, side // 4, 3 * side // 4, 3 * side // 4], fill=(200, 30, 90))
+    image.save(path, compress_level=1)
+    image.resize((300, 300)).save(small)
+    del image
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _PREDICT_PATHS_CHILD, str(path), str(small), str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth_mib = int(out.stdout.strip().splitlines()[-1])
+    decoded_mib = side * side * 4 // 2 ** 20
+    assert growth_mib - decoded_mib < 100, f"peak RSS grew by {growth_mib} MiB ({decoded_mib} MiB decoded image)"
+    with Image.open(tmp_path / "out" / "labels" / "big.png") as labels:
+        assert labels.size == (side, side) and labels.mode == "L"
+    with Image.open(tmp_path / "out" / "overlays" / "big.png") as overlay:
+        assert overlay.size[1] == side and overlay.size[0] > side and overlay.mode == "RGB"
