@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .data.io import ImageLike, save_png, to_rgb_array
 from .data.metadata import DatasetInfo, IGNORE_INDEX
 
-__all__ = ["colorize", "legend", "overlay", "present_classes", "render_overlay", "save_png"]
+__all__ = ["colorize", "legend", "legend_extent", "overlay", "present_classes", "render_overlay", "save_png"]
 
 PaletteLike = Union[DatasetInfo, Sequence[Sequence[int]], np.ndarray]
 
@@ -71,12 +71,8 @@ def overlay(image: ImageLike, labels, palette: PaletteLike, alpha: float = 0.5,
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def legend(class_ids: Sequence[int], info: DatasetInfo, height: Optional[int] = None,
-           swatch: int = 14, pad: int = 4) -> np.ndarray:
-    """A white panel listing the given classes with their colour swatches, as (H, W, 3) uint8.
-
-    ``height`` fixes the panel height (entries that do not fit are summarised as "+N more").
-    """
+def _legend_layout(class_ids: Sequence[int], info: DatasetInfo, height: Optional[int], swatch: int, pad: int):
+    """Width, height and the drawing steps of a legend panel (shared by ``legend`` and ``legend_extent``)."""
     font = ImageFont.load_default()
     names = [f"{i}: {info.class_names[i]}" if 0 <= i < info.num_classes else f"{i}: ?" for i in class_ids]
     row = max(swatch, 12) + pad
@@ -84,18 +80,50 @@ def legend(class_ids: Sequence[int], info: DatasetInfo, height: Optional[int] = 
     text_w = max([int(probe.textlength(n, font=font)) for n in names] + [60])
     width = pad * 3 + swatch + text_w
     total_h = height if height is not None else max(row * len(names) + pad, row + pad)
-    panel = Image.new("RGB", (width, max(total_h, 1)), (255, 255, 255))
-    draw = ImageDraw.Draw(panel)
     fits = max((total_h - pad) // row, 0)
     shown = names if len(names) <= fits else names[:max(fits - 1, 0)]
+    steps: List[Tuple[str, tuple, object]] = []
     for k, (cid, name) in enumerate(zip(class_ids, shown)):
         y = pad + k * row
         colour = tuple(info.palette[cid]) if 0 <= cid < info.num_classes else (0, 0, 0)
-        draw.rectangle([pad, y, pad + swatch - 1, y + swatch - 1], fill=colour, outline=(0, 0, 0))
-        draw.text((pad * 2 + swatch, y), name, fill=(0, 0, 0), font=font)
+        steps.append(("box", (pad, y, pad + swatch - 1, y + swatch - 1), colour))
+        steps.append(("text", (pad * 2 + swatch, y), name))
     if len(shown) < len(names) and fits > 0:
-        draw.text((pad, pad + len(shown) * row), f"+{len(names) - len(shown)} more", fill=(0, 0, 0), font=font)
+        steps.append(("text", (pad, pad + len(shown) * row), f"+{len(names) - len(shown)} more"))
+    return width, max(total_h, 1), steps, font
+
+
+def legend(class_ids: Sequence[int], info: DatasetInfo, height: Optional[int] = None,
+           swatch: int = 14, pad: int = 4, rows: Optional[int] = None) -> np.ndarray:
+    """A white panel listing the given classes with their colour swatches, as (H, W, 3) uint8.
+
+    ``height`` fixes the panel height (entries that do not fit are summarised as "+N more"). ``rows`` returns only
+    the top ``rows`` rows of that panel (with :func:`legend_extent`, the rest is known to be white).
+    """
+    width, total_h, steps, font = _legend_layout(class_ids, info, height, swatch, pad)
+    panel = Image.new("RGB", (width, total_h if rows is None else max(1, min(rows, total_h))), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for kind, where, what in steps:
+        if kind == "box":
+            draw.rectangle(list(where), fill=what, outline=(0, 0, 0))
+        else:
+            draw.text(where, what, fill=(0, 0, 0), font=font)
     return np.asarray(panel)
+
+
+def legend_extent(class_ids: Sequence[int], info: DatasetInfo, height: Optional[int] = None,
+                  swatch: int = 14, pad: int = 4) -> int:
+    """How many top rows of ``legend(class_ids, info, height)`` can hold anything but white; the rows below are
+    white. Lets a tall panel be drawn as its top part only."""
+    width, total_h, steps, font = _legend_layout(class_ids, info, height, swatch, pad)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    bottom = 0
+    for kind, where, what in steps:
+        if kind == "box":
+            bottom = max(bottom, where[3] + 1)
+        else:
+            bottom = max(bottom, int(probe.textbbox(where, what, font=font)[3]) + 1)
+    return min(total_h, bottom + 2)  # a margin for anti-aliased glyph edges
 
 
 def present_classes(labels, ignore_index: int = IGNORE_INDEX) -> List[int]:

@@ -7,7 +7,7 @@ from PIL import Image
 
 import csap_zoo
 from csap_zoo.data.metadata import custom_dataset_info, get_dataset_info
-from csap_zoo.visualize import colorize, legend, overlay, present_classes, render_overlay, save_png
+from csap_zoo.visualize import colorize, legend, legend_extent, overlay, present_classes, render_overlay, save_png
 
 INFO = custom_dataset_info(["a", "b", "c"], palette=[(255, 0, 0), (0, 255, 0), (0, 0, 255)])
 
@@ -77,3 +77,18 @@ def test_save_png_is_atomic_and_round_trips(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_png(np.zeros((2, 2), np.uint8), tmp_path / "broken.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.png", "small.png", "sub"]
+
+
+@pytest.mark.parametrize("count, height", [(3, 4000), (19, 700), (150, 3000), (5, 30), (40, 200)])
+def test_the_top_of_a_tall_legend_is_the_whole_legend_above_white(count, height):
+    info = get_dataset_info("ade20k")
+    classes = list(range(0, 3 * count, 3))
+    full = legend(classes, info, height=height)
+    extent = legend_extent(classes, info, height=height)
+    top = legend(classes, info, height=height, rows=extent)
+    assert full.shape[0] == height and top.shape == (extent,) + full.shape[1:]
+    np.testing.assert_array_equal(top, full[:extent])
+    assert (full[extent:] == 255).all()
+    if height > 20 * count + 40:  # all entries fit: only their rows are drawn
+        assert extent < 20 * count + 40
+    assert (full[:extent] != 255).any()

@@ -9,23 +9,30 @@ its size from the header is checked against a pixel limit (``max_pixels``; defau
 or the ``CSAP_ZOO_MAX_PIXELS`` environment variable; 0 disables it); PIL's own decompression-bomb check is replaced
 by it while this module opens a file. :func:`decode_reduced` decodes to a size reduced by an integer factor
 (JPEG: DCT scaling while decoding; other formats: box averaging of the decoded pixels in bands of rows), for
-callers that only need a smaller image.
+callers that only need a smaller image. :class:`ImageRows` reads a decoded image as converted, oriented bands of
+rows, so that no full-size converted copy is made.
+
+:func:`write_png` streams a PNG: rows arrive in bands and go through the PNG filters and a zlib stream straight to
+the file (written atomically), so an image of any height is written with memory for one band.
 """
 from __future__ import annotations
 
 import math
 import os
+import struct
 import tempfile
 import threading
+import zlib
 from pathlib import Path
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Iterable, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageTooLargeError", "MAX_PIXELS_ENV", "decode_reduced",
-    "max_pixels_limit", "read_image", "read_mask", "reduce_array", "save_png", "to_rgb_array",
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError", "MAX_PIXELS_ENV",
+    "decode_reduced", "image_format", "max_pixels_limit", "open_rows", "read_image", "read_mask", "reduce_array",
+    "save_png", "to_rgb_array", "write_png",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -323,6 +330,70 @@ def decode_reduced(
     return _finish(_oriented(pil, _finish(_reduce_pil(pil, factor)), orientation)), full
 
 
+# EXIF orientation -> the box of the stored image that holds rows [top, bottom) of the oriented image
+def _stored_box(orientation: int, stored: Tuple[int, int], top: int, bottom: int) -> Tuple[int, int, int, int]:
+    width, height = stored
+    if orientation in (1, 2):
+        return 0, top, width, bottom
+    if orientation in (3, 4):
+        return 0, height - bottom, width, height - top
+    if orientation in (5, 6):  # transpose, rotate clockwise: oriented rows are stored columns, left to right
+        return top, 0, bottom, height
+    return width - bottom, 0, width - top, height  # 7, 8: stored columns, right to left
+
+
+class ImageRows:
+    """A loaded PIL image read as bands of (h, W, 3) uint8 RGB rows, converted and oriented exactly as
+    :func:`to_rgb_array` does, without a full-size converted copy (only the PIL image is full size)."""
+
+    def __init__(self, image: Image.Image) -> None:
+        self.image = image
+        self.orientation = _orientation(image)
+        width, height = image.size
+        self.size: Tuple[int, int] = (width, height) if self.orientation in (5, 6, 7, 8) else (height, width)
+        if self.size[0] == 0 or self.size[1] == 0:
+            raise ValueError(f"image has an empty side: size {self.size}")
+        self._scale16 = self._unit_float = None
+        if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # the whole image's scaling decisions
+            low, high = image.getextrema()
+            self._scale16 = image.mode.startswith("I;16") or float(high) > 255
+            self._unit_float = float(high) <= 1.0
+
+    def rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows [top, bottom) of the oriented image as (bottom - top, W, 3) uint8."""
+        top, bottom = max(0, top), min(bottom, self.size[0])
+        if bottom <= top:
+            raise ValueError(f"no rows in [{top}, {bottom}) of an image of height {self.size[0]}")
+        piece = self.image.crop(_stored_box(self.orientation, self.image.size, top, bottom))
+        if self.orientation != 1:
+            piece = piece.transpose(_ORIENTATION[self.orientation])
+        return _finish(_convert_rgb(piece, self._scale16, self._unit_float))
+
+
+def open_rows(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> ImageRows:
+    """Decode a file (pixel limit checked first, file closed on return) for reading in bands of rows."""
+    return ImageRows(_decode_file(path, max_pixels))
+
+
+def image_format(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> Optional[str]:
+    """The PIL format name of an image file ("PNG", "JPEG", ...) from its header, without decoding it (the pixel
+    limit is checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    with open(path, "rb") as handle:
+        try:
+            image = _open_header(handle, path, max_pixels)
+        except ImageTooLargeError:
+            raise
+        except Exception as err:
+            raise _read_error(path, err) from err
+        try:
+            return image.format
+        finally:
+            image.close()
+
+
 def read_image(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB (see the module docstring for the conversions)."""
     return to_rgb_array(Path(path), max_pixels=max_pixels)
@@ -380,3 +451,108 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
             pass
         raise
     return path
+
+
+# ---------------------------------------------------------------------- streamed PNG writing
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MODES = {"L": (8, 0, 1), "I;16": (16, 0, 2), "RGB": (8, 2, 3)}  # bit depth, colour type, bytes a pixel
+_IDAT_BYTES = 1 << 18  # compressed bytes per IDAT chunk
+# cost of a filtered byte in the filter choice: its absolute value as a signed byte
+_FILTER_COST = np.minimum(np.arange(256), 256 - np.arange(256)).astype(np.uint8)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _filter_rows(raw: np.ndarray, prev: np.ndarray, bpp: int, paeth: bool) -> np.ndarray:
+    """PNG-filter rows of bytes (h, n) whose previous row is ``prev`` (zeros above the first row): each row gets
+    the filter (None, Sub, Up, Average[, Paeth]) with the smallest sum of absolute signed bytes; returns
+    (h, 1 + n) uint8 with the filter type first."""
+    h, n = raw.shape
+    up = np.empty_like(raw)
+    up[0] = prev
+    up[1:] = raw[:-1]
+    left = np.zeros_like(raw)
+    left[:, bpp:] = raw[:, :-bpp]
+    candidates = [raw, raw - left, raw - up, raw - ((left.astype(np.uint16) + up) >> 1).astype(np.uint8)]
+    if paeth:
+        upleft = np.zeros_like(raw)
+        upleft[:, bpp:] = up[:, :-bpp]
+        a, b, c = left.astype(np.int16), up.astype(np.int16), upleft.astype(np.int16)
+        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+        predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+        candidates.append(raw - predictor)
+    costs = np.stack([_FILTER_COST[f].sum(axis=1, dtype=np.uint32) for f in candidates])
+    choice = costs.argmin(axis=0)
+    out = np.empty((h, n + 1), dtype=np.uint8)
+    out[:, 0] = choice
+    for kind, filtered in enumerate(candidates):
+        picked = choice == kind
+        if picked.any():
+            out[picked, 1:] = filtered[picked]
+    return out
+
+
+def _png_bytes(band: np.ndarray, mode: str, width: int) -> np.ndarray:
+    """A band of rows as (h, width * bytes a pixel) uint8 in PNG byte order, after checking its shape and values."""
+    arr = np.asarray(band)
+    channels = 3 if mode == "RGB" else 1
+    shape_ok = arr.ndim == (3 if channels == 3 else 2) and arr.shape[1] == width and (
+        channels == 1 or arr.shape[2] == 3)
+    if not shape_ok or arr.shape[0] == 0:
+        want = f"(rows, {width}, 3)" if channels == 3 else f"(rows, {width})"
+        raise ValueError(f"a band of a {mode} PNG must have shape {want} with rows >= 1, got {tuple(arr.shape)}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise ValueError(f"PNG rows must be integers, got dtype {arr.dtype}")
+    top = 65535 if mode == "I;16" else 255
+    if arr.dtype not in (np.uint8, bool) and (int(arr.min()) < 0 or int(arr.max()) > top):
+        raise ValueError(f"{mode} PNG values must be in 0..{top}, got {int(arr.min())}..{int(arr.max())}")
+    if mode == "I;16":
+        return arr.astype(">u2").view(np.uint8).reshape(arr.shape[0], width * 2)
+    return np.ascontiguousarray(arr, dtype=np.uint8).reshape(arr.shape[0], width * channels)
+
+
+def write_png(path: Union[str, os.PathLike], bands: Iterable[np.ndarray], size: Tuple[int, int], mode: str = "RGB",
+              *, compress_level: int = 6) -> Path:
+    """Write a PNG of ``size`` = (height, width) from consecutive bands of rows, atomically.
+
+    ``mode``: ``"L"`` (8-bit grayscale; bands (h, W), values 0..255), ``"I;16"`` (16-bit grayscale; 0..65535) or
+    ``"RGB"`` (8-bit RGB; bands (h, W, 3) uint8). Each band is filtered and compressed as it arrives, so memory
+    does not grow with the image. Bands that do not add up to ``height`` rows raise a ValueError and leave no file.
+    """
+    from ..fileio import atomic_write  # fileio imports nothing from here
+
+    if mode not in _PNG_MODES:
+        raise ValueError(f"mode must be one of {sorted(_PNG_MODES)}, got {mode!r}")
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1 or max(height, width) > 2 ** 31 - 1:
+        raise ValueError(f"PNG size must be positive (height, width), got {size!r}")
+    depth, colour, bpp = _PNG_MODES[mode]
+
+    def write(tmp: str) -> None:
+        compressor = zlib.compressobj(compress_level)
+        prev = np.zeros(width * bpp, dtype=np.uint8)
+        pending = bytearray()
+        done = 0
+        with open(tmp, "wb") as handle:
+            handle.write(_PNG_SIGNATURE)
+            handle.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)))
+            for band in bands:
+                raw = _png_bytes(band, mode, width)
+                if done + raw.shape[0] > height:
+                    raise ValueError(f"the rows given for a PNG of height {height} are more than that")
+                pending += compressor.compress(_filter_rows(raw, prev, bpp, paeth=mode == "RGB").tobytes())
+                prev = raw[-1].copy()
+                done += raw.shape[0]
+                while len(pending) >= _IDAT_BYTES:
+                    handle.write(_chunk(b"IDAT", bytes(pending[:_IDAT_BYTES])))
+                    del pending[:_IDAT_BYTES]
+            if done != height:
+                raise ValueError(f"got {done} rows for a PNG of height {height}")
+            pending += compressor.flush()
+            for start in range(0, len(pending), _IDAT_BYTES):
+                handle.write(_chunk(b"IDAT", bytes(pending[start:start + _IDAT_BYTES])))
+            handle.write(_chunk(b"IEND", b""))
+
+    return atomic_write(path, write)
