@@ -48,17 +48,20 @@ import dataclasses
 import glob
 import os
 import warnings
+import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.io import IMAGE_EXTENSIONS, ImageLike, decode_reduced, reduce_array, save_png, to_rgb_array
+from .data.io import (IMAGE_EXTENSIONS, ImageLike, ImageRows, decode_reduced, image_format, open_rows, reduce_array,
+                      write_png)
+from .fileio import temp_name
 from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
 from .models.fused import optimize_for_inference
 from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor, check_finite
@@ -73,7 +76,8 @@ IMAGENET_STD = IMAGENET_STD_255
 InputLike = Union[ImageLike, torch.Tensor]
 Pair = Tuple[int, int]
 
-_BAND_ELEMENTS = 2 ** 21  # logit values per band of rows when resizing / arg-maxing
+_BAND_ELEMENTS = 2 ** 19  # logit values per band of rows when resizing / arg-maxing
+_WRITE_BAND_PIXELS = 2 ** 18  # pixels per band of rows when storing labels and writing PNGs
 DEFAULT_WHOLE_MAX_PIXELS = 4096 * 4096
 _AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
                "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -229,6 +233,23 @@ def resize_rows(
 
 def _label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
+
+
+def _chain_first(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    yield first
+    yield from rest
+
+
+def _rows_of(bands: Iterable[torch.Tensor], rows: int) -> Iterator[torch.Tensor]:
+    """Consecutive (B, K, h, W) bands re-cut into bands of exactly ``rows`` rows (the last one may be shorter)."""
+    buf: Optional[torch.Tensor] = None
+    for band in bands:
+        buf = band if buf is None else torch.cat([buf, band], dim=2)
+        while buf.shape[2] >= rows:
+            yield buf[:, :, :rows]
+            buf = buf[:, :, rows:]
+    if buf is not None and buf.shape[2]:
+        yield buf
 
 
 class Segmenter:
@@ -565,19 +586,51 @@ class Segmenter:
             if isinstance(self.model, Segmentor):  # the head's own logits, resized band by band
                 with self._autocast():
                     low = self.model(self._model_input(x), upsample=False, crop=False).float()
-                stride = self.model.stride
-                padded = (-(-height // stride) * stride, -(-width // stride) * stride)
-                bands = resize_rows([low], tuple(low.shape[-2:]), padded, keep=size)
+                x = None  # several views' generators may be alive at once: keep only their small logits
+                resized, covered = self.model.logit_geometry(height, width)
+                bands = resize_rows([low], tuple(low.shape[-2:]), resized, keep=covered)
             else:
                 bands = [self._whole(x)]
         for band in bands:
             yield band.flip(-1) if flip else band
+
+    def _label_bands(self, raw: torch.Tensor, size: Pair) -> Iterator[np.ndarray]:
+        """The label map (``size`` = (H, W)) of one raw image tensor as consecutive bands of rows, in the smallest
+        integer dtype that holds the classes. Several views are merged band by band (their generators run side by
+        side; the same sums in the same order as one full-size accumulator), so no full-size map is built."""
+        height, width = size
+        views = [resize_rows(self._view_bands(raw, view, flip), view, size)
+                 for view in (self._view_size(height, width, r) for r in self.config.ratios)
+                 for flip in ((False, True) if self.config.flip else (False,))]
+        if len(views) == 1:
+            for band in views[0]:
+                yield band.max(dim=1).indices[0].cpu().numpy().astype(_label_dtype(band.shape[1]), copy=False)
+            return
+        first = next(views[0])
+        step = max(1, _BAND_ELEMENTS // max(first.shape[1] * width, 1))
+        views[0] = _chain_first(first, views[0])
+        for bands in zip(*(_rows_of(v, step) for v in views)):
+            merged = bands[0].softmax(dim=1)
+            for band in bands[1:]:
+                merged += band.softmax(dim=1)
+            merged /= len(views)
+            yield merged.max(dim=1).indices[0].cpu().numpy().astype(_label_dtype(merged.shape[1]), copy=False)
 
     def _predict_one(self, raw: torch.Tensor, size: Pair, return_probs: bool) -> Tuple[np.ndarray,
                                                                                     Optional[np.ndarray]]:
         """Labels (H, W) in the smallest integer dtype that holds the classes, and probabilities (K, H, W) when
         asked, for one raw image tensor whose full size is ``size``; see the module docstring for the memory."""
         height, width = size
+        if not return_probs:
+            filled: Optional[np.ndarray] = None
+            y = 0
+            for part in self._label_bands(raw, size):
+                if filled is None:
+                    filled = np.empty((height, width), dtype=part.dtype)
+                filled[y:y + part.shape[0]] = part
+                y += part.shape[0]
+            assert filled is not None and y == height
+            return filled, None
         single = self.config.num_views == 1
         labels: Optional[np.ndarray] = None
         merged: Optional[torch.Tensor] = None
@@ -710,10 +763,15 @@ def predict_paths(
 
     A single named file must be readable (else ValueError). From folders, globs or several files, unreadable and
     non-image files (and files above the segmenter's ``max_pixels``) are skipped with one warning listing them.
-    Labels come from :meth:`Segmenter.predict_labels` (reduced decoding); the overlay is drawn a band of rows at a
-    time on the full-size image. Every PNG is written atomically, the label and
-    overlay of an image together, so a failure leaves only complete results; an output folder this call created
-    and wrote nothing into is removed.
+    Every PNG is written atomically, the label and overlay of an image together, so a failure leaves only
+    complete results; an output folder this call created and wrote nothing into is removed.
+
+    Memory: each image is decoded once at full size (JPEGs are also decoded at a reduced DCT scale for the model
+    first); the model's input is reduced from it a band of rows at a time, the label map is produced in bands and
+    kept zlib-compressed, and both PNGs are written by a streaming encoder from bands of image and label rows.
+    So the peak is the decoded image (as PIL holds it) plus an amount that does not grow with the image, plus the
+    compressed label map (a few MiB for a large photo). Several views (multi-scale / flip) are merged band by
+    band too. Label maps are 8-bit grayscale PNGs (16-bit when a label is above 255), overlays 8-bit RGB.
     """
     paths, single = resolve_inputs(inputs)
     out_dir = Path(out_dir)
@@ -721,6 +779,8 @@ def predict_paths(
     summary = PredictSummary()
     created = not out_dir.exists()
     info = segmenter.dataset_info
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     iterator = list(zip(paths, names))
     bar = None
     if progress:
@@ -732,8 +792,7 @@ def predict_paths(
     try:
         for path, name in iterator:
             try:
-                labels = segmenter.predict_labels(path)
-                image = to_rgb_array(path, max_pixels=segmenter.config.max_pixels)
+                rows, labels = _predict_file(segmenter, path)
             except (ValueError, OSError) as err:
                 if single:
                     raise  # a clear ValueError before anything is written
@@ -744,11 +803,14 @@ def predict_paths(
                 if bar is not None:
                     bar.update(1)
                 continue
-            overlay = _render_overlay(image, labels, info, alpha=alpha, with_legend=legend)
-            del image
             label_path = out_dir / "labels" / f"{name}.png"
             overlay_path = out_dir / "overlays" / f"{name}.png"
-            _save_pair((labels, label_path), (overlay, overlay_path))
+            overlay_size, overlay_bands = _overlay_bands(rows, labels, info, alpha=alpha, with_legend=legend)
+            _save_pair(
+                (label_path, lambda tmp: write_png(tmp, labels.bands(), labels.size, labels.png_mode())),
+                (overlay_path, lambda tmp: write_png(tmp, overlay_bands, overlay_size, "RGB")),
+            )
+            del rows, labels, overlay_bands
             summary.written.append((path, label_path, overlay_path))
             if bar is not None:
                 bar.update(1)
@@ -763,42 +825,135 @@ def predict_paths(
     return summary
 
 
-def _render_overlay(image: np.ndarray, labels: np.ndarray, info: DatasetInfo, alpha: float, with_legend: bool,
-                    max_legend_rows: int = 20) -> np.ndarray:
-    """``visualize.render_overlay``'s picture, blended a band of rows at a time (no full-size float copies)."""
-    from .visualize import legend as draw_legend
-    from .visualize import overlay  # visualize imports nothing from here; keep module import light
+class _LabelStore:
+    """A label map kept as zlib-compressed bands of ``step`` rows (label maps compress well), with the set of
+    classes present and the largest label."""
 
-    height, width = labels.shape
-    step = max(1, (1 << 20) // max(width, 1))
-    blended = np.empty((height, width, 3), dtype=np.uint8)
-    seen = np.zeros(0, dtype=bool)
-    for y in range(0, height, step):
-        part = labels[y:y + step]
-        blended[y:y + step] = overlay(image[y:y + step], part, info, alpha=alpha, ignore_index=info.ignore_index)
+    def __init__(self, size: Pair) -> None:
+        self.size = size
+        self.step = max(1, _WRITE_BAND_PIXELS // max(size[1], 1))
+        self.dtype: Optional[np.dtype] = None
+        self.max_label = 0
+        self._chunks: List[Tuple[int, bytes]] = []
+        self._seen = np.zeros(0, dtype=bool)
+        self._pending: List[np.ndarray] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def add(self, band: np.ndarray) -> None:
+        self.dtype = band.dtype
+        self._pending.append(band)
+        self._pending_rows += band.shape[0]
+        while self._pending_rows >= self.step:
+            self._emit(self.step)
+
+    def finish(self) -> None:
+        if self._pending_rows:
+            self._emit(self._pending_rows)
+        if self.rows != self.size[0]:
+            raise RuntimeError(f"label bands cover {self.rows} rows of {self.size[0]}")
+
+    def _emit(self, rows: int) -> None:
+        joined = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending, axis=0)
+        part, rest = joined[:rows], joined[rows:]
+        self._pending, self._pending_rows = ([rest] if len(rest) else []), len(rest)
         counts = np.bincount(part.ravel().astype(np.int64, copy=False)) > 0
-        seen = np.pad(seen, (0, max(0, len(counts) - len(seen)))) if len(counts) > len(seen) else seen
-        seen[:len(counts)] |= counts
-    if not with_legend:
-        return blended
-    classes = [int(c) for c in np.flatnonzero(seen) if c != info.ignore_index]
-    natural = draw_legend(classes[:max_legend_rows], info).shape[0]
-    panel_height = max(height, natural)
-    panel = draw_legend(classes, info, height=panel_height)
-    out = np.full((panel_height, width + panel.shape[1], 3), 255, dtype=np.uint8)
-    out[:height, :width] = blended
-    del blended
-    out[:, width:] = panel
+        if len(counts) > len(self._seen):
+            self._seen = np.pad(self._seen, (0, len(counts) - len(self._seen)))
+        self._seen[:len(counts)] |= counts
+        self.max_label = max(self.max_label, len(counts) - 1)
+        self._chunks.append((part.shape[0], zlib.compress(np.ascontiguousarray(part).tobytes(), 1)))
+        self.rows += part.shape[0]
+
+    def classes(self, ignore_index: int) -> List[int]:
+        return [int(c) for c in np.flatnonzero(self._seen) if c != ignore_index]
+
+    def png_mode(self) -> str:
+        """What ``save_png`` chose for a label array: 8-bit grayscale up to 255, else 16-bit."""
+        if self.max_label > 65535:
+            raise ValueError(f"label values must be in 0..65535 to be stored as PNG, got up to {self.max_label}")
+        return "L" if self.max_label <= 255 else "I;16"
+
+    def bands(self) -> Iterator[np.ndarray]:
+        """The label map again, as consecutive (rows, W) bands of ``step`` rows."""
+        assert self.dtype is not None
+        for rows, data in self._chunks:
+            yield np.frombuffer(zlib.decompress(data), dtype=self.dtype).reshape(rows, self.size[1])
+
+
+def _predict_file(segmenter: Segmenter, path: Path) -> Tuple[ImageRows, _LabelStore]:
+    """Decode ``path`` for the overlay (once, full size) and predict its label map into a compressed store.
+
+    JPEGs are first decoded at a reduced DCT scale for the model (as :meth:`Segmenter.predict` does), then at full
+    size; other files are decoded once and the model's input is reduced from that image."""
+    max_pixels = segmenter.config.max_pixels
+    rows: Optional[ImageRows] = None
+    if image_format(path, max_pixels) != "JPEG":
+        rows = open_rows(path, max_pixels)
+    with torch.inference_mode():
+        raw, size = segmenter._raw_tensor(path if rows is None else rows.image, segmenter._decode_target)
+        labels = _LabelStore(size)
+        for band in segmenter._label_bands(raw, size):
+            labels.add(band)
+        del raw
+    labels.finish()
+    if rows is None:
+        rows = open_rows(path, max_pixels)
+    if rows.size != size:  # pragma: no cover - both decodes read the same header
+        raise ValueError(f"{path}: decoded as {rows.size} for the overlay but {size} for the model")
+    return rows, labels
+
+
+def _overlay_bands(rows: ImageRows, labels: _LabelStore, info: DatasetInfo, alpha: float, with_legend: bool,
+                   max_legend_rows: int = 20) -> Tuple[Pair, Iterator[np.ndarray]]:
+    """The size of ``visualize.render_overlay``'s picture and its rows, band by band: the image blended with
+    its label colours, and on the right a legend of the classes present, as tall as the image (or up to
+    ``max_legend_rows`` entries tall for short images, the overlay padded with white below). Only the top part of
+    the legend that holds entries is drawn; below it the panel is white."""
+    from .visualize import legend as draw_legend
+    from .visualize import legend_extent, overlay  # visualize imports nothing from here
+
+    height, width = labels.size
+    panel: Optional[np.ndarray] = None
+    total = height
+    if with_legend:
+        classes = labels.classes(info.ignore_index)
+        natural = draw_legend(classes[:max_legend_rows], info).shape[0]
+        total = max(height, natural)
+        panel = draw_legend(classes, info, height=total, rows=legend_extent(classes, info, height=total))
+    out_width = width + (0 if panel is None else panel.shape[1])
+
+    def bands() -> Iterator[np.ndarray]:
+        y = 0
+        for part in labels.bands():
+            blended = overlay(rows.rows(y, y + part.shape[0]), part, info, alpha=alpha, ignore_index=info.ignore_index)
+            yield blended if panel is None else _with_panel(blended, panel, y, out_width)
+            y += part.shape[0]
+        for start in range(height, total, labels.step):  # below a short image: white, and the legend
+            blank = np.full((min(labels.step, total - start), width, 3), 255, dtype=np.uint8)
+            yield _with_panel(blank, panel, start, out_width)
+
+    return (total, out_width), bands()
+
+
+def _with_panel(left: np.ndarray, panel: Optional[np.ndarray], top: int, out_width: int) -> np.ndarray:
+    """Rows [top, top + len(left)) of the overlay with the legend panel (drawn rows, then white) on the right."""
+    out = np.full((left.shape[0], out_width, 3), 255, dtype=np.uint8)
+    out[:, :left.shape[1]] = left
+    if panel is not None and top < panel.shape[0]:
+        part = panel[top:top + left.shape[0]]
+        out[:part.shape[0], left.shape[1]:] = part
     return out
 
 
-def _save_pair(*items: Tuple[Any, Path]) -> None:
-    """Write several PNGs so that either all appear or none: stage each as a hidden temp file, then rename."""
+def _save_pair(*items: Tuple[Path, Callable[[Path], Any]]) -> None:
+    """Write several files so that either all appear or none: each ``write(tmp)`` writes one under a temporary
+    name (the one atomic writer's, which a later cleanup recognises), then all are renamed into place."""
     staged: List[Tuple[Path, Path]] = []
     try:
-        for array, path in items:
-            tmp = path.with_name(f".{path.stem}.staged.png")
-            save_png(array, tmp)
+        for path, write in items:
+            tmp = path.with_name(temp_name(path.name))
+            write(tmp)
             staged.append((tmp, path))
         for tmp, path in staged:
             os.replace(tmp, path)

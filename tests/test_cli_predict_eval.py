@@ -86,15 +86,15 @@ def test_failure_midway_leaves_only_complete_results(tmp_path, tiny_segmenter, m
     for i in range(3):
         _write_image(tmp_path / "in" / f"img{i}.png", seed=i)
     calls = {"n": 0}
-    real_save = csap_zoo.inference.save_png
+    real_write = csap_zoo.inference.write_png
 
-    def flaky_save(array, path):
+    def flaky_write(path, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:  # the overlay of the second image
             raise OSError("disk full")
-        return real_save(array, path)
+        return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(csap_zoo.inference, "save_png", flaky_save)
+    monkeypatch.setattr(csap_zoo.inference, "write_png", flaky_write)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
         predict_paths(tiny_segmenter, tmp_path / "in", out, progress=False)

@@ -39,7 +39,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 DEFAULT_MAX_PIXELS = 2 ** 28
 MAX_PIXELS_ENV = "CSAP_ZOO_MAX_PIXELS"
-_BAND_PIXELS = 2 ** 22  # pixels converted / reduced at a time
+_BAND_PIXELS = 2 ** 20  # pixels converted / reduced at a time
 _PIL_LIMIT_LOCK = threading.Lock()
 # EXIF orientation -> the PIL transpose that undoes it (what ImageOps.exif_transpose applies)
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
