@@ -464,3 +464,20 @@ def test_peak_memory_of_writing_label_and_overlay_pngs_is_the_decoded_image_plus
         assert labels.size == (side, side) and labels.mode == "L"
     with Image.open(tmp_path / "out" / "overlays" / "big.png") as overlay:
         assert overlay.size[1] == side and overlay.size[0] > side and overlay.mode == "RGB"
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_several_views_merged_band_by_band_give_the_full_size_labels(tiny, monkeypatch, mode):
+    """Multi-scale + flip labels come from the views' bands merged side by side; they equal the labels of the
+    full-size probability average (the return_probs path)."""
+    import csap_zoo.inference as inference
+
+    monkeypatch.setattr(inference, "_BAND_ELEMENTS", 3000)
+    image = _image(77, 103, seed=5)
+    seg = Segmenter(tiny, mode=mode, crop_size=48, stride=32, resize=(90, 60), ratios=(0.5, 1.0, 1.5), flip=True)
+    bands = list(seg._label_bands(seg._raw_tensor(image, seg._decode_target)[0], (77, 103)))
+    assert len(bands) > 3 and all(b.dtype == np.uint8 for b in bands)
+    labels, probs = seg.predict(image, return_probs=True)
+    np.testing.assert_array_equal(np.concatenate(bands), labels)
+    np.testing.assert_array_equal(seg.predict(image), labels)
+    assert len(np.unique(labels)) > 1

@@ -125,3 +125,86 @@ def test_non_finite_float_arrays_are_refused_with_the_first_index():
     arr[4, 0, 0] = np.inf
     with pytest.raises(ValueError, match=r"2 non-finite.*\(2, 3, 1\)"):
         to_rgb_array(arr)
+
+
+# ---------------------------------------------------------------------- streamed PNG writing, banded reading
+def _bands(arr, rows):
+    return [arr[y:y + rows] for y in range(0, arr.shape[0], rows)]
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB"])
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_streamed_png_decodes_to_the_rows_given(tmp_path, mode, rows):
+    rng = np.random.default_rng(rows)
+    h, w = 61, 45
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = (xx * 5 + yy * 3) % 256  # long runs and gradients pick Sub / Up / Average / Paeth rows
+    noise = rng.integers(0, 256, (h, w))
+    if mode == "RGB":
+        arr = np.dstack([smooth, noise, (smooth + noise) // 2]).astype(np.uint8)
+    elif mode == "L":
+        arr = np.where(yy < h // 2, smooth, noise).astype(np.uint8)
+    else:
+        arr = (np.where(yy < h // 2, smooth * 257, noise * 200 + 7)).astype(np.int32)
+    path = io.write_png(tmp_path / "x.png", _bands(arr, rows), (h, w), mode)
+    with Image.open(path) as image:
+        image.verify()  # CRCs and structure
+    with Image.open(path) as image:
+        assert image.mode == mode and image.size == (w, h)
+        np.testing.assert_array_equal(np.asarray(image).astype(np.int64), arr.astype(np.int64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+def test_streamed_png_errors_leave_no_file(tmp_path):
+    arr = np.zeros((10, 8), np.uint8)
+    with pytest.raises(ValueError, match="got 9 rows for a PNG of height 10"):
+        io.write_png(tmp_path / "a.png", [arr[:9]], (10, 8), "L")
+    with pytest.raises(ValueError, match="more than that"):
+        io.write_png(tmp_path / "a.png", [arr, arr[:1]], (10, 8), "L")
+    with pytest.raises(ValueError, match=r"shape \(rows, 8, 3\)"):
+        io.write_png(tmp_path / "a.png", [arr], (10, 8), "RGB")
+    with pytest.raises(ValueError, match=r"values must be in 0..255, got 0..300"):
+        io.write_png(tmp_path / "a.png", [np.arange(80).reshape(10, 8) * 300 // 79], (10, 8), "L")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        io.write_png(tmp_path / "a.png", [arr], (10, 8), "P")
+
+    def failing():
+        yield arr[:5]
+        raise OSError("source went away")
+
+    with pytest.raises(OSError, match="went away"):
+        io.write_png(tmp_path / "a.png", failing(), (10, 8), "L")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streamed_png_gets_the_umask_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = io.write_png(tmp_path / "p.png", [np.zeros((2, 2), np.uint8)], (2, 2), "L")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "P", "I;16", "LA", "1"])
+def test_image_rows_are_bands_of_the_decoded_image(tmp_path, orientation, mode):
+    rng = np.random.default_rng(orientation)
+    rgb = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    image = {"RGB": lambda: Image.fromarray(rgb), "P": lambda: Image.fromarray(rgb).quantize(17),
+             "I;16": lambda: Image.fromarray(rgb[..., 0].astype(np.uint16) * 200),
+             "LA": lambda: Image.fromarray(rgb[..., 0]).convert("LA"),
+             "1": lambda: Image.fromarray(rgb[..., 0] > 100)}[mode]()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    image.save(path, exif=exif.tobytes())
+    expected = to_rgb_array(path)
+    assert io.image_format(path) == "PNG"
+    rows = io.open_rows(path)
+    assert rows.size == expected.shape[:2]
+    got = np.concatenate([rows.rows(y, y + 5) for y in range(0, rows.size[0], 5)])
+    np.testing.assert_array_equal(got, expected)
+    assert expected.shape[:2] == ((31, 23) if orientation >= 5 else (23, 31))  # the orientation was applied
