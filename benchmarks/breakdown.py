@@ -30,8 +30,8 @@ def _decompose(threads: int, height: int, width: int, warmup: int, repeats: int)
     x = torch.randn(1, 3, height, width)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        feats = csap.forward_features(csap.pad_to_stride(x))
-        feats_cl = fast_csap.forward_features(fast_csap.pad_to_stride(x_cl))
+        feats = csap.forward_features(csap.prepare_input(x))
+        feats_cl = fast_csap.forward_features(fast_csap.prepare_input(x_cl))
     calls: Dict[str, Callable[[], Any]] = {
         "eager backbone": lambda: csap.forward_features(x),
         "eager csap head": lambda: csap.decode_head(feats),

@@ -392,7 +392,7 @@ def _collect(model: Segmentor, head: CSAPHead, images: Sequence[torch.Tensor]):
     records = []
     for image in images:
         model.check_input(image)
-        padded = model.pad_to_stride(image)
+        padded = model.prepare_input(image)
         feats = model.forward_features(padded)
         inputs = _stage_inputs(head, feats)
         src_tokens, src_cells, src_grid = inputs[-1]

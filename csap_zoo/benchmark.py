@@ -375,7 +375,7 @@ def bench_head(
     torch.manual_seed(0)
     with torch.inference_mode():
         source = build_model(backbone_model, num_classes=num_classes).eval()
-        features = source.forward_features(source.pad_to_stride(torch.randn(1, 3, height, width)))
+        features = source.forward_features(source.prepare_input(torch.randn(1, 3, height, width)))
     features_cl = [f.contiguous(memory_format=torch.channels_last) for f in features]
     calls: Dict[str, Callable[[], Any]] = {}
     results = []

@@ -115,7 +115,7 @@ def measure_complexity(
     if counter == "fvcore":
         total, backbone, head = _fvcore_by_part(model, x)
     else:
-        padded = model.pad_to_stride(x)
+        padded = model.prepare_input(x)
         features = model.forward_features(padded)
         backbone = count_macs(_BackboneFeatures(model), [padded], counter)
         head = count_macs(_HeadOnFeatures(model.decode_head), features, counter)

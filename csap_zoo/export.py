@@ -37,7 +37,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .fileio import atomic_write
 
@@ -55,33 +54,20 @@ PathLike = Union[str, os.PathLike]
 
 class ExportWrapper(nn.Module):
     """Branch-free forward of a segmentor: ``(B, C, H, W) -> (B, num_classes, H, W)`` logits, equal to
-    ``model(x)`` but without Python control flow on the input size (input checks included: exported graphs
-    cannot raise, so validate inputs before calling them)."""
+    ``model(x)`` (the model's own padding policy, ``Segmentor.forward_logits``) but without Python control flow on
+    the input size. Input checks are left out: exported graphs cannot raise, so validate inputs before calling
+    them."""
 
     def __init__(self, model: nn.Module, upsample: bool = True) -> None:
         super().__init__()
-        for attr in ("decode_head", "forward_features", "stride"):
+        for attr in ("decode_head", "forward_logits", "pad_mode"):
             if not hasattr(model, attr):
                 raise ValueError(f"export needs a csap_zoo Segmentor (with {attr!r}); got {type(model).__name__}")
         self.model = model
         self.upsample = upsample
-        self.logit_stride = 0
-        if not upsample:
-            try:
-                self.logit_stride = int(model.backbone.feature_info.reduction()[model.feature_indices[0]])
-            except (AttributeError, IndexError, TypeError) as err:
-                raise ValueError("upsample=False needs a timm backbone with feature_info") from err
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        stride = self.model.stride
-        padded = F.pad(x, (0, (stride - width % stride) % stride, 0, (stride - height % stride) % stride))
-        logits = self.model.decode_head(self.model.forward_features(padded))
-        if not self.upsample:  # the head's own logits, keeping every cell that overlaps the image
-            step = self.logit_stride
-            return logits.narrow(2, 0, (height + step - 1) // step).narrow(3, 0, (width + step - 1) // step)
-        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.narrow(2, 0, height).narrow(3, 0, width)
+        return self.model.forward_logits(x, self.upsample)
 
 
 @dataclass

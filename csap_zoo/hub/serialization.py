@@ -77,6 +77,8 @@ def render_model_card(model: Segmentor, metrics: Optional[Dict[str, Any]] = None
         f"| dataset | {dataset} |",
         f"| classes | {config.num_classes} |",
         f"| input channels | {config.in_chans} |",
+        "| input padding | " + ("none: inputs run at their own size, logits resized to it |" if config.pad_mode == "none"
+                               else f"zero padding to a multiple of {model.stride}, logits cropped |"),
         f"| parameters | {params:.2f} M |",
         f"| GMACs ({gmacs_size}x{gmacs_size}, convolutions and matmuls) | "
         + (f"{gmacs:.2f} |" if gmacs is not None else "not counted |"),

@@ -41,6 +41,7 @@ class Architecture:
     description: str = ""
     feature_strides: Tuple[int, ...] = (8, 16, 32)
     backbone_args: Dict[str, Any] = field(default_factory=dict)
+    pad_mode: str = "zero-to-stride"  # see csap_zoo.models.segmentor
 
 
 _ARCHITECTURES: Dict[str, Architecture] = {}
@@ -143,6 +144,7 @@ def build_model(
         feature_strides=arch.feature_strides,
         backbone_args=args,
         dataset=tag,
+        pad_mode=arch.pad_mode,
     )
     return Segmentor.from_config(config, pretrained_backbone=pretrained_backbone,
                                  data_config=data_config or DataConfig(dataset=tag))
@@ -168,4 +170,5 @@ for _size in _SIZES:
         backbone=f"mscan_{_size}",
         head=HamHeadConfig(ham_channels=_width, channels=_width, num_bases=_bases),
         description=f"MSCAN-{_size[0].upper()} + LightHam head (SegNeXt baseline)",
+        pad_mode="none",  # the original SegNeXt code runs inputs unpadded; its reported results come from that
     ))

@@ -1,11 +1,19 @@
 """Segmentor: any timm ``features_only`` backbone plus a decode head, for inputs of any size.
 
-The segmentor checks its input, pads it on the right and bottom to a multiple of the backbone's output stride,
-runs backbone and head, and returns logits cropped back to the input's own height and width.
+The segmentor checks its input, applies its padding policy, runs backbone and head, and returns logits at the
+input's own height and width. The padding policy (``SegmentorConfig.pad_mode``) is part of the architecture, saved
+with every checkpoint, because it changes the outputs of a trained model:
+
+- ``"zero-to-stride"``: zero-pad right and bottom to a multiple of the backbone's largest stride, upsample the
+  logits to the padded size and crop. CSAP uses it: its pooled attention cells and the propagation of the deepest
+  stage's maps to the shallower stages assume feature grids that are exact 2x / 4x multiples of each other, which
+  only inputs aligned to the stride give.
+- ``"none"``: run the input as it is (strided convolutions round sizes up) and resize the logits straight to the
+  input size. This is what the original SegNeXt code does (MMSegmentation 1.x pads instead); the NMF and the
+  GroupNorms in SegNeXt's head take statistics over the whole map, so padding changes its outputs everywhere.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -19,12 +27,15 @@ from ..validation import ConfigError, check_dataclass, check_value, dataclass_fr
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
 
-__all__ = ["DataConfig", "HEAD_TYPES", "HeadConfig", "MAX_CLASSES", "MAX_IMAGE_SIZE", "Segmentor", "SegmentorConfig",
+__all__ = ["DataConfig", "HEAD_TYPES", "HeadConfig", "MAX_CLASSES", "MAX_IMAGE_SIZE", "PAD_MODES", "Segmentor",
+           "SegmentorConfig",
            "check_backbone_args", "select_feature_indices"]
 
 HeadConfig = Union[CSAPHeadConfig, HamHeadConfig]
 # Serialised name of each head config type (config.json "head.type").
 HEAD_TYPES: Dict[str, type] = {"csap": CSAPHeadConfig, "ham": HamHeadConfig}
+
+PAD_MODES = ("none", "zero-to-stride")
 
 # Bounds of the configs (a file naming more is refused before anything is allocated).
 MAX_CLASSES = 65535
@@ -115,6 +126,9 @@ class SegmentorConfig:
     feature_strides: Tuple[int, ...] = option((8, 16, 32), 1, 1024, length=(1, 8))
     backbone_args: Dict[str, Any] = option(factory=dict)
     dataset: Optional[str] = option(None, max_chars=256)
+    # How inputs that are not a multiple of the backbone stride are run (module docstring). A config.json written
+    # before this field existed ran with zero padding.
+    pad_mode: str = option("zero-to-stride", choices=PAD_MODES)
 
     def __post_init__(self) -> None:
         check_dataclass(self)
@@ -221,6 +235,8 @@ class Segmentor(nn.Module):
         in_chans: expected input channels.
         stride: padding multiple (the backbone's largest reduction).
         min_size: smallest accepted height/width; below it the deepest stage would see mostly padding.
+        pad_mode: ``"zero-to-stride"`` or ``"none"`` (module docstring).
+        logit_stride: reduction of the head's logits (that of the shallowest feature it takes).
         config: the config the segmentor was built from, kept for saving and reloading.
         data_config: normalisation, evaluation size and class names that belong with the weights.
     """
@@ -235,8 +251,14 @@ class Segmentor(nn.Module):
             min_size: Optional[int] = None,
             config: Optional[SegmentorConfig] = None,
             data_config: Optional[DataConfig] = None,
+            pad_mode: str = "zero-to-stride",
+            logit_stride: int = 8,
     ) -> None:
         super().__init__()
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.pad_mode = pad_mode
+        self.logit_stride = int(logit_stride)
         self.backbone = backbone
         self.decode_head = head
         self.feature_indices = list(feature_indices)
@@ -282,7 +304,7 @@ class Segmentor(nn.Module):
         channels = [backbone.feature_info.channels()[i] for i in indices]
         head = config.head.build(channels, config.num_classes)
         return cls(backbone, head, indices, config.in_chans, stride=max(reductions), config=config,
-                   data_config=data_config)
+                   data_config=data_config, pad_mode=config.pad_mode, logit_stride=reductions[indices[0]])
 
     def save_pretrained(self, save_directory: str, metrics: Optional[Dict[str, Any]] = None) -> Any:
         """Write config.json + model.safetensors + README.md (see ``csap_zoo.hub.serialization``)."""
@@ -334,6 +356,7 @@ class Segmentor(nn.Module):
             check_finite(x, "(batch, channel, y, x)")
 
     def pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` zero-padded right and bottom to a multiple of the stride (``x`` itself when it already is one)."""
         height, width = x.shape[-2:]
         pad_h = (self.stride - height % self.stride) % self.stride
         pad_w = (self.stride - width % self.stride) % self.stride
@@ -341,23 +364,59 @@ class Segmentor(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone sees for input ``x``: the padding policy applied, in the segmentor's memory format.
+
+        The padding is computed without branching on the size, so traced and exported graphs stay dynamic.
+        """
+        if self.pad_mode == "zero-to-stride":
+            height, width = x.shape[-2], x.shape[-1]
+            pad_h = (self.stride - height % self.stride) % self.stride
+            pad_w = (self.stride - width % self.stride) % self.stride
+            if _tracing() or pad_h or pad_w:  # eager inputs already aligned are not copied
+                x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self._to_memory_format(x)
+
+    def logit_geometry(self, height: int, width: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """For an input of ``height`` x ``width``: the size the head's logits are bilinearly resized to, and the
+        top-left part of that which covers the input (the two are equal without padding)."""
+        if self.pad_mode == "none":
+            return (height, width), (height, width)
+        stride = self.stride
+        return (-(-height // stride) * stride, -(-width // stride) * stride), (height, width)
+
     def _to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The features the head consumes (shallow to deep), for an input already padded to the stride."""
+        """The features the head consumes (shallow to deep), for an input already prepared by ``prepare_input``."""
         features = self.backbone(x)
         return [features[i] for i in self.feature_indices]
 
-    def _crop_logits(self, logits: torch.Tensor, padded: torch.Tensor, size: Tuple[int, int],
-                     upsample: bool) -> torch.Tensor:
-        if upsample:
-            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-            return logits[..., :size[0], :size[1]]
-        # raw logits: keep every cell that overlaps the real image
-        scale_h = padded.shape[-2] / logits.shape[-2]
-        scale_w = padded.shape[-1] / logits.shape[-1]
-        return logits[..., :math.ceil(size[0] / scale_h), :math.ceil(size[1] / scale_w)]
+    def logits_at_input(self, logits: torch.Tensor, height: Any, width: Any, upsample: bool = True) -> torch.Tensor:
+        """The head's logits for an input of ``height`` x ``width`` mapped back onto it: resized to the input's
+        resolution (``upsample``), or the raw logit cells that overlap the real image.
+
+        Integer arithmetic only, so that symbolic sizes (tracing, export) stay symbolic.
+        """
+        if self.pad_mode == "none":
+            if not upsample:
+                return logits
+            return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        if not upsample:
+            step = self.logit_stride
+            return logits.narrow(2, 0, (height + step - 1) // step).narrow(3, 0, (width + step - 1) // step)
+        stride = self.stride
+        padded = ((height + stride - 1) // stride * stride, (width + stride - 1) // stride * stride)
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        return logits.narrow(2, 0, height).narrow(3, 0, width)
+
+    def forward_logits(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        """The one padded forward, without input checks: padding policy, backbone, head, logits mapped back to
+        the input. ``forward`` checks and calls it; exports trace it."""
+        height, width = x.shape[-2], x.shape[-1]
+        logits = self.decode_head(self.forward_features(self.prepare_input(x)))
+        return self.logits_at_input(logits, height, width, upsample)
 
     def _input_dtype(self, x: torch.Tensor) -> torch.Tensor:
         """The input in the parameters' dtype where that loses nothing that matters (float64 -> float32, or a
@@ -374,28 +433,25 @@ class Segmentor(nn.Module):
     def forward(self, x: torch.Tensor, upsample: bool = True, crop: bool = True) -> torch.Tensor:
         """Logits at the input's resolution, or the head's raw (stride-8) logits with ``upsample=False``.
 
-        ``crop=False`` (with ``upsample=False``) returns the raw logits of the whole stride-padded input, whose size
-        ``pad_to_stride`` gives: bilinear resizing them to the padded size and cropping equals ``forward(x)``.
+        ``crop=False`` (with ``upsample=False``) returns the raw logits of the whole prepared input: bilinearly
+        resizing them to ``logit_geometry(h, w)[0]`` and keeping the top-left ``logit_geometry(h, w)[1]`` equals
+        ``forward(x)``.
         """
         self.check_input(x)
         x = self._input_dtype(x)
-        size = (x.shape[-2], x.shape[-1])
-        padded = self._to_memory_format(self.pad_to_stride(x))
-        logits = self.decode_head(self.forward_features(padded))
         if not crop and not upsample:
-            return logits
-        return self._crop_logits(logits, padded, size, upsample).contiguous()
+            return self.decode_head(self.forward_features(self.prepare_input(x)))
+        return self.forward_logits(x, upsample).contiguous()
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Logits at input resolution plus the head's attention maps (shallow to deep), for analysis.
 
-        Maps are (B, heads, H_i*W_i, M) on the padded feature grids. Only heads with attention support this.
+        Maps are (B, heads, H_i*W_i, M) on the prepared (padded) feature grids. Only heads with attention support
+        this.
         """
         if not hasattr(self.decode_head, "forward_with_attention"):
             raise ValueError(f"{type(self.decode_head).__name__} has no attention maps to return")
         self.check_input(x)
         x = self._input_dtype(x)
-        size = (x.shape[-2], x.shape[-1])
-        padded = self._to_memory_format(self.pad_to_stride(x))
-        logits, maps = self.decode_head.forward_with_attention(self.forward_features(padded))
-        return self._crop_logits(logits, padded, size, True).contiguous(), maps
+        logits, maps = self.decode_head.forward_with_attention(self.forward_features(self.prepare_input(x)))
+        return self.logits_at_input(logits, x.shape[-2], x.shape[-1]).contiguous(), maps
