@@ -18,9 +18,10 @@ from .evaluation import EvalResult, Evaluator, evaluate  # noqa: E402
 from .inference import InferenceConfig, Segmenter  # noqa: E402
 from .visualize import colorize, overlay  # noqa: E402
 from .engine import TrainConfig, TrainResult, train  # noqa: E402
+from .validation import ConfigError  # noqa: E402
 
 __all__ = [
-    "MSCAN", "Architecture", "CSAPHead", "CSAPHeadConfig", "DataConfig", "HamHeadConfig", "LightHamHead",
+    "ConfigError", "MSCAN", "Architecture", "CSAPHead", "CSAPHeadConfig", "DataConfig", "HamHeadConfig", "LightHamHead",
     "Segmentor", "SegmentorConfig", "__version__", "build_model", "create_model", "from_pretrained",
     "list_models", "optimize_for_inference", "push_to_hub", "register_architecture", "save_pretrained",
     "DatasetInfo", "EvalResult", "Evaluator", "InferenceConfig", "Segmenter", "colorize", "custom_dataset_info",

@@ -451,9 +451,10 @@ class Trainer:
         """Every process checks its share of every sample; all report the same full list before step 1."""
         cfg, env = self.config, self.env
         problems: List[str] = []
-        labelled: Optional[int] = None  # training masks with a labelled pixel, when the full check counted them
+        labelled: Dict[str, int] = {}  # masks with a labelled pixel per set, when the full check counted them
+        sets = [("training set", self.train_set), ("validation set", self.val_set)]
         if cfg.validate == "full":
-            for what, ds in (("training set", self.train_set), ("validation set", self.val_set)):
+            for what, ds in sets:
                 if ds is None:
                     continue
                 tally = _LabelTally(ds)
@@ -461,17 +462,21 @@ class Trainer:
                                      workers=max(cfg.num_workers, 1))
                 parts = _gather_objects(env, (mine, tally.labelled))
                 problems += [f"{what}: {p}" for part, _ in parts for p in part]
-                if ds is self.train_set:
-                    labelled = sum(count for _, count in parts)
-        if not labelled:  # not counted (validate="pairs"), or none seen: look until the first labelled mask
-            first, unreadable = _first_labelled_mask(self.train_set)
+                labelled[what] = sum(count for _, count in parts)
+        for what, ds in sets:
+            if ds is None or labelled.get(what):
+                continue
+            # not counted (validate="pairs"), or none seen: look until the first labelled mask
+            first, unreadable = _first_labelled_mask(ds)
             if first is None:
                 ignore = self.info.ignore_index
                 how = (f" (with reduce_zero_label, stored 0 and {ignore} are ignored)"
-                       if getattr(self.train_set, "reduce_zero_label", False) else "")
-                problems.append(f"training set: no labelled pixel in any of its {len(self.train_set)} masks: every "
+                       if getattr(ds, "reduce_zero_label", False) else "")
+                consequence = ("so there is nothing to learn" if ds is self.train_set
+                               else "so every metric would be undefined")
+                problems.append(f"{what}: no labelled pixel in any of its {len(ds)} masks: every "
                                 f"pixel{' of the readable ones' if unreadable else ''} is the ignore index "
-                                f"{ignore}{how}, so there is nothing to learn; check the masks folder, "
+                                f"{ignore}{how}, {consequence}; check the masks folder, "
                                 f"ignore_index and reduce_zero_label")
         if self.val_set is not None and self.val_set.num_classes != self.train_set.num_classes:
             problems.append("training and validation sets have different class counts")

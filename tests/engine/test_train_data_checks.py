@@ -93,3 +93,11 @@ def test_one_labelled_mask_is_enough(data, tmp_path):
         save_png(values, mask)
     for validate in ("full", "pairs"):
         Trainer(tiny_config(data, tmp_path / validate, validate=validate)).close()
+
+
+@pytest.mark.parametrize("validate", ["full", "pairs"])
+def test_a_validation_set_without_a_labelled_pixel_is_refused(data, tmp_path, validate):
+    for mask in (data / "val" / "masks").iterdir():
+        save_png(np.full((48, 48), 255, np.uint8), mask)
+    message = _trainer_error(data, tmp_path, validate=validate)
+    assert "validation set: no labelled pixel" in message and "metric would be undefined" in message
