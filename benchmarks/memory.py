@@ -6,7 +6,11 @@ its RSS high-water mark after imports and model loading ("base"); the parent rea
 ``os.wait4``. Cases: 4096^2, 8192^2 and 12288^2 RGB images as PNG and JPEG, and a 13000^2 1-bit PNG, each in
 
 - ``whole``: keep-ratio resize to 128x128 (the demo model's evaluation size), one pass;
-- ``slide``: keep-ratio resize to 1024x1024, 512x512 windows every 341 pixels (9 windows).
+- ``slide``: keep-ratio resize to 1024x1024, 512x512 windows every 341 pixels (9 windows);
+- ``tta`` (only with ``--modes tta``): ``whole`` at six scales 0.5-1.75, each also mirrored (12 views).
+
+"image MiB" is what PIL holds for the decoded file (4 bytes a pixel for RGB, 1 for 1-bit and 8-bit gray):
+the one full-size buffer prediction keeps; "above image" is the growth minus it.
 
     python benchmarks/memory.py                                  # all cases, JSON to benchmarks/results/memory.json
     python benchmarks/memory.py --sizes 4096 --json /tmp/m.json  # a subset
@@ -32,7 +36,11 @@ DEFAULT_SIZES = (4096, 8192, 12288)
 MODES = {
     "whole": dict(mode="whole", resize=(128, 128)),
     "slide": dict(mode="slide", resize=(1024, 1024), crop_size=(512, 512), stride=(341, 341)),
+    "tta": dict(mode="whole", resize=(128, 128), ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True),
 }
+DEFAULT_MODES = ("whole", "slide")
+# bytes a pixel in PIL's own storage of each decoded mode
+_PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
 
 _GENERATE = r"""
 import sys
@@ -124,14 +132,26 @@ def run_case(code_root: Path, image: Path, options: Dict[str, Any], timeout: flo
     return report
 
 
+def image_mib(path: Path) -> float:
+    """MiB that PIL holds for the decoded file."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(path) as image:
+        return image.size[0] * image.size[1] * _PIL_BYTES.get(image.mode, 4) / 2 ** 20
+
+
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| image | file | mode | decoded MiB | peak RSS MiB | growth MiB | seconds | error |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| image | file | mode | RGB MiB | image MiB | peak RSS MiB | growth MiB | above image MiB | seconds "
+             "| error |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         growth = "-" if r["growth_mib"] is None else f"{r['growth_mib']:.0f}"
+        above = "-" if r["growth_mib"] is None or "image_mib" not in r else f"{r['growth_mib'] - r['image_mib']:.0f}"
+        held = f"{r['image_mib']:.0f}" if "image_mib" in r else "-"
         lines.append(f"| {r['size']}x{r['size']} {r['kind']} | {r['file_mib']:.1f} MiB | {r['mode']} "
-                     f"| {r['decoded_mib']:.0f} | {r['peak_mib']:.0f} | {growth} | {r['seconds']:.1f} "
-                     f"| {r['error'] or ''} |")
+                     f"| {r['decoded_mib']:.0f} | {held} | {r['peak_mib']:.0f} | {growth} | {above} "
+                     f"| {r['seconds']:.1f} | {r['error'] or ''} |")
     return "\n".join(lines)
 
 
@@ -139,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     parser.add_argument("--kinds", nargs="+", default=["png", "jpg"], choices=["png", "jpg"])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES))
     parser.add_argument("--bitmap", type=int, default=13000, help="side of the 1-bit PNG case (0: skip it)")
     parser.add_argument("--code-root", type=Path, default=ROOT, help="checkout whose csap_zoo is measured")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "csap_zoo_memory_bench")
@@ -156,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for mode in args.modes:
             report = run_case(args.code_root, image, MODES[mode], args.timeout)
             row = dict(size=size, kind=kind, mode=mode, options=MODES[mode], file_mib=image.stat().st_size / 2 ** 20,
-                       decoded_mib=size * size * 3 / 2 ** 20, **report)
+                       decoded_mib=size * size * 3 / 2 ** 20, image_mib=image_mib(image), **report)
             rows.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
     print()

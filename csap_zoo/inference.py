@@ -228,7 +228,10 @@ def resize_rows(
             top, bottom = buf[:, :, i0[o:end] - lo], buf[:, :, i1[o:end] - lo]
             top = top[..., j0] * b0 + top[..., j1] * b1
             bottom = bottom[..., j0] * b0 + bottom[..., j1] * b1
-        yield top * a0[o:end, None] + bottom * a1[o:end, None]
+        # a suspended generator keeps its locals: hand the band over without keeping a reference to it
+        box = [top * a0[o:end, None] + bottom * a1[o:end, None]]
+        top = bottom = rows = None
+        yield box.pop()
 
 
 def _label_dtype(num_classes: int) -> np.dtype:
@@ -245,9 +248,11 @@ def _rows_of(bands: Iterable[torch.Tensor], rows: int) -> Iterator[torch.Tensor]
     buf: Optional[torch.Tensor] = None
     for band in bands:
         buf = band if buf is None else torch.cat([buf, band], dim=2)
-        while buf.shape[2] >= rows:
-            yield buf[:, :, :rows]
-            buf = buf[:, :, rows:]
+        band = None
+        while buf is not None and buf.shape[2] >= rows:
+            box = [buf[:, :, :rows]]
+            buf = buf[:, :, rows:] if buf.shape[2] > rows else None  # no view of a band already handed over
+            yield box.pop()
     if buf is not None and buf.shape[2]:
         yield buf
 
@@ -592,7 +597,9 @@ class Segmenter:
             else:
                 bands = [self._whole(x)]
         for band in bands:
-            yield band.flip(-1) if flip else band
+            box = [band.flip(-1) if flip else band]
+            band = None  # a suspended generator keeps its locals: keep no reference to a band handed over
+            yield box.pop()
 
     def _label_bands(self, raw: torch.Tensor, size: Pair) -> Iterator[np.ndarray]:
         """The label map (``size`` = (H, W)) of one raw image tensor as consecutive bands of rows, in the smallest
@@ -604,15 +611,24 @@ class Segmenter:
                  for flip in ((False, True) if self.config.flip else (False,))]
         if len(views) == 1:
             for band in views[0]:
-                yield band.max(dim=1).indices[0].cpu().numpy().astype(_label_dtype(band.shape[1]), copy=False)
+                part = band.max(dim=1).indices[0].cpu().numpy().astype(_label_dtype(band.shape[1]), copy=False)
+                band = None
+                yield part
             return
         first = next(views[0])
         step = max(1, _BAND_ELEMENTS // max(first.shape[1] * width, 1))
         views[0] = _chain_first(first, views[0])
-        for bands in zip(*(_rows_of(v, step) for v in views)):
-            merged = bands[0].softmax(dim=1)
-            for band in bands[1:]:
-                merged += band.softmax(dim=1)
+        parts = [_rows_of(v, step) for v in views]
+        while True:
+            merged: Optional[torch.Tensor] = None
+            for part in parts:  # one view's band at a time
+                band = next(part, None)
+                if band is None:
+                    assert merged is None  # all views end together
+                    return
+                merged = band.softmax(dim=1) if merged is None else merged.add_(band.softmax(dim=1))
+                del band
+            assert merged is not None
             merged /= len(views)
             yield merged.max(dim=1).indices[0].cpu().numpy().astype(_label_dtype(merged.shape[1]), copy=False)
 
