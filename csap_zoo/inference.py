@@ -35,12 +35,14 @@ at a time), so the float image handed to the model is never built at full size w
 view's logits are resized back and arg-maxed a band of rows at a time (bilinear, align_corners=False, computed by
 index arithmetic that matches ``F.interpolate`` to float rounding), slide windows are summed a window row at a time
 and each finished row band is averaged and passed on (the same sums in the same order as one full-size
-accumulator), and for Segmentors the whole-image pass resizes the head's stride-8 logits band by band. So a
-(K, H, W) float logit map of the full image never exists, except where one is returned or averaged: with
-``return_probs`` (the returned probabilities) and with several views (multi-scale / flip average probabilities at
-the full size). Files above ``max_pixels`` (default 2**28, ``CSAP_ZOO_MAX_PIXELS``) are refused before decoding,
-and ``mode="whole"`` refuses model inputs above ``whole_max_pixels`` (default 4096 * 4096) with a ValueError that
-suggests slide mode or a resize, instead of running out of memory inside the model.
+accumulator), and for Segmentors the whole-image pass resizes the head's stride-8 logits band by band. Several
+views (multi-scale / flip) are merged a band of rows at a time. So a (K, H, W) float logit map of the full image
+never exists, except with ``return_probs`` (the returned probabilities, averaged at full size for several views).
+``predict_paths`` goes further: its label maps never exist at full size either, and both PNGs are written by a
+streaming encoder, so its peak is the decoded image plus a constant. Files above ``max_pixels`` (default 2**28,
+``CSAP_ZOO_MAX_PIXELS``) are refused before decoding, and ``mode="whole"`` refuses model inputs above
+``whole_max_pixels`` (default 4096 * 4096) with a ValueError that suggests slide mode or a resize, instead of
+running out of memory inside the model.
 """
 from __future__ import annotations
 
