@@ -23,8 +23,9 @@ import struct
 import tempfile
 import threading
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -95,11 +96,9 @@ def _read_error(path: Path, err: Exception) -> ValueError:
                       f"is it a valid, complete image file?")
 
 
-def _decode_file(path: Union[str, os.PathLike], max_pixels: Optional[int] = None,
-                 prepare: Optional[Callable[[Image.Image], None]] = None) -> Image.Image:
-    """Open, check the pixel limit, optionally ``prepare`` (e.g. draft) and load a file; the file is closed on
-    return, whatever happened."""
-    path = Path(path)
+@contextmanager
+def _image_file(path: Path, max_pixels: Optional[int]) -> Iterator[Image.Image]:
+    """The file at ``path`` opened as a PIL image (header read, pixel limit checked); the file is closed on exit."""
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     with open(path, "rb") as handle:
@@ -109,6 +108,15 @@ def _decode_file(path: Union[str, os.PathLike], max_pixels: Optional[int] = None
             raise
         except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
             raise _read_error(path, err) from err
+        yield image
+
+
+def _decode_file(path: Union[str, os.PathLike], max_pixels: Optional[int] = None,
+                 prepare: Optional[Callable[[Image.Image], None]] = None) -> Image.Image:
+    """Open, check the pixel limit, optionally ``prepare`` (e.g. draft) and load a file; the file is closed on
+    return, whatever happened."""
+    path = Path(path)
+    with _image_file(path, max_pixels) as image:
         try:
             if prepare is not None:
                 prepare(image)
@@ -378,16 +386,7 @@ def open_rows(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -
 def image_format(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> Optional[str]:
     """The PIL format name of an image file ("PNG", "JPEG", ...) from its header, without decoding it (the pixel
     limit is checked)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    with open(path, "rb") as handle:
-        try:
-            image = _open_header(handle, path, max_pixels)
-        except ImageTooLargeError:
-            raise
-        except Exception as err:
-            raise _read_error(path, err) from err
+    with _image_file(Path(path), max_pixels) as image:
         try:
             return image.format
         finally:
