@@ -9,9 +9,10 @@ Importing the package registers the MSCAN backbones (``mscan_tiny`` ... ``mscan_
 __version__ = "0.1.0"
 
 from .hub import create_model, from_pretrained, push_to_hub, save_pretrained  # noqa: E402
+from .hub.catalog import PretrainedInfo, list_models, list_pretrained  # noqa: E402  (pretrained-aware list_models)
 from .models import (  # noqa: E402
     MSCAN, Architecture, CSAPHead, CSAPHeadConfig, DataConfig, HamHeadConfig, LightHamHead, Segmentor,
-    SegmentorConfig, build_model, list_models, optimize_for_inference, register_architecture,
+    SegmentorConfig, build_model, optimize_for_inference, register_architecture,
 )
 from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datasets  # noqa: E402
 from .evaluation import EvalResult, Evaluator, evaluate  # noqa: E402
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError", "MSCAN", "Architecture", "CSAPHead", "CSAPHeadConfig", "DataConfig", "HamHeadConfig", "LightHamHead",
     "Segmentor", "SegmentorConfig", "__version__", "build_model", "create_model", "from_pretrained",
     "list_models", "optimize_for_inference", "push_to_hub", "register_architecture", "save_pretrained",
+    "list_pretrained", "PretrainedInfo",
     "DatasetInfo", "EvalResult", "Evaluator", "InferenceConfig", "Segmenter", "colorize", "custom_dataset_info",
     "evaluate", "get_dataset_info", "list_datasets", "overlay", "TrainConfig", "TrainResult", "train",
 ]

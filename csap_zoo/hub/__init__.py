@@ -1,4 +1,5 @@
 """Weights hub: the manifest, downloads (Hugging Face Hub / URL / local), conversion, saving and publishing."""
+from .catalog import PretrainedInfo, list_models, list_pretrained
 from .convert import CHECKPOINT_FORMATS, ConversionError, convert_state_dict, read_state_dict
 from .download import (
     CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, VerifiedFile, fetch_checkpoint,
@@ -12,5 +13,6 @@ __all__ = [
     "CHECKPOINT_FORMATS", "Checkpoint", "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError",
     "ConversionError", "HfSource", "Manifest", "ManifestError", "UrlSource", "convert_state_dict", "create_model",
     "VerifiedFile", "default_manifest", "fetch_checkpoint", "fetch_verified", "from_pretrained", "load_checkpoint_into", "load_manifest",
-    "push_to_hub", "read_state_dict", "save_pretrained", "sha256_of", "url_cache_path",
+    "PretrainedInfo", "list_models", "list_pretrained", "push_to_hub", "read_state_dict", "save_pretrained",
+    "sha256_of", "url_cache_path",
 ]

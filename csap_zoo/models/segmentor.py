@@ -312,6 +312,14 @@ class Segmentor(nn.Module):
 
         return save_pretrained(self, save_directory, metrics=metrics)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: Any, **kwargs: Any) -> "Segmentor":
+        """Load a ``save_pretrained`` folder or Hub repo; the same as ``csap_zoo.from_pretrained`` (which see
+        for the keyword arguments)."""
+        from ..hub.pretrained import from_pretrained  # the hub layer owns the file format
+
+        return from_pretrained(name_or_path, **kwargs)
+
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload to a Hugging Face Hub model repository (see ``csap_zoo.hub.serialization.push_to_hub``)."""
         from ..hub.serialization import push_to_hub
