@@ -5,10 +5,11 @@ The folder layout is what ``from_pretrained`` reads back, locally or from a Hugg
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from safetensors.torch import save_file
@@ -48,25 +49,80 @@ def _count_gmacs(model: Segmentor, size: int) -> Optional[float]:
         return None
 
 
+# Card metric names -> Hugging Face metric types (model-index); other float-valued entries keep their own name.
+_METRIC_TYPES = {"mIoU": "mean_iou", "mAcc": "mean_accuracy", "aAcc": "accuracy"}
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,63}")
+
+
+def _card_license(license: Optional[str], architecture: str, dataset_tag: Optional[str]) -> Optional[str]:
+    """The card's license: the argument, else the manifest entry the model is named after, else None."""
+    if license is not None:
+        if not isinstance(license, str) or not _LICENSE_ID.fullmatch(license):
+            raise ValueError(f"license must be a Hugging Face license identifier such as 'apache-2.0', 'mit' or "
+                             f"'other' (lowercase, no spaces), got {license!r}")
+        return license
+    if not dataset_tag:
+        return None
+    from .manifest import ManifestError, default_manifest
+
+    try:
+        manifest = default_manifest()
+    except ManifestError:  # a broken CSAP_ZOO_MANIFEST must not block saving a model
+        return None
+    name = f"{architecture}.{dataset_tag}"
+    if name not in manifest:
+        return None
+    entry = manifest.get(name)
+    return entry.license if entry.kind == "segmentor" and entry.architecture == architecture else None
+
+
+def _eval_results(metrics: Dict[str, Any], model_dataset: str) -> List[Any]:
+    from huggingface_hub import EvalResult
+
+    measured_on = metrics.get("dataset") if isinstance(metrics.get("dataset"), str) else model_dataset
+    results = []
+    for key, value in metrics.items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not numeric or (key not in _METRIC_TYPES and not isinstance(value, float)):
+            continue  # counts such as val_images or iterations are not results
+        results.append(EvalResult(
+            task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=measured_on,
+            dataset_name=measured_on, metric_type=_METRIC_TYPES.get(key, key), metric_name=key, metric_value=value,
+        ))
+    return results
+
+
 def render_model_card(model: Segmentor, metrics: Optional[Dict[str, Any]] = None, repo_id: Optional[str] = None,
-                      gmacs_size: int = 512) -> str:
-    """A Hugging Face style README: YAML front matter, then what the model is and how to load it."""
+                      gmacs_size: int = 512, license: Optional[str] = None) -> str:
+    """A Hugging Face model card: metadata front matter (huggingface_hub's ModelCardData), then what the model is
+    and how to load it.
+
+    The metadata has ``library_name: csap-zoo``, ``pipeline_tag: image-segmentation``, the dataset and the numeric
+    metrics as ``model-index`` results (values as recorded, e.g. percent). ``license`` is a Hugging Face license
+    identifier; without one the card takes the license of the manifest checkpoint the model is named after
+    (``architecture.dataset``), and otherwise has no license field, for the author to choose one.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
     config, data = model.config, model.data_config
     assert config is not None
     params = sum(p.numel() for p in model.parameters()) / 1e6
     gmacs = _count_gmacs(model, gmacs_size)
     dataset = data.dataset or config.dataset or "custom"
     classes = data.class_names
+    title = config.architecture + (f".{dataset}" if dataset != "custom" else "")
+    eval_results = _eval_results(metrics or {}, dataset)
+    metadata = ModelCardData(
+        library_name="csap-zoo",
+        pipeline_tag="image-segmentation",
+        license=_card_license(license, config.architecture, config.dataset or data.dataset),
+        tags=["csap-zoo", "semantic-segmentation"],
+        datasets=[dataset] if dataset != "custom" else None,
+        model_name=(repo_id or title) if eval_results else None,
+        eval_results=eval_results or None,
+    )
     lines = [
-        "---",
-        "library_name: csap-zoo",
-        "license: apache-2.0",
-        "pipeline_tag: image-segmentation",
-        "tags: [semantic-segmentation, csap-zoo, timm]",
-        f"datasets: [{dataset}]",
-        "---",
-        "",
-        f"# {config.architecture}" + (f".{dataset}" if dataset != "custom" else ""),
+        f"# {title}",
         "",
         f"Semantic segmentation model from csap-zoo: backbone `{config.backbone}` with a "
         f"`{type(model.decode_head).__name__}` decode head.",
@@ -103,7 +159,7 @@ def render_model_card(model: Segmentor, metrics: Optional[Dict[str, Any]] = None
         f'model = csap_zoo.from_pretrained("{repo_id or "path/to/this/folder"}").eval()',
         f"# or: {alternative}", "```", "",
     ]
-    return "\n".join(lines)
+    return str(ModelCard("---\n" + metadata.to_yaml() + "\n---\n\n" + "\n".join(lines)))
 
 
 def save_pretrained(
@@ -112,8 +168,11 @@ def save_pretrained(
         metrics: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
+        license: Optional[str] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``save_directory``.
+
+    ``license`` is the model card's Hugging Face license identifier (see ``render_model_card`` for the default).
 
     ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type, halving the file; loading
     copies them back into the model's own (fp32) parameters.
@@ -141,7 +200,7 @@ def save_pretrained(
         # the same bytes (and sha256) twice; config.json records the csap-zoo version.
         atomic_write(staging / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        (staging / MODEL_CARD_NAME).write_text(render_model_card(model, metrics, repo_id))
+        (staging / MODEL_CARD_NAME).write_text(render_model_card(model, metrics, repo_id, license=license))
     return target
 
 

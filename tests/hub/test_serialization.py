@@ -241,3 +241,59 @@ def test_folder_of_another_architecture_is_refused(model, tmp_path):
     folder = model.save_pretrained(str(tmp_path / "m"))
     with pytest.raises(ConversionError, match="holds a csap_tiny model, not segnext_tiny"):
         csap_zoo.create_model("segnext_tiny", pretrained=str(folder))
+
+
+def _front_matter(folder):
+    from huggingface_hub import ModelCard, metadata_load
+
+    card = ModelCard.load(folder / "README.md")  # a local file: parsed offline
+    return card, metadata_load(folder / "README.md")
+
+
+def test_model_card_front_matter_is_hugging_face_metadata(model, tmp_path):
+    metrics = {"mIoU": 12.5, "aAcc": 80.25, "mAcc": 20.75, "dataset": "cityscapes", "val_images": 4,
+               "loss": float("nan")}
+    folder = model.save_pretrained(str(tmp_path / "m"), metrics=metrics)
+    card, meta = _front_matter(folder)
+    assert card.data.library_name == "csap-zoo"
+    assert card.data.pipeline_tag == "image-segmentation"
+    assert card.data.datasets == ["cityscapes"]
+    assert "timm" not in card.data.tags and "csap-zoo" in card.data.tags
+    results = {r.metric_name: r for r in card.data.eval_results}
+    assert set(results) == {"mIoU", "aAcc", "mAcc"}  # not results: bookkeeping (dataset, val_images), NaN
+    assert results["mIoU"].metric_type == "mean_iou" and results["mIoU"].metric_value == 12.5
+    assert results["aAcc"].metric_value == 80.25 and results["mAcc"].metric_value == 20.75
+    assert {r.task_type for r in results.values()} == {"image-segmentation"}
+    assert {r.dataset_name for r in results.values()} == {"cityscapes"}
+    index = meta["model-index"]
+    assert index[0]["name"] == "csap_tiny.cityscapes"
+    assert index[0]["results"][0]["metrics"][0] == {"type": "mean_iou", "value": 12.5, "name": "mIoU"}
+    body = card.text
+    for row in ("| architecture | `csap_tiny` |", "| classes | 19 |", "parameters", "GMACs", "input padding",
+                "| mIoU | 12.5 |"):
+        assert row in body
+
+
+def test_model_card_license_comes_from_the_argument_or_the_manifest(model, tmp_path, monkeypatch):
+    data = json.loads(MANIFEST_PATH.read_text())
+    for entry in data["checkpoints"]:
+        if entry["name"] == "csap_tiny.cityscapes":
+            entry["license"] = "cc-by-4.0"
+    manifest_path = tmp_path / "manifest.json"
+    manifest_path.write_text(json.dumps(data))
+    monkeypatch.setenv("CSAP_ZOO_MANIFEST", str(manifest_path))
+    card, _ = _front_matter(model.save_pretrained(str(tmp_path / "named")))
+    assert card.data.license == "cc-by-4.0"  # the manifest entry the model is named after
+    card, _ = _front_matter(save_pretrained(model, tmp_path / "argument", license="mit"))
+    assert card.data.license == "mit"
+    custom = csap_zoo.create_model("csap_tiny", num_classes=3)
+    card, meta = _front_matter(custom.save_pretrained(str(tmp_path / "custom")))
+    assert "license" not in meta and card.data.license is None  # unknown: left for the author to choose
+    assert "datasets" not in meta and "model-index" not in meta  # no dataset, no metrics
+    assert card.data.library_name == "csap-zoo"
+
+
+def test_model_card_refuses_a_malformed_license(model, tmp_path):
+    with pytest.raises(ValueError, match="license"):
+        save_pretrained(model, tmp_path / "m", license="MIT License\nsee file")
+    assert not (tmp_path / "m").exists()
