@@ -211,8 +211,11 @@ def push_to_hub(
         private: bool = False,
         commit_message: str = "Upload csap-zoo model",
         token: Optional[str] = None,
+        license: Optional[str] = None,
 ) -> str:
     """Save the model into a temporary folder and upload it to a Hugging Face Hub model repository.
+
+    ``license`` is the model card's license identifier (see ``render_model_card``).
 
     Returns the commit sha of the upload, which is what a manifest entry pins as ``revision``.
     """
@@ -222,7 +225,7 @@ def push_to_hub(
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model", metrics=metrics, repo_id=repo_id)
+        folder = save_pretrained(model, Path(tmp) / "model", metrics=metrics, repo_id=repo_id, license=license)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
                                  repo_type="model")
     return getattr(info, "oid", None) or str(info)

@@ -306,11 +306,12 @@ class Segmentor(nn.Module):
         return cls(backbone, head, indices, config.in_chans, stride=max(reductions), config=config,
                    data_config=data_config, pad_mode=config.pad_mode, logit_stride=reductions[indices[0]])
 
-    def save_pretrained(self, save_directory: str, metrics: Optional[Dict[str, Any]] = None) -> Any:
-        """Write config.json + model.safetensors + README.md (see ``csap_zoo.hub.serialization``)."""
+    def save_pretrained(self, save_directory: str, metrics: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Any:
+        """Write config.json + model.safetensors + README.md (see ``csap_zoo.hub.serialization.save_pretrained``
+        for the keyword arguments: ``repo_id``, ``dtype``, ``license``)."""
         from ..hub.serialization import save_pretrained  # the hub layer owns the file format
 
-        return save_pretrained(self, save_directory, metrics=metrics)
+        return save_pretrained(self, save_directory, metrics=metrics, **kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Any, **kwargs: Any) -> "Segmentor":

@@ -297,3 +297,15 @@ def test_model_card_refuses_a_malformed_license(model, tmp_path):
     with pytest.raises(ValueError, match="license"):
         save_pretrained(model, tmp_path / "m", license="MIT License\nsee file")
     assert not (tmp_path / "m").exists()
+
+
+def test_segmentor_save_pretrained_passes_the_license_and_dtype(tmp_path):
+    from huggingface_hub import metadata_load
+
+    model = csap_zoo.create_model("csap_tiny", num_classes=3)
+    folder = model.save_pretrained(str(tmp_path / "m"), license="mit", dtype=torch.float16)
+    assert metadata_load(folder / "README.md")["license"] == "mit"
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        assert handle.get_tensor("decode_head.classifier.weight").dtype == torch.float16
