@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from typing import List, Optional
 
 import torch
@@ -32,14 +34,55 @@ def _cmd_models(args: argparse.Namespace) -> int:
 _DATASET_CHOICES = ("ade20k", "cityscapes", "cocostuff", "folder")
 
 
+class UsageError(ValueError):
+    """A command-line value that cannot work here (exit status 2, like argparse's own errors)."""
+
+
+def _is_saved_model(name: str) -> bool:
+    """Whether a --model value names a save_pretrained folder or a Hub repository (it carries its weights)."""
+    return name.startswith("hf-hub:") or os.path.isdir(name)
+
+
+def _saved_model(name: str, weights_option: Optional[str] = None):
+    """The model of a save_pretrained folder or an hf-hub: id, through csap_zoo.from_pretrained."""
+    from . import from_pretrained
+
+    if weights_option:
+        raise UsageError(f"{name} carries its own weights; drop {weights_option} (it is for architecture and "
+                         f"manifest names)")
+    return from_pretrained(name)
+
+
 def _load_model(args: argparse.Namespace, num_classes: Optional[int] = None):
-    """The model named by --model, with weights from --checkpoint (file or saved folder) or --pretrained."""
+    """The model named by --model (a manifest name, an architecture, a save_pretrained folder or an hf-hub: id),
+    with weights from --checkpoint (file or saved folder) or --pretrained."""
     from . import create_model
 
     pretrained = args.checkpoint or args.pretrained
-    if not pretrained and not args.model.startswith("hf-hub:"):
+    if _is_saved_model(args.model):
+        return _saved_model(args.model, "--checkpoint" if args.checkpoint else "--pretrained" if pretrained else None)
+    if not pretrained:
         print(f"warning: {args.model} has random weights (pass --pretrained or --checkpoint PATH)", file=sys.stderr)
     return create_model(args.model, pretrained=pretrained, num_classes=num_classes)
+
+
+def _check_device(device: Optional[str]) -> None:
+    """Refuse a --device this machine does not have, before any model is built."""
+    if device is None or device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is "
+                             f"False: no GPU or driver, or a CPU-only torch build); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {device}: MPS is not available on this machine; use --device cpu")
 
 
 def _inference_config(args: argparse.Namespace, dataset: Optional[str], model):
@@ -91,9 +134,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 names = [line.strip() for line in handle if line.strip()]
             info = custom_dataset_info(names, name="folder")
             num_classes = info.num_classes
-    else:
-        if "." not in args.model.split(":")[-1]:
-            num_classes = get_dataset_info(args.dataset).num_classes
+    elif not _is_saved_model(args.model) and "." not in args.model:
+        num_classes = get_dataset_info(args.dataset).num_classes
     # loaded weights keep their own classes: evaluating a re-initialised classifier would be meaningless, so a
     # class-count mismatch with the dataset is reported by evaluate() instead
     model = _load_model(args, None if (args.checkpoint or args.pretrained) else num_classes)
@@ -117,7 +159,8 @@ def _non_negative_int(text: str) -> int:
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="NAME",
-                        help="model name, e.g. segnext_tiny.ade20k, csap_tiny, or hf-hub:org/repo")
+                        help="what from_pretrained takes: a manifest name (segnext_tiny.ade20k), an architecture "
+                             "(csap_tiny), a save_pretrained folder, or hf-hub:org/repo")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", action="store_true",
                          help="load the named checkpoint from the weights manifest (hash-checked, cached)")
@@ -323,13 +366,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from . import create_model
 
         options = {} if args.num_classes is None else {"num_classes": args.num_classes}
-        model = create_model(args.model, pretrained=args.checkpoint or False, **options).eval()
+        if _is_saved_model(args.model):
+            if args.num_classes is not None:
+                raise UsageError(f"{args.model} carries its own classes; drop --num-classes")
+            model = _saved_model(args.model, "--checkpoint" if args.checkpoint else None).eval()
+        else:
+            model = create_model(args.model, pretrained=args.checkpoint or False, **options).eval()
         kwargs = dict(height=args.size[0], width=args.size[1], check=not args.no_check)
         if args.format == "onnx":
             kwargs.update(opset=args.opset, dynamic=not args.static)
         elif args.format == "torch-export":
             kwargs.update(dynamic=not args.static)
         result = export_model(model, args.output, format=args.format, **kwargs)
+    except UsageError:
+        raise
     except (ValueError, FileNotFoundError, IsADirectoryError, ImportError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -347,6 +397,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import bench_model
 
+    if not args.no_memory:
+        try:
+            import psutil  # noqa: F401  (checked before minutes of timing, not after)
+        except ImportError:
+            print("error: bench measures memory with psutil, which is not installed: pip install "
+                  "'csap-zoo[bench]' (or pass --no-memory)", file=sys.stderr)
+            return 1
     try:
         result = bench_model(args.model, args.size[0], args.size[1], num_classes=args.num_classes,
                              num_threads=args.threads, warmup=args.warmup, repeats=args.repeats,
@@ -382,7 +439,7 @@ def _add_bench_export(sub) -> None:
         "export", help="export a model to ONNX, torch.export (.pt2) or TorchScript",
         description="Export a model (random weights, or a safetensors state dict with --checkpoint) and check "
                     "the file against eager PyTorch at several sizes, including sizes not divisible by 32.")
-    export.add_argument("model", help="model name, e.g. csap_tiny.ade20k")
+    export.add_argument("model", help="model name (csap_tiny.ade20k), a save_pretrained folder or hf-hub:org/repo")
     export.add_argument("output", help="file to write (.onnx, .pt2, .pt)")
     export.add_argument("--format", choices=("onnx", "torch-export", "torchscript"), default="onnx")
     export.add_argument("--checkpoint", default=None,
@@ -431,7 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: its message alone, without the code location or source line."""
+    return f"warning: {message}\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one csap-zoo command; warnings print as ``warning: ...`` and known failures as one ``error: ...``
+    line (exit status 1, or 2 for an option this machine cannot honour)."""
     from .hub import CheckpointError
 
     parser = build_parser()
@@ -441,11 +505,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.command in ("predict", "eval"):
         _check_pairs(parser, args)
+    original_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
+        if args.command in ("predict", "eval", "train"):
+            _check_device(args.device)
         return args.func(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = original_format
 
 
 if __name__ == "__main__":

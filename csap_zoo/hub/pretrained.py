@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Union
@@ -227,21 +228,57 @@ def _warn_reset(source: str, old: int, new: int) -> None:
                   f"and needs fine-tuning.", stacklevel=4)
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable(timeout: float = 3.0) -> Optional[str]:
+    """Why the Hub endpoint cannot be reached (one TCP connection attempt), or None when it answers.
+
+    huggingface_hub retries a refused connection for about half a minute; this single attempt lets an
+    unreachable Hub fail (or fall back to the cache) at once. Behind a proxy the endpoint is not probed.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    parts = urlsplit(constants.ENDPOINT)
+    if not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{parts.hostname}:{port}: {err.strerror or err}"
+    return None
+
+
 def _download_hf_folder(repo_id: str, revision: Optional[str], cache_dir: Optional[PathLike],
                         local_files_only: Optional[bool]) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     offline = is_offline() if local_files_only is None else local_files_only
+    if offline:
+        reason = ("offline mode is on (HF_HUB_OFFLINE or CSAP_ZOO_OFFLINE is set)" if local_files_only is None
+                  else "local_files_only=True")
+    else:
+        unreachable = _hub_unreachable()
+        # like huggingface_hub without a network: the cached copy, if there is one
+        offline = unreachable is not None
+        reason = f"the Hub is unreachable ({unreachable})"
     try:
         paths = [Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
                                       local_files_only=offline)) for name in (CONFIG_NAME, WEIGHTS_NAME)]
     except LocalEntryNotFoundError:
-        raise CheckpointUnavailableError(
-            f"hf-hub:{repo_id} is not in the local cache" + (" and offline mode is on" if offline else
-                                                             " and the Hub is unreachable")
-            + ". Download it once while online, or point HF_HUB_CACHE at a cache that holds it."
-        ) from None
+        if not offline:
+            reason = "the Hub is unreachable"
+        advice = ("Download it once while online (unset HF_HUB_OFFLINE / CSAP_ZOO_OFFLINE), or point HF_HUB_CACHE "
+                  "at a cache that holds it." if "offline mode" in reason else
+                  "Check the network (or HF_ENDPOINT) and retry, or point HF_HUB_CACHE at a cache that holds it; "
+                  "set HF_HUB_OFFLINE=1 to use cached models without trying the network.")
+        raise CheckpointUnavailableError(f"hf-hub:{repo_id} is not in the local cache and {reason}. {advice}") from None
     except (RepositoryNotFoundError, EntryNotFoundError) as err:
         raise CheckpointUnavailableError(f"hf-hub:{repo_id} is not a csap-zoo model repository "
                                          f"({type(err).__name__}); it needs {CONFIG_NAME} and {WEIGHTS_NAME}") from None
