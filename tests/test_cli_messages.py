@@ -25,7 +25,7 @@ def _closed_port() -> int:
 def _run(args, tmp_path, **env):
     environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf_home"),
                        HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", **env)
-    for key in ("HF_HUB_OFFLINE", "CSAP_ZOO_OFFLINE"):
+    for key in ("HF_HUB_OFFLINE", "CSAP_ZOO_OFFLINE", "HF_TOKEN"):  # only what a test sets
         if key not in env:
             environment.pop(key, None)
     return subprocess.run([sys.executable, "-m", "csap_zoo.cli", *args], capture_output=True, text=True,
@@ -164,3 +164,22 @@ def test_export_model_can_be_a_saved_folder(tmp_path, shapes_folder):
                    "--no-check"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m.pt").is_file()
+
+
+# ---------------------------------------------------------------------- push
+def test_push_without_a_token_says_to_log_in(tmp_path, shapes_folder):
+    result = _run(["push", str(shapes_folder), "someone/shapes"], tmp_path)  # HF_HOME is empty: no stored token
+    _assert_one_line_error(result, "token", "hf auth login", "huggingface-cli login", "HF_TOKEN")
+
+
+def test_push_with_an_unreachable_hub_is_one_line_at_once(tmp_path, shapes_folder):
+    start = time.perf_counter()
+    result = _run(["push", str(shapes_folder), "someone/shapes"], tmp_path, HF_TOKEN="hf_not_a_real_token")
+    elapsed = time.perf_counter() - start
+    _assert_one_line_error(result, "unreachable", "HF_ENDPOINT")
+    assert elapsed < 20, elapsed
+
+
+def test_push_offline_is_one_line(tmp_path, shapes_folder):
+    result = _run(["push", str(shapes_folder), "someone/shapes"], tmp_path, HF_TOKEN="hf_x", HF_HUB_OFFLINE="1")
+    _assert_one_line_error(result, "offline mode", "HF_HUB_OFFLINE")
