@@ -39,7 +39,11 @@ class UsageError(ValueError):
 
 
 def _is_saved_model(name: str) -> bool:
-    """Whether a --model value names a save_pretrained folder or a Hub repository (it carries its weights)."""
+    """Whether a --model value names a save_pretrained folder or a Hub repository (it carries its weights).
+    A weights file is refused with what to pass instead."""
+    if os.path.isfile(name):
+        raise UsageError(f"--model {name} is a file; give the architecture or manifest name with --model and the "
+                         f"file with --checkpoint {name}")
     return name.startswith("hf-hub:") or os.path.isdir(name)
 
 

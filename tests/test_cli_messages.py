@@ -183,3 +183,9 @@ def test_push_with_an_unreachable_hub_is_one_line_at_once(tmp_path, shapes_folde
 def test_push_offline_is_one_line(tmp_path, shapes_folder):
     result = _run(["push", str(shapes_folder), "someone/shapes"], tmp_path, HF_TOKEN="hf_x", HF_HUB_OFFLINE="1")
     _assert_one_line_error(result, "offline mode", "HF_HUB_OFFLINE")
+
+
+def test_a_weights_file_as_model_says_to_use_checkpoint(tmp_path, shapes_folder):
+    weights = shapes_folder / "model.safetensors"
+    result = _run(["predict", "a.png", "--model", str(weights), "--out", "out"], tmp_path)
+    _assert_one_line_error(result, "is a file", f"--checkpoint {weights}", code=2)
