@@ -106,7 +106,7 @@ def test_hf_hub_name_offline_fails_fast_naming_hf_hub_offline(tmp_path, variable
     result = _run(["predict", "a.png", "--model", "hf-hub:someone/some-model", "--out", "out", "--no-progress"],
                   tmp_path, **{variable: "1"})
     elapsed = time.perf_counter() - start
-    line = _assert_one_line_error(result, "hf-hub:someone/some-model", "not in the local cache", variable)
+    _assert_one_line_error(result, "hf-hub:someone/some-model", "not in the local cache", variable)
     assert elapsed < 20, elapsed
 
 
@@ -117,7 +117,7 @@ def test_hf_hub_name_with_an_unreachable_hub_fails_fast(tmp_path):
     result = _run(["predict", "a.png", "--model", "hf-hub:someone/some-model", "--out", "out", "--no-progress"],
                   tmp_path)
     elapsed = time.perf_counter() - start
-    line = _assert_one_line_error(result, "hf-hub:someone/some-model", "unreachable", "HF_HUB_OFFLINE=1")
+    _assert_one_line_error(result, "hf-hub:someone/some-model", "unreachable", "HF_HUB_OFFLINE=1")
     assert elapsed < 20, elapsed  # before: 27 s of huggingface_hub's retries
 
 
@@ -189,3 +189,28 @@ def test_a_weights_file_as_model_says_to_use_checkpoint(tmp_path, shapes_folder)
     weights = shapes_folder / "model.safetensors"
     result = _run(["predict", "a.png", "--model", str(weights), "--out", "out"], tmp_path)
     _assert_one_line_error(result, "is a file", f"--checkpoint {weights}", code=2)
+
+
+def test_hf_hub_name_with_an_unreachable_hub_uses_the_cached_copy(tmp_path, shapes_folder):
+    """The Hub refuses connections but the repo is in the Hugging Face cache: predict uses it, without retries."""
+    import shutil
+
+    repo = tmp_path / "hf_home" / "hub" / "models--someone--shapes"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(shapes_folder / name, snapshot / name)
+    _image(tmp_path / "a.png", 30, 34)
+    start = time.perf_counter()
+    result = _run(["predict", "a.png", "--model", "hf-hub:someone/shapes", "--out", "out", "--no-progress"],
+                  tmp_path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 20, elapsed
+    reference = _run(["predict", "a.png", "--model", str(shapes_folder), "--out", "ref", "--no-progress"], tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "labels" / "a.png")),
+                          np.asarray(Image.open(tmp_path / "ref" / "labels" / "a.png")))
