@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import capturing_graph
+
 __all__ = ["FusedConv2d", "batchnorm_affine", "fold_batchnorm", "fold_input_affine", "fuse_modules", "is_fused",
            "onednn_fusion_usable", "optimize_for_inference"]
 
@@ -76,9 +78,7 @@ def onednn_fusion_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the fused kernels have no backward
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return not torch.onnx.is_in_onnx_export()
+    return not capturing_graph()
 
 
 class FusedConv2d(nn.Module):

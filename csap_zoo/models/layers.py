@@ -8,7 +8,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
-__all__ = ["init_conv_linear", "check_head_features", "conv1x1_over_resized_concat"]
+__all__ = ["capturing_graph", "init_conv_linear", "check_head_features", "conv1x1_over_resized_concat"]
+
+
+def capturing_graph() -> bool:
+    """True while torch.jit scripts or traces, torch.compile / torch.export capture, or an ONNX export runs: then
+    data-dependent checks and kernels the capture cannot follow must stay out of the way."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_compiling", "is_exporting"):
+        probe = getattr(compiler, name, None)
+        if probe is not None and probe():
+            return True
+    probe = getattr(getattr(torch, "onnx", None), "is_in_onnx_export", None)
+    return bool(probe is not None and probe())
 
 
 def init_conv_linear(m: nn.Module) -> None:

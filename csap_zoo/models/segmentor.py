@@ -26,6 +26,7 @@ from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
 from ..validation import ConfigError, check_dataclass, check_value, dataclass_from_mapping, option, require_mapping
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
+from .layers import capturing_graph
 
 __all__ = ["DataConfig", "HEAD_TYPES", "HeadConfig", "MAX_CLASSES", "MAX_IMAGE_SIZE", "PAD_MODES", "Segmentor",
            "SegmentorConfig",
@@ -178,21 +179,6 @@ class SegmentorConfig:
         if not timm.is_model(config.backbone):
             raise ConfigError(f"unknown timm backbone {config.backbone!r}; see timm.list_models()", field="backbone")
         return config
-
-
-def _tracing() -> bool:
-    """True while torch.jit traces, torch.compile / torch.export capture, or ONNX exports (data-dependent checks
-    cannot run there)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    for name in ("is_compiling", "is_exporting"):
-        probe = getattr(compiler, name, None)
-        if probe is not None and probe():
-            return True
-    onnx = getattr(torch, "onnx", None)
-    probe = getattr(onnx, "is_in_onnx_export", None)
-    return bool(probe is not None and probe())
 
 
 def check_finite(x: torch.Tensor, layout: str) -> None:
@@ -361,15 +347,15 @@ class Segmentor(nn.Module):
         if height < self.min_size or width < self.min_size:
             raise ValueError(f"image of {height}x{width} is smaller than the minimum size "
                              f"{self.min_size}x{self.min_size}; upscale it first")
-        if not _tracing() and x.device.type != "meta":
+        if not capturing_graph() and x.device.type != "meta":
             check_finite(x, "(batch, channel, y, x)")
 
     def pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` zero-padded right and bottom to a multiple of the stride (``x`` itself when it already is one)."""
-        height, width = x.shape[-2:]
+        height, width = x.shape[-2], x.shape[-1]
         pad_h = (self.stride - height % self.stride) % self.stride
         pad_w = (self.stride - width % self.stride) % self.stride
-        if pad_h or pad_w:
+        if capturing_graph() or pad_h or pad_w:  # no branch on the size in a captured graph
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
@@ -379,11 +365,7 @@ class Segmentor(nn.Module):
         The padding is computed without branching on the size, so traced and exported graphs stay dynamic.
         """
         if self.pad_mode == "zero-to-stride":
-            height, width = x.shape[-2], x.shape[-1]
-            pad_h = (self.stride - height % self.stride) % self.stride
-            pad_w = (self.stride - width % self.stride) % self.stride
-            if _tracing() or pad_h or pad_w:  # eager inputs already aligned are not copied
-                x = F.pad(x, (0, pad_w, 0, pad_h))
+            x = self.pad_to_stride(x)
         return self._to_memory_format(x)
 
     def logit_geometry(self, height: int, width: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -391,8 +373,8 @@ class Segmentor(nn.Module):
         top-left part of that which covers the input (the two are equal without padding)."""
         if self.pad_mode == "none":
             return (height, width), (height, width)
-        stride = self.stride
-        return (-(-height // stride) * stride, -(-width // stride) * stride), (height, width)
+        stride = self.stride  # integer arithmetic only: symbolic sizes (tracing, export) stay symbolic
+        return ((height + stride - 1) // stride * stride, (width + stride - 1) // stride * stride), (height, width)
 
     def _to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
@@ -408,17 +390,14 @@ class Segmentor(nn.Module):
 
         Integer arithmetic only, so that symbolic sizes (tracing, export) stay symbolic.
         """
-        if self.pad_mode == "none":
-            if not upsample:
-                return logits
-            return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         if not upsample:
+            if self.pad_mode == "none":  # every cell overlaps the image
+                return logits
             step = self.logit_stride
             return logits.narrow(2, 0, (height + step - 1) // step).narrow(3, 0, (width + step - 1) // step)
-        stride = self.stride
-        padded = ((height + stride - 1) // stride * stride, (width + stride - 1) // stride * stride)
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
-        return logits.narrow(2, 0, height).narrow(3, 0, width)
+        resized, (keep_h, keep_w) = self.logit_geometry(height, width)
+        logits = F.interpolate(logits, size=resized, mode="bilinear", align_corners=False)
+        return logits.narrow(2, 0, keep_h).narrow(3, 0, keep_w)
 
     def forward_logits(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         """The one padded forward, without input checks: padding policy, backbone, head, logits mapped back to
