@@ -32,3 +32,15 @@ def tiny_config(data_root, out_dir, **changes):
                   backbone_args={"drop_path_rate": 0.0})
     values.update(changes)
     return get_preset("shapes-demo").replace(**values)
+
+
+class Crash(RuntimeError):
+    """Raised by a ``crash_at`` hook: stands for a run killed between optimiser steps (in-process)."""
+
+
+def crash_at(n):
+    """A trainer hook that raises Crash after iteration ``n``."""
+    def hook(trainer, iteration, loss):
+        if iteration == n:
+            raise Crash(f"killed at iteration {iteration}")
+    return hook

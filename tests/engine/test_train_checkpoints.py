@@ -11,18 +11,7 @@ import torch
 
 from csap_zoo.engine import Trainer, load_training_checkpoint, train
 
-from .conftest import tiny_config
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def _crash_at(n):
-    def hook(trainer, iteration, loss):
-        if iteration == n:
-            raise Crash(f"killed at iteration {iteration}")
-    return hook
+from .conftest import Crash, crash_at, tiny_config
 
 
 def _names(folder):
@@ -45,7 +34,7 @@ def test_an_unreadable_later_checkpoint_never_costs_the_good_one(tiny_shapes, tm
     ckpts.mkdir(parents=True)
     (ckpts / "iter_00000099.pt").write_bytes(b"not a checkpoint")  # a damaged file from some earlier run
     with pytest.raises(Crash):
-        train(tiny_config(tiny_shapes, tmp_path / "run", resume="auto"), hooks=[_crash_at(3)])
+        train(tiny_config(tiny_shapes, tmp_path / "run", resume="auto"), hooks=[crash_at(3)])
     assert "iter_00000002.pt" in _names(ckpts)  # the checkpoint just written survives retention
 
     resumed = train(tiny_config(tiny_shapes, tmp_path / "run", resume="auto"))
@@ -65,7 +54,7 @@ def test_checkpoints_of_another_longer_run_do_not_hijack_resume(tiny_shapes, tmp
     shutil.copy(tmp_path / "old" / "checkpoints" / "iter_00000006.pt", ckpts)
     assert longer.iterations == 6
     with pytest.raises(Crash):  # a fresh run in the same folder, killed after its checkpoint at 2
-        train(tiny_config(tiny_shapes, tmp_path / "run"), hooks=[_crash_at(3)])
+        train(tiny_config(tiny_shapes, tmp_path / "run"), hooks=[crash_at(3)])
     resumed = train(tiny_config(tiny_shapes, tmp_path / "run", resume="auto"))
     assert [h["iter"] for h in resumed.history] == [3, 4]
     assert [h["loss"] for h in resumed.history] == full_losses[2:]
@@ -89,7 +78,7 @@ def _log(out):
 def test_the_log_is_one_history_after_a_resume(tiny_shapes, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        train(tiny_config(tiny_shapes, out, eval_interval=1), hooks=[_crash_at(3)])
+        train(tiny_config(tiny_shapes, out, eval_interval=1), hooks=[crash_at(3)])
     with open(out / "log.jsonl", "a") as handle:  # a record cut short by the kill
         handle.write('{"event": "train", "it')
     train(tiny_config(tiny_shapes, out, eval_interval=1, resume="auto"))
@@ -104,7 +93,7 @@ def test_the_log_is_one_history_after_a_resume(tiny_shapes, tmp_path):
 def test_a_restart_before_the_first_checkpoint_starts_a_new_log(tiny_shapes, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        train(tiny_config(tiny_shapes, out), hooks=[_crash_at(1)])
+        train(tiny_config(tiny_shapes, out), hooks=[crash_at(1)])
     train(tiny_config(tiny_shapes, out, resume="auto"))
     events = [(r["event"], r["iter"]) for r in _log(out)]
     assert events == [("start", 0), ("train", 1), ("train", 2), ("train", 3), ("train", 4), ("eval", 4), ("end", 4)]
@@ -113,7 +102,7 @@ def test_a_restart_before_the_first_checkpoint_starts_a_new_log(tiny_shapes, tmp
 def test_resume_from_a_folder(tiny_shapes, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        train(tiny_config(tiny_shapes, out), hooks=[_crash_at(3)])
+        train(tiny_config(tiny_shapes, out), hooks=[crash_at(3)])
     for folder in (out, out / "checkpoints"):  # the output folder or its checkpoints folder
         trainer = Trainer(tiny_config(tiny_shapes, tmp_path / "elsewhere", resume=str(folder)))
         assert trainer.iteration == 2

@@ -6,18 +6,7 @@ import torch
 
 from csap_zoo.engine import Trainer, load_training_checkpoint, train
 
-from .conftest import tiny_config
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def _crash_at(n):
-    def hook(trainer, iteration, loss):
-        if iteration == n:
-            raise Crash(f"killed at iteration {iteration}")
-    return hook
+from .conftest import Crash, crash_at, tiny_config
 
 
 def test_kill_and_resume_gives_the_same_losses(tiny_shapes, tmp_path):
@@ -29,7 +18,7 @@ def test_kill_and_resume_gives_the_same_losses(tiny_shapes, tmp_path):
 
     # the interrupted run dies after step 5: the work after its last checkpoint (iteration 4) is lost
     with pytest.raises(Crash):
-        train(tiny_config(tiny_shapes, tmp_path / "cut", **common), hooks=[_crash_at(5)])
+        train(tiny_config(tiny_shapes, tmp_path / "cut", **common), hooks=[crash_at(5)])
     saved = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert saved == ["iter_00000004.pt"]  # keep_checkpoints=1; no temp files left behind
     state = torch.load(tmp_path / "cut" / "checkpoints" / saved[0], weights_only=True)

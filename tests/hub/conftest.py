@@ -387,6 +387,18 @@ class _ServerBase:
         raise NotImplementedError
 
 
+def _send_text(handler: BaseHTTPRequestHandler, status: int, text: str, head: bool,
+               reason: str | None = None) -> None:
+    """A short text/plain response (the body left out for HEAD)."""
+    body = text.encode()
+    handler.send_response(status, reason)
+    handler.send_header("Content-Type", "text/plain")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if not head:
+        handler.wfile.write(body)
+
+
 def _flip(data: bytes) -> bytes:
     return bytes(b ^ 0xFF for b in data) if data else b"\x00"
 
@@ -676,22 +688,10 @@ class UrlServer(_ServerBase):
             data = self._files.get(key)
             failure = self._fail.get(key)
             if failure is not None:
-                body = f"error {failure[0]}\n".encode()
-                handler.send_response(failure[0], failure[1] or None)
-                handler.send_header("Content-Type", "text/plain")
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                if not head:
-                    handler.wfile.write(body)
+                _send_text(handler, failure[0], f"error {failure[0]}\n", head, reason=failure[1] or None)
                 return
             if data is None:
-                body = b"Not Found\n"
-                handler.send_response(404)
-                handler.send_header("Content-Type", "text/plain")
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                if not head:
-                    handler.wfile.write(body)
+                _send_text(handler, 404, "Not Found\n", head)
                 return
             content = data
             if key in self._corrupt:
