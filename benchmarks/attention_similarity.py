@@ -1,7 +1,7 @@
 """Propagated vs independently computed attention maps, per shallow stage of a CSAP model.
 
 For each shallow decoder stage: cosine similarity and KL(independent || propagated) of the attention rows,
-averaged over heads and query positions, then over images (see ``csap_zoo.analysis`` for the method: stages
+averaged over heads and query positions, then over images (see ``csap_zoo.tools.analysis`` for the method: stages
 trained in independent mode are compared as they are; propagate-mode stages get least-squares-fitted q/k in the
 model's independent-mode twin, fitted on separate images).
 
@@ -24,7 +24,7 @@ from typing import List, Tuple
 
 import torch
 
-from csap_zoo.analysis import (
+from csap_zoo.tools.analysis import (
     attention_similarity, format_similarity_table, plot_similarity, save_similarity_json,
 )
 

@@ -20,7 +20,7 @@ import torch
 
 
 def _decompose(threads: int, height: int, width: int, warmup: int, repeats: int) -> Dict[str, float]:
-    from csap_zoo.benchmark import measure_interleaved
+    from csap_zoo.tools.profiling import measure_interleaved
     from csap_zoo.models import build_model, optimize_for_inference
 
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from typing import List
 
-from csap_zoo.complexity import COUNTERS, ComplexityReport, measure_complexity
+from csap_zoo.tools.complexity import COUNTERS, ComplexityReport, measure_complexity
 from csap_zoo.models.registry import list_models
 
 SETTINGS = ((512, 150), (1024, 19))

@@ -2,7 +2,7 @@
 
 Per model: params, GMACs (fvcore), eager latency (median / p90), channels_last latency, peak memory, and for the
 models in --onnx onnxruntime latency; ratios against CSAP-T. Then a decoder-only comparison: the CSAP head and the
-Ham (SegNeXt) head on the same MSCAN-T features. See ``csap_zoo.benchmark`` for how each number is taken.
+Ham (SegNeXt) head on the same MSCAN-T features. See ``csap_zoo.tools.profiling`` for how each number is taken.
 
     python benchmarks/latency.py                                 # 1x3x512x512, 2 threads, all models
     python benchmarks/latency.py --models csap_tiny segnext_tiny --repeats 20 --json out.json --png out.png
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from csap_zoo.benchmark import (
+from csap_zoo.tools.profiling import (
     BenchResult, ThroughputResult, bench_cuda_throughput, bench_head, bench_models,
 )
 

@@ -1,6 +1,6 @@
 """Peak memory (RSS) of predicting large image files, whole and slide, one fresh child process per case.
 
-Each case runs ``csap_zoo.inference.predict_paths`` (what ``csap-zoo predict`` runs: label PNG + overlay PNG) on a
+Each case runs ``csap_zoo.predict.predict_paths`` (what ``csap-zoo predict`` runs: label PNG + overlay PNG) on a
 generated image with the bundled demo model ``csap_tiny.shapes`` (6 classes), one torch thread. The child reports
 its RSS high-water mark after imports and model loading ("base"); the parent reads the child's peak RSS from
 ``os.wait4``. Cases: 4096^2, 8192^2 and 12288^2 RGB images as PNG and JPEG, and a 13000^2 1-bit PNG, each in
@@ -76,7 +76,8 @@ torch.set_num_threads(1)
 warnings.simplefilter("ignore")
 from PIL import Image
 from csap_zoo import create_model
-from csap_zoo.inference import Segmenter, predict_paths
+from csap_zoo.inference import Segmenter
+from csap_zoo.predict import predict_paths
 options = json.loads(sys.argv[2])
 model = create_model("csap_tiny.shapes", pretrained=True)
 seg = Segmenter(model, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})

@@ -6,7 +6,7 @@
 
 Importing the package registers the MSCAN backbones (``mscan_tiny`` ... ``mscan_large``) with timm.
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 from .hub import create_model, from_pretrained, push_to_hub, save_pretrained  # noqa: E402
 from .hub.catalog import PretrainedInfo, list_models, list_pretrained  # noqa: E402  (pretrained-aware list_models)
@@ -18,7 +18,7 @@ from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datas
 from .evaluation import EvalResult, Evaluator, evaluate  # noqa: E402
 from .inference import InferenceConfig, Segmenter  # noqa: E402
 from .visualize import colorize, overlay  # noqa: E402
-from .engine import TrainConfig, TrainResult, train  # noqa: E402
+from .training import TrainConfig, TrainResult, train  # noqa: E402
 from .validation import ConfigError  # noqa: E402
 
 __all__ = [

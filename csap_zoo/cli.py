@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import torch
 
-from . import __version__
+from .errors import UsageError
+from .version import __version__
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -32,10 +33,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- predict / eval
 _DATASET_CHOICES = ("ade20k", "cityscapes", "cocostuff", "folder")
-
-
-class UsageError(ValueError):
-    """A command-line value that cannot work here (exit status 2, like argparse's own errors)."""
 
 
 def _is_saved_model(name: str) -> bool:
@@ -116,7 +113,7 @@ def _segmenter(args: argparse.Namespace, model, dataset: Optional[str], info=Non
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import predict_paths
+    from .predict import predict_paths
 
     seg = _segmenter(args, _load_model(args), None)
     summary = predict_paths(seg, args.inputs, args.out, alpha=args.alpha, legend=not args.no_legend,
@@ -343,7 +340,7 @@ def _parse_set(items: List[str]) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine import get_preset, load_config, train
+    from .training import get_preset, load_config, train
 
     if args.config and args.preset:
         raise ValueError("give --config or --preset, not both")
@@ -378,7 +375,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from .engine.config import list_presets
+    from .training.config import list_presets
 
     train = sub.add_parser(
         "train", help="train or fine-tune a model (the paper's recipe; DDP under torchrun)",

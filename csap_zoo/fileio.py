@@ -25,9 +25,9 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "clean_stale_temp", "fsync_dir", "is_stale_temp",
+__all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "atomic_write_all", "clean_stale_temp", "fsync_dir", "is_stale_temp",
            "temp_name"]
 
 PathLike = Union[str, os.PathLike]
@@ -105,33 +105,48 @@ def _new_temp_dir(folder: Path, name: str) -> Path:
             continue
 
 
-def atomic_write(path: PathLike, write: Callable[[str], None], suffix: str = "", *, fsync: bool = False) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; the temp file is removed on failure.
+def atomic_write_all(items: Sequence[Tuple[PathLike, Callable[[str], None]]], suffix: str = "", *,
+                     fsync: bool = False) -> List[Path]:
+    """Write several files so that all of them appear or none: each ``write(tmp_path)`` fills a temporary
+    sibling of its destination, then every temporary is renamed into place; on a failure all are removed.
 
-    ``suffix`` is appended to the temp name for writers that look at the extension (e.g. ".onnx"). ``fsync``
-    flushes the file and the rename to disk before returning (for files a crash must not lose, e.g. checkpoints).
-    The file gets the permissions of any new file (umask, default ACLs).
+    ``suffix`` is appended to the temp names for writers that look at the extension (e.g. ".onnx"). ``fsync``
+    flushes the files and the renames to disk before returning (for files a crash must not lose, e.g.
+    checkpoints). Files get the permissions of any new file (umask, default ACLs).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"destination {path} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_file(path.parent, path.name, suffix)
-    mode = os.stat(tmp).st_mode & 0o7777
+    paths = [Path(path) for path, _ in items]
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(f"destination {path} is a directory; give a file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    staged: List[Path] = []
     try:
-        write(str(tmp))
-        if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer that replaced the file (e.g. with its own mkstemp)
-            os.chmod(tmp, mode)
-        if fsync:
-            _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+        for path, (_, write) in zip(paths, items):
+            tmp = _new_temp_file(path.parent, path.name, suffix)
+            staged.append(tmp)
+            mode = os.stat(tmp).st_mode & 0o7777
+            write(str(tmp))
+            if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer that replaced the file (e.g. with its own mkstemp)
+                os.chmod(tmp, mode)
+            if fsync:
+                _fsync_file(tmp)
+        for tmp, path in zip(staged, paths):
+            os.replace(tmp, path)
+        staged = []
+    finally:
+        for tmp in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
     if fsync:
-        fsync_dir(path.parent)
-    return path
+        for folder in dict.fromkeys(path.parent for path in paths):
+            fsync_dir(folder)
+    return paths
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None], suffix: str = "", *, fsync: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and rename the result to ``path``; the temp file is removed on failure (see
+    :func:`atomic_write_all` for ``suffix`` and ``fsync``)."""
+    return atomic_write_all([(path, write)], suffix, fsync=fsync)[0]
 
 
 @contextlib.contextmanager

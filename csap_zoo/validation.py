@@ -16,26 +16,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+from .errors import ConfigError
+
 __all__ = ["ConfigError", "Limits", "check_dataclass", "check_value", "dataclass_from_mapping", "describe",
            "numbers_from_strings", "option", "require_mapping"]
 
 MAX_STRING_CHARS = 4096  # any string field, unless its limits say otherwise
-
-
-class ConfigError(ValueError):
-    """A config value is of the wrong type, out of bounds or unknown; says which file and field."""
-
-    def __init__(self, problem: str, field: Optional[str] = None, source: Optional[str] = None) -> None:
-        self.problem, self.field, self.source = problem, field, source
-        subject = f"{field} {problem}" if field else problem
-        super().__init__(f"{source}: {subject}" if source and field else f"{source} {subject}" if source else subject)
-
-    def located(self, source: Optional[str] = None, prefix: Optional[str] = None) -> "ConfigError":
-        """The same error inside field ``prefix`` of file ``source``."""
-        field = ".".join(p for p in (prefix, self.field) if p) or None
-        error = ConfigError(self.problem, field, source or self.source)
-        error.__cause__ = self.__cause__
-        return error
 
 
 @dataclass(frozen=True)

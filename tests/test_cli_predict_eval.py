@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 import csap_zoo
 from csap_zoo.cli import main
-from csap_zoo.inference import Segmenter, predict_paths
+from csap_zoo.inference import Segmenter
+from csap_zoo.predict import predict_paths
 
 
 def _write_image(path, h=40, w=48, seed=0):

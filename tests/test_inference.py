@@ -423,7 +423,8 @@ import numpy as np, torch
 torch.set_num_threads(1)
 from PIL import Image
 import csap_zoo
-from csap_zoo.inference import Segmenter, predict_paths
+from csap_zoo.inference import Segmenter
+from csap_zoo.predict import predict_paths
 path, small, out = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.manual_seed(0)
 seg = Segmenter(csap_zoo.create_model("csap_tiny", num_classes=4).eval(), resize=(128, 128))

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import DatasetError, listing
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
 from .metadata import DatasetInfo, get_dataset_info
 
@@ -42,13 +43,6 @@ class Sample:
 
     image: Path
     mask: Path
-
-
-def _listing(paths: Sequence[Union[str, Path]]) -> str:
-    shown = [f"  {p}" for p in list(paths)[:_MAX_LISTED]]
-    if len(paths) > _MAX_LISTED:
-        shown.append(f"  ... and {len(paths) - _MAX_LISTED} more")
-    return "\n".join(shown)
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -84,7 +78,7 @@ def _collect(folder: Path, suffix: str, recursive: bool) -> Dict[str, Path]:
         found[key] = path
     if clashes:
         raise ValueError(f"several files in {folder} share a name (ignoring the extension), so pairing is "
-                         f"ambiguous:\n{_listing(clashes)}")
+                         f"ambiguous:\n{listing(clashes)}")
     return found
 
 
@@ -96,9 +90,9 @@ def _pair(images: Dict[str, Path], masks: Dict[str, Path], image_dir: Path, mask
     if lonely_images or lonely_masks:
         parts = []
         if lonely_images:
-            parts.append(f"{len(lonely_images)} image(s) without a mask in {mask_dir}:\n{_listing(lonely_images)}")
+            parts.append(f"{len(lonely_images)} image(s) without a mask in {mask_dir}:\n{listing(lonely_images)}")
         if lonely_masks:
-            parts.append(f"{len(lonely_masks)} mask(s) without an image in {image_dir}:\n{_listing(lonely_masks)}")
+            parts.append(f"{len(lonely_masks)} mask(s) without an image in {image_dir}:\n{listing(lonely_masks)}")
         raise ValueError("unpaired files; every image needs exactly one mask (matched by name):\n"
                          + "\n".join(parts))
     return [Sample(images[k], masks[k]) for k in sorted(images)]
@@ -259,15 +253,6 @@ def open_dataset(name: str, root: PathLike, split: Optional[str] = None,
     canonical = get_dataset_info(key).name
     reader = _READERS[canonical]
     return reader(root) if split is None else reader(root, split=split)
-
-
-class DatasetError(ValueError):
-    """A dataset has files that cannot be used; the message lists every offending file."""
-
-    def __init__(self, problems: Sequence[str], what: str = "dataset") -> None:
-        self.problems = list(problems)
-        super().__init__(f"{what} has {len(self.problems)} problem(s); fix them before training:\n"
-                         + _listing(self.problems))
 
 
 def _check_sample(dataset: SegmentationDataset, index: int) -> Optional[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import threading
 import zlib
 from contextlib import contextmanager
@@ -29,6 +28,9 @@ from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..errors import ImageTooLargeError
+from ..fileio import atomic_write
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError", "MAX_PIXELS_ENV",
@@ -46,10 +48,6 @@ _PIL_LIMIT_LOCK = threading.Lock()
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                 8: Image.Transpose.ROTATE_90}
-
-
-class ImageTooLargeError(ValueError):
-    """An image has more pixels than the configured limit (checked before decoding)."""
 
 
 def max_pixels_limit(max_pixels: Optional[int] = None) -> Optional[int]:
@@ -411,14 +409,8 @@ def read_mask(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -
                      f"(8/16-bit grayscale or palette PNG), not colour images. Convert colours to class indices.")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike]) -> Path:
-    """Write a PNG atomically: a temporary file in the same folder, then ``os.replace``.
+    """Write a PNG atomically (``csap_zoo.fileio.atomic_write``).
 
     Arrays: (H, W, 3) uint8 -> RGB; (H, W) integers -> 8-bit grayscale when all values fit in 0..255, else 16-bit.
     """
@@ -436,20 +428,7 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
             image = Image.fromarray(arr.astype(np.uint8, copy=False))
         else:
             raise ValueError(f"cannot save an array of shape {tuple(arr.shape)} as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------------- streamed PNG writing
@@ -520,8 +499,6 @@ def write_png(path: Union[str, os.PathLike], bands: Iterable[np.ndarray], size: 
     ``"RGB"`` (8-bit RGB; bands (h, W, 3) uint8). Each band is filtered and compressed as it arrives, so memory
     does not grow with the image. Bands that do not add up to ``height`` rows raise a ValueError and leave no file.
     """
-    from ..fileio import atomic_write  # fileio imports nothing from here
-
     if mode not in _PNG_MODES:
         raise ValueError(f"mode must be one of {sorted(_PNG_MODES)}, got {mode!r}")
     height, width = (int(v) for v in size)

@@ -1,6 +1,13 @@
-"""Training: ``TrainConfig`` (+ presets) and ``train``; the trainer handles AMP, DDP, checkpoints and resume."""
-from .config import PRESETS, TrainConfig, get_preset, list_presets, load_config, read_classes_file
-from .trainer import TrainResult, Trainer, load_training_checkpoint, train
+"""``csap_zoo.engine`` is the old name of ``csap_zoo.training``.
 
-__all__ = ["PRESETS", "TrainConfig", "TrainResult", "Trainer", "get_preset", "list_presets", "load_config",
-           "load_training_checkpoint", "read_classes_file", "train"]
+Importing it (or ``csap_zoo.engine.config`` / ``.trainer`` / ``.optim``) gives the training modules themselves, so
+both names share every class, function and setting.
+"""
+import sys
+
+from .. import training as _training
+from ..training import config, optim, trainer
+
+for _module in (config, optim, trainer):
+    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
+sys.modules[__name__] = _training

@@ -88,7 +88,7 @@ class CatalogRow:
 
 @lru_cache(maxsize=None)
 def _size(arch_name: str, num_classes: int) -> Tuple[float, float]:
-    from ..complexity import estimate_gmacs
+    from ..models.flops import estimate_gmacs
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(arch_name, num_classes=num_classes)
@@ -99,7 +99,7 @@ def _size(arch_name: str, num_classes: int) -> Tuple[float, float]:
 def model_catalog(pattern: str = "*", manifest: Optional[Manifest] = None) -> List[CatalogRow]:
     """Rows for the bare architectures and the segmentation checkpoints whose names match ``pattern``.
 
-    GMACs are at 512x512 (convolutions and matrix products, see ``csap_zoo.complexity.estimate_gmacs``); a bare
+    GMACs are at 512x512 (convolutions and matrix products, see ``csap_zoo.models.flops.estimate_gmacs``); a bare
     architecture is sized with 150 classes, and its weights column describes its ImageNet backbone.
     """
     manifest = manifest or default_manifest()

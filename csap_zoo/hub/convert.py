@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file
 
+from ..errors import ConversionError
 from ..models.heads.ham import mmseg_checkpoint_filter_fn
 from ..models.mscan import checkpoint_filter_fn as mscan_checkpoint_filter_fn
 from ..models.segmentor import Segmentor
@@ -27,10 +28,6 @@ from ..models.segmentor import Segmentor
 __all__ = ["CHECKPOINT_FORMATS", "ConversionError", "convert_state_dict", "read_state_dict"]
 
 CHECKPOINT_FORMATS = ("csap-safetensors", "mscan-original", "mmseg-segnext")
-
-
-class ConversionError(ValueError):
-    """A checkpoint file cannot be read or does not fit the model it is meant for."""
 
 
 def read_state_dict(path: Union[str, Path, bytes], name: Optional[str] = None) -> Dict[str, torch.Tensor]:

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
+from ..errors import CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError
 from .manifest import Checkpoint, HfSource, PackageSource, UrlSource
 
 try:
@@ -82,18 +83,6 @@ _OLD_PARTIAL_AGE = 3600.0  # leftovers of the flat cache layout (no locks) count
 _LOCK_POLL = 0.05
 
 PathLike = Union[str, os.PathLike]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be obtained; the message names it and says what to do."""
-
-
-class CheckpointUnavailableError(CheckpointError):
-    """The checkpoint is unpublished, unknown, or not cached while offline."""
-
-
-class CheckpointIntegrityError(CheckpointError):
-    """The file's sha256 does not match the manifest."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import jsonschema
 
+from ..errors import ManifestError
 from ..fileio import atomic_write
 
 __all__ = [
@@ -26,10 +27,6 @@ __all__ = [
 _HERE = Path(__file__).resolve().parent
 MANIFEST_PATH = _HERE / "weights_manifest.json"
 SCHEMA_PATH = _HERE / "weights_manifest.schema.json"
-
-
-class ManifestError(ValueError):
-    """The manifest file is malformed, or a name is not in it."""
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from safetensors.torch import save_file
 
-from .. import __version__
+from ..version import __version__
 from ..fileio import atomic_folder, atomic_write, clean_stale_temp
-from ..complexity import estimate_gmacs
+from ..models.flops import estimate_gmacs
 from ..models.fused import is_fused
 from ..models.segmentor import Segmentor
 

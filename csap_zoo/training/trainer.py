@@ -34,11 +34,10 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -58,67 +57,16 @@ from ..data.transforms import TrainTransform
 from ..evaluation import Evaluator
 from ..fileio import atomic_write, clean_stale_temp
 from ..models.segmentor import DataConfig, Segmentor
+from .checkpoint import (
+    CHECKPOINT_FORMAT, checkpoints_in, is_readable_checkpoint, iteration_in_name, load_training_checkpoint, rng_state, save_checkpoint_file,
+    set_aside, set_rng_state,
+)
 from .config import TrainConfig, get_preset, load_config, read_classes_file
+from .distributed import gather_objects, init_distributed
 from .optim import describe_param_groups, param_groups
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainResult", "Trainer", "build_datasets", "load_training_checkpoint", "train"]
 
-CHECKPOINT_FORMAT = "csap-zoo-train"
-_CKPT_RE = re.compile(r"^iter_(\d+)\.pt$")
-
-
-# ---------------------------------------------------------------------- distributed environment
-@dataclass
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _pick_device(pref: str, local_rank: int) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(pref)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available; use device='cpu'")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    return device
-
-
-def init_distributed(device_pref: str = "auto") -> DistEnv:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), or an existing one; else one process."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if dist.is_available() and dist.is_initialized():
-        device = _pick_device(device_pref, local_rank)
-        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=False)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    device = _pick_device(device_pref, local_rank)
-    if world <= 1:
-        return DistEnv(device=device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=True)
-
-
-def _gather_objects(env: DistEnv, obj: Any) -> List[Any]:
-    if not env.distributed:
-        return [obj]
-    out: List[Any] = [None] * env.world_size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 # ---------------------------------------------------------------------- data
@@ -241,81 +189,6 @@ def _amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
     if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-# ---------------------------------------------------------------------- checkpoints
-def _rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": _plain(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _plain(value: Any) -> Any:
-    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
-
-
-def load_training_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; give a checkpoint file (e.g. {path}/checkpoints/iter_<N>.pt)")
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable training checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a csap-zoo training checkpoint (format {CHECKPOINT_FORMAT!r})")
-    return state
-
-
-def _checkpoints_in(folder: Path) -> List[Tuple[int, Path]]:
-    """``(iteration in the name, path)`` of every ``iter_<N>.pt`` in ``folder``, oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return sorted(found)
-
-
-def _is_readable_checkpoint(path: Path) -> bool:
-    """A cheap readability check: the archive and its record structure load (tensor data memory-mapped)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return False
-    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and "iteration" in state
-
-
-def _set_aside(path: Path, tag: str) -> Path:
-    """Rename ``path`` to ``<name>.<tag>`` (numbered if taken), out of reach of resume and retention."""
-    target, n = path.with_name(f"{path.name}.{tag}"), 1
-    while target.exists():
-        target, n = path.with_name(f"{path.name}.{tag}{n}"), n + 1
-    os.replace(path, target)
-    return target
 
 
 def _labelled(mask: np.ndarray, ignore_index: int) -> bool:
@@ -460,7 +333,7 @@ class Trainer:
                 tally = _LabelTally(ds)
                 mine = check_dataset(tally, range(env.rank, len(ds), env.world_size),  # type: ignore[arg-type]
                                      workers=max(cfg.num_workers, 1))
-                parts = _gather_objects(env, (mine, tally.labelled))
+                parts = gather_objects(env, (mine, tally.labelled))
                 problems += [f"{what}: {p}" for part, _ in parts for p in part]
                 labelled[what] = sum(count for _, count in parts)
         for what, ds in sets:
@@ -529,7 +402,7 @@ class Trainer:
     def _newest_readable(self, folder: Path, set_aside: bool) -> Optional[Path]:
         """The newest checkpoint in ``folder`` that loads (kept in ``_resume_state``). Unreadable ones above it are
         reported and, with ``set_aside`` (this run's own folder, rank 0), renamed out of the way."""
-        for _, path in reversed(_checkpoints_in(folder)):
+        for _, path in reversed(checkpoints_in(folder)):
             try:
                 self._resume_state = load_training_checkpoint(path)
                 return path
@@ -537,7 +410,7 @@ class Trainer:
                 note = ""
                 if set_aside and self.env.is_main:
                     with contextlib.suppress(OSError):
-                        note = f"; renamed it {_set_aside(path, 'unreadable').name}"
+                        note = f"; renamed it {set_aside(path, 'unreadable').name}"
                 self._log(f"warning: skipping unreadable checkpoint {path}{note}: {err}")
         return None
 
@@ -577,15 +450,15 @@ class Trainer:
         if len(rng) != self.env.world_size:
             self._log(f"warning: {path} was written by {len(rng)} process(es), this run has "
                       f"{self.env.world_size}; random streams will differ from an uninterrupted run")
-        _set_rng_state(rng[min(self.env.rank, len(rng) - 1)])
+        set_rng_state(rng[min(self.env.rank, len(rng) - 1)])
         self.iteration = int(state["iteration"])
         best = state.get("best", {})
         self.best_metric = best.get("metric")
         self.best_iteration = best.get("iteration")
         self.evaluations = list(state.get("evaluations", []))
         self.last_metrics = dict(state.get("last_metrics") or {})
-        name = _CKPT_RE.match(path.name)
-        if name is not None and int(name.group(1)) != self.iteration:
+        named = iteration_in_name(path)
+        if named is not None and named != self.iteration:
             self._log(f"warning: {path} holds iteration {self.iteration}, not the one its name says")
         self._resumed_from = path
         self._good_checkpoints.add(path.resolve())
@@ -593,7 +466,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Optional[Path]:
         """Write ``checkpoints/iter_<N>.pt`` (rank 0; every process contributes its RNG state)."""
-        rng = _gather_objects(self.env, _rng_state())
+        rng = gather_objects(self.env, rng_state())
         if not self.env.is_main:
             return None
         state = {
@@ -606,7 +479,7 @@ class Trainer:
             "config": self.config.to_dict(),
         }
         path = self.ckpt_dir / f"iter_{self.iteration:08d}.pt"
-        _atomic_torch_save(state, path)
+        save_checkpoint_file(state, path)
         self._good_checkpoints.add(path.resolve())
         self._retain(path)
         return path
@@ -616,21 +489,21 @@ class Trainer:
         ones; set aside unreadable ones and those with a later iteration (another run's: resume must not pick
         them over this run's)."""
         kept = 1
-        for iteration, path in reversed(_checkpoints_in(self.ckpt_dir)):
+        for iteration, path in reversed(checkpoints_in(self.ckpt_dir)):
             if path == written:
                 continue
             try:
                 if iteration > self.iteration:
-                    moved = _set_aside(path, "superseded")
+                    moved = set_aside(path, "superseded")
                     self._log(f"warning: {path.name} is from another run (iteration {iteration}, this run wrote "
                               f"{written.name}); renamed it {moved.name} so that resume follows this run")
                 elif kept >= self.config.keep_checkpoints:
                     path.unlink(missing_ok=True)
-                elif path.resolve() in self._good_checkpoints or _is_readable_checkpoint(path):
+                elif path.resolve() in self._good_checkpoints or is_readable_checkpoint(path):
                     self._good_checkpoints.add(path.resolve())
                     kept += 1
                 else:
-                    moved = _set_aside(path, "unreadable")
+                    moved = set_aside(path, "unreadable")
                     self._log(f"warning: checkpoint {path.name} cannot be read; renamed it {moved.name} (not "
                               f"counted in keep_checkpoints)")
             except OSError as err:

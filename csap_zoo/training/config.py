@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -63,7 +63,7 @@ class TrainConfig:
     Optimisation: AdamW(lr, betas, weight_decay); param_rules picks each parameter's lr and decay: ``"mmseg"``
     (the official SegNeXt configs: names containing ``norm`` or ``pos_block`` without decay, ``head`` at
     head_lr_mult x lr), ``"no-decay-1d"`` (head at head_lr_mult x lr, no decay on any 1-D parameter, bias, norm
-    or layer scale), or a list of ``{key, lr_mult, decay_mult}`` rules (see ``csap_zoo.engine.optim``); linear
+    or layer scale), or a list of ``{key, lr_mult, decay_mult}`` rules (see ``csap_zoo.training.optim``); linear
     warmup for warmup_iters from warmup_ratio, then poly(power) to min_lr; amp ``"auto"`` (bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU), ``"bf16"``, ``"fp16"``,
     ``"none"``; accum_steps micro-steps per optimiser step; clip_grad (max grad norm) or None.
 

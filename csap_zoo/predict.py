@@ -1,0 +1,289 @@
+"""Files in, PNGs out: what ``csap-zoo predict`` runs over image files, folders and glob patterns.
+
+Each image becomes ``labels/<stem>.png`` (class indices) and ``overlays/<stem>.png`` (colour overlay with a legend),
+written together and atomically, with a peak memory that does not grow with the image beyond its decode (see
+:func:`predict_paths`).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, open_rows, write_png
+from .data.metadata import DatasetInfo
+from .fileio import atomic_write_all
+from .inference import Segmenter
+from .visualize import legend as draw_legend
+from .visualize import legend_extent, overlay
+
+__all__ = ["PredictSummary", "predict_paths", "resolve_inputs"]
+
+Pair = Tuple[int, int]
+_WRITE_BAND_PIXELS = 2 ** 18  # pixels per band of rows when storing labels and writing PNGs
+
+
+@dataclass
+class PredictSummary:
+    """What ``predict_paths`` did: (input, label PNG, overlay PNG) per written image, and (path, reason) skipped."""
+
+    written: List[Tuple[Path, Path, Path]] = field(default_factory=list)
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+
+
+def resolve_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> Tuple[List[Path], bool]:
+    """Expand image inputs: files, folders (their files, not recursive) and glob patterns (``**`` recurses).
+
+    Returns the sorted unique paths and whether the input named exactly one file (then that file must be
+    readable; otherwise unreadable files are skipped).
+    """
+    specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not specs:
+        raise ValueError("no input given; pass an image file, a folder or a glob pattern")
+    paths: List[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            paths.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"folder {path} contains no files")
+            paths.extend(found)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if Path(m).is_file())
+            if not matches:
+                raise FileNotFoundError(f"{spec} is not a file or folder and matches no files as a glob pattern")
+            paths.extend(matches)
+    unique = list(dict.fromkeys(paths))
+    single = len(specs) == 1 and Path(specs[0]).is_file()
+    return unique, single
+
+
+def _output_names(paths: Sequence[Path]) -> List[str]:
+    names = [p.stem for p in paths]
+    seen: dict = {}
+    for p, n in zip(paths, names):
+        seen.setdefault(n, []).append(str(p))
+    clashes = {n: ps for n, ps in seen.items() if len(ps) > 1}
+    if clashes:
+        listed = "; ".join(f"{n}: {', '.join(ps)}" for n, ps in sorted(clashes.items()))
+        raise ValueError(f"several inputs would write the same output name (outputs are named by file stem): "
+                         f"{listed}. Predict them into separate output folders.")
+    return names
+
+
+def predict_paths(
+        segmenter: Segmenter,
+        inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+        out_dir: Union[str, os.PathLike],
+        *,
+        alpha: float = 0.5,
+        legend: bool = True,
+        progress: bool = True,
+) -> PredictSummary:
+    """Predict image files and write ``out_dir/labels/<stem>.png`` (class indices) and
+    ``out_dir/overlays/<stem>.png`` (colour overlay, with a legend of the classes present).
+
+    A single named file must be readable (else ValueError). From folders, globs or several files, unreadable and
+    non-image files (and files above the segmenter's ``max_pixels``) are skipped with one warning listing them.
+    Every PNG is written atomically, the label and overlay of an image together, so a failure leaves only
+    complete results; an output folder this call created and wrote nothing into is removed.
+
+    Memory: each image is decoded once at full size (JPEGs are also decoded at a reduced DCT scale for the model
+    first); the model's input is reduced from it a band of rows at a time, the label map is produced in bands and
+    kept zlib-compressed, and both PNGs are written by a streaming encoder from bands of image and label rows.
+    So the peak is the decoded image (as PIL holds it) plus an amount that does not grow with the image, plus the
+    compressed label map (a few MiB for a large photo). Several views (multi-scale / flip) are merged band by
+    band too. Label maps are 8-bit grayscale PNGs (16-bit when a label is above 255), overlays 8-bit RGB.
+    """
+    paths, single = resolve_inputs(inputs)
+    out_dir = Path(out_dir)
+    names = _output_names(paths)
+    summary = PredictSummary()
+    created = not out_dir.exists()
+    info = segmenter.dataset_info
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    iterator = list(zip(paths, names))
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(iterator), unit="img", desc="predict")
+        except ImportError:  # pragma: no cover - tqdm ships with huggingface_hub
+            bar = None
+    try:
+        for path, name in iterator:
+            try:
+                rows, labels = _predict_file(segmenter, path)
+            except (ValueError, OSError) as err:
+                if single:
+                    raise  # a clear ValueError before anything is written
+                cause = err.__cause__ or err
+                kind = "not an image file" if path.suffix.lower() not in IMAGE_EXTENSIONS else "unreadable image"
+                reason = f"{kind} ({type(cause).__name__}: {cause})"
+                summary.skipped.append((path, reason))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            label_path = out_dir / "labels" / f"{name}.png"
+            overlay_path = out_dir / "overlays" / f"{name}.png"
+            overlay_size, overlay_bands = _overlay_bands(rows, labels, info, alpha=alpha, with_legend=legend)
+            atomic_write_all([  # the label map and its overlay appear together or not at all
+                (label_path, lambda tmp: write_png(tmp, labels.bands(), labels.size, labels.png_mode())),
+                (overlay_path, lambda tmp: write_png(tmp, overlay_bands, overlay_size, "RGB")),
+            ])
+            del rows, labels, overlay_bands
+            summary.written.append((path, label_path, overlay_path))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if created and not summary.written:
+            _remove_empty_tree(out_dir)
+    if summary.skipped:
+        listed = "\n".join(f"  {p}: {why}" for p, why in summary.skipped)
+        warnings.warn(f"skipped {len(summary.skipped)} unreadable or non-image file(s):\n{listed}", stacklevel=2)
+    return summary
+
+
+class _LabelStore:
+    """A label map kept as zlib-compressed bands of ``step`` rows (label maps compress well), with the set of
+    classes present and the largest label."""
+
+    def __init__(self, size: Pair) -> None:
+        self.size = size
+        self.step = max(1, _WRITE_BAND_PIXELS // max(size[1], 1))
+        self.dtype: Optional[np.dtype] = None
+        self.max_label = 0
+        self._chunks: List[Tuple[int, bytes]] = []
+        self._seen = np.zeros(0, dtype=bool)
+        self._pending: List[np.ndarray] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def add(self, band: np.ndarray) -> None:
+        self.dtype = band.dtype
+        self._pending.append(band)
+        self._pending_rows += band.shape[0]
+        while self._pending_rows >= self.step:
+            self._emit(self.step)
+
+    def finish(self) -> None:
+        if self._pending_rows:
+            self._emit(self._pending_rows)
+        if self.rows != self.size[0]:
+            raise RuntimeError(f"label bands cover {self.rows} rows of {self.size[0]}")
+
+    def _emit(self, rows: int) -> None:
+        joined = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending, axis=0)
+        part, rest = joined[:rows], joined[rows:]
+        self._pending, self._pending_rows = ([rest] if len(rest) else []), len(rest)
+        counts = np.bincount(part.ravel().astype(np.int64, copy=False)) > 0
+        if len(counts) > len(self._seen):
+            self._seen = np.pad(self._seen, (0, len(counts) - len(self._seen)))
+        self._seen[:len(counts)] |= counts
+        self.max_label = max(self.max_label, len(counts) - 1)
+        self._chunks.append((part.shape[0], zlib.compress(np.ascontiguousarray(part).tobytes(), 1)))
+        self.rows += part.shape[0]
+
+    def classes(self, ignore_index: int) -> List[int]:
+        return [int(c) for c in np.flatnonzero(self._seen) if c != ignore_index]
+
+    def png_mode(self) -> str:
+        """What ``save_png`` chose for a label array: 8-bit grayscale up to 255, else 16-bit."""
+        if self.max_label > 65535:
+            raise ValueError(f"label values must be in 0..65535 to be stored as PNG, got up to {self.max_label}")
+        return "L" if self.max_label <= 255 else "I;16"
+
+    def bands(self) -> Iterator[np.ndarray]:
+        """The label map again, as consecutive (rows, W) bands of ``step`` rows."""
+        assert self.dtype is not None
+        for rows, data in self._chunks:
+            yield np.frombuffer(zlib.decompress(data), dtype=self.dtype).reshape(rows, self.size[1])
+
+
+def _predict_file(segmenter: Segmenter, path: Path) -> Tuple[ImageRows, _LabelStore]:
+    """Decode ``path`` for the overlay (once, full size) and predict its label map into a compressed store.
+
+    JPEGs are first decoded at a reduced DCT scale for the model (as :meth:`Segmenter.predict` does), then at full
+    size; other files are decoded once and the model's input is reduced from that image."""
+    max_pixels = segmenter.config.max_pixels
+    rows: Optional[ImageRows] = None
+    if image_format(path, max_pixels) != "JPEG":
+        rows = open_rows(path, max_pixels)
+    with torch.inference_mode():
+        raw, size = segmenter._raw_tensor(path if rows is None else rows.image, segmenter._decode_target)
+        labels = _LabelStore(size)
+        for band in segmenter._label_bands(raw, size):
+            labels.add(band)
+        del raw
+    labels.finish()
+    if rows is None:
+        rows = open_rows(path, max_pixels)
+    if rows.size != size:  # pragma: no cover - both decodes read the same header
+        raise ValueError(f"{path}: decoded as {rows.size} for the overlay but {size} for the model")
+    return rows, labels
+
+
+def _overlay_bands(rows: ImageRows, labels: _LabelStore, info: DatasetInfo, alpha: float, with_legend: bool,
+                   max_legend_rows: int = 20) -> Tuple[Pair, Iterator[np.ndarray]]:
+    """The size of ``visualize.render_overlay``'s picture and its rows, band by band: the image blended with
+    its label colours, and on the right a legend of the classes present, as tall as the image (or up to
+    ``max_legend_rows`` entries tall for short images, the overlay padded with white below). Only the top part of
+    the legend that holds entries is drawn; below it the panel is white."""
+    height, width = labels.size
+    panel: Optional[np.ndarray] = None
+    total = height
+    if with_legend:
+        classes = labels.classes(info.ignore_index)
+        natural = draw_legend(classes[:max_legend_rows], info).shape[0]
+        total = max(height, natural)
+        panel = draw_legend(classes, info, height=total, rows=legend_extent(classes, info, height=total))
+    out_width = width + (0 if panel is None else panel.shape[1])
+
+    def bands() -> Iterator[np.ndarray]:
+        y = 0
+        for part in labels.bands():
+            blended = overlay(rows.rows(y, y + part.shape[0]), part, info, alpha=alpha, ignore_index=info.ignore_index)
+            yield blended if panel is None else _with_panel(blended, panel, y, out_width)
+            y += part.shape[0]
+        for start in range(height, total, labels.step):  # below a short image: white, and the legend
+            blank = np.full((min(labels.step, total - start), width, 3), 255, dtype=np.uint8)
+            yield _with_panel(blank, panel, start, out_width)
+
+    return (total, out_width), bands()
+
+
+def _with_panel(left: np.ndarray, panel: Optional[np.ndarray], top: int, out_width: int) -> np.ndarray:
+    """Rows [top, top + len(left)) of the overlay with the legend panel (drawn rows, then white) on the right."""
+    out = np.full((left.shape[0], out_width, 3), 255, dtype=np.uint8)
+    out[:, :left.shape[1]] = left
+    if panel is not None and top < panel.shape[0]:
+        part = panel[top:top + left.shape[0]]
+        out[:part.shape[0], left.shape[1]:] = part
+    return out
+
+
+def _remove_empty_tree(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for sub in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir():
+            try:
+                sub.rmdir()
+            except OSError:
+                return
+    try:
+        root.rmdir()
+    except OSError:
+        pass

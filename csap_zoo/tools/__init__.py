@@ -1,0 +1,4 @@
+"""The lab, apart from the product: attention analysis, export, profiling and complexity counting.
+
+Nothing in the package imports these but the command line (lazily), so ``import csap_zoo`` does not load them.
+"""
