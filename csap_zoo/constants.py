@@ -1,5 +1,16 @@
-"""Constants shared by the model, data and inference layers (kept here so that none has to import another)."""
+"""Facts every floor of the package may read (kept here so that models, data and inference need not import each
+other for them)."""
+from typing import Dict
 
 # ImageNet mean / std per RGB channel on the 0-255 scale: the normalisation of the MSCAN backbones' pretraining.
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+# Mask value of pixels that carry no label (MMSegmentation's convention).
+IGNORE_INDEX = 255
+
+# The benchmark datasets a model name may carry as a tag (``csap_tiny.ade20k``), and their class counts;
+# ``csap_zoo.data.metadata`` holds their class names and palettes (a test checks that the two agree).
+DATASET_NUM_CLASSES: Dict[str, int] = {"ade20k": 150, "cityscapes": 19, "cocostuff": 171}
+# Tags of the bundled demo checkpoints (generated data, ``csap_zoo.data.synthetic``); not benchmark datasets.
+DEMO_DATASET_NUM_CLASSES: Dict[str, int] = {"shapes": 6}

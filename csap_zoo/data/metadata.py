@@ -10,11 +10,12 @@ import colorsys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..constants import IGNORE_INDEX
+
 __all__ = [
     "DatasetInfo", "IGNORE_INDEX", "custom_dataset_info", "generate_palette", "get_dataset_info", "list_datasets",
 ]
 
-IGNORE_INDEX = 255
 RGB = Tuple[int, int, int]
 
 

@@ -12,7 +12,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..validation import ConfigError
+from ..constants import DATASET_NUM_CLASSES, DEMO_DATASET_NUM_CLASSES
+from ..errors import ConfigError
 from . import mscan  # noqa: F401  (registers the MSCAN family with timm)
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
@@ -23,10 +24,6 @@ __all__ = [
     "build_model", "get_architecture", "list_models", "parse_model_name", "register_architecture",
 ]
 
-# Dataset tags a model name may carry, and their class counts.
-DATASET_NUM_CLASSES: Dict[str, int] = {"ade20k": 150, "cityscapes": 19, "cocostuff": 171}
-# Tags of the bundled demo checkpoints (generated data, csap_zoo.data.synthetic); not benchmark datasets.
-DEMO_DATASET_NUM_CLASSES: Dict[str, int] = {"shapes": 6}
 # Class count of a bare architecture name: ADE20K's, the paper's main benchmark.
 DEFAULT_NUM_CLASSES = 150
 
