@@ -6,6 +6,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import csap_zoo
+import csap_zoo.predict
 from csap_zoo.cli import main
 from csap_zoo.inference import Segmenter
 from csap_zoo.predict import predict_paths
@@ -87,7 +88,7 @@ def test_failure_midway_leaves_only_complete_results(tmp_path, tiny_segmenter, m
     for i in range(3):
         _write_image(tmp_path / "in" / f"img{i}.png", seed=i)
     calls = {"n": 0}
-    real_write = csap_zoo.inference.write_png
+    real_write = csap_zoo.predict.write_png
 
     def flaky_write(path, *args, **kwargs):
         calls["n"] += 1
@@ -95,7 +96,7 @@ def test_failure_midway_leaves_only_complete_results(tmp_path, tiny_segmenter, m
             raise OSError("disk full")
         return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(csap_zoo.inference, "write_png", flaky_write)
+    monkeypatch.setattr(csap_zoo.predict, "write_png", flaky_write)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
         predict_paths(tiny_segmenter, tmp_path / "in", out, progress=False)
@@ -258,7 +259,7 @@ def test_written_label_maps_and_overlays_equal_the_full_size_rendering(tmp_path,
     }[setup]()
     # small bands, so that every image is cut into many of them
     monkeypatch.setattr(csap_zoo.inference, "_BAND_ELEMENTS", 4096)
-    monkeypatch.setattr(csap_zoo.inference, "_WRITE_BAND_PIXELS", 1500, raising=False)
+    monkeypatch.setattr(csap_zoo.predict, "_WRITE_BAND_PIXELS", 1500)
     monkeypatch.setattr(csap_zoo.data.io, "_BAND_PIXELS", 5000)
     files = _reference_inputs(tmp_path / "in")
     summary = predict_paths(seg, tmp_path / "in", tmp_path / "out", alpha=alpha, legend=with_legend,
