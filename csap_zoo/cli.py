@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import torch
 
+from .data.datasets import DATASET_LAYOUTS
 from .errors import UsageError
 from .version import __version__
 
@@ -32,7 +33,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- predict / eval
-_DATASET_CHOICES = ("ade20k", "cityscapes", "cocostuff", "folder")
+_DATASET_CHOICES = DATASET_LAYOUTS
 
 
 def _is_saved_model(name: str) -> bool:
@@ -124,16 +125,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data import custom_dataset_info, get_dataset_info, open_dataset
+    from .data import folder_dataset_info, get_dataset_info, open_dataset
     from .evaluation import evaluate
 
     info = None
     num_classes = None
     if args.dataset == "folder":
-        if args.classes:
-            with open(args.classes, encoding="utf-8") as handle:
-                names = [line.strip() for line in handle if line.strip()]
-            info = custom_dataset_info(names, name="folder")
+        if args.classes or os.path.isfile(os.path.join(args.data, "classes.txt")):
+            info = folder_dataset_info(args.data, args.classes, name="folder")
             num_classes = info.num_classes
     elif not _is_saved_model(args.model) and "." not in args.model:
         num_classes = get_dataset_info(args.dataset).num_classes
@@ -212,14 +211,17 @@ def _add_predict_eval(sub) -> None:
                     "dataset, ignore 255). ade20k/cocostuff resize to (2048, 512) and run whole; cityscapes runs "
                     "1024x1024 windows with stride 768; the options below override that.",
     )
-    evaluate.add_argument("--data", required=True, metavar="DIR",
+    evaluate.add_argument("--data", "--data-root", dest="data", required=True, metavar="DIR",
                           help="dataset root: ADEChallengeData2016 (or its parent); the Cityscapes root with "
                                "leftImg8bit/ and gtFine/; the COCO-Stuff root with images/ and annotations/; "
-                               "or, for folder, a folder with images/ and masks/")
+                               "or, for folder, the training layout SPLIT/images, SPLIT/masks (+ classes.txt), "
+                               "or a folder with images/ and masks/")
     evaluate.add_argument("--dataset", required=True, choices=_DATASET_CHOICES, help="dataset layout")
-    evaluate.add_argument("--split", default=None, help="split to evaluate (default: the validation split)")
-    evaluate.add_argument("--classes", metavar="FILE", help="folder datasets: class names, one per line "
-                                                            "(default: the model's classes)")
+    evaluate.add_argument("--split", default=None, help="split to evaluate (default: the validation split; for "
+                                                        "folder: DIR/images if it exists, else DIR/val)")
+    evaluate.add_argument("--classes", metavar="FILE", help="folder datasets: one class per line, `name` or "
+                                                            "`name R G B`, `#` comments (default: DIR/classes.txt, "
+                                                            "else the model's classes)")
     evaluate.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     _add_inference_args(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
@@ -257,8 +259,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
     from . import from_pretrained, push_to_hub
-    from .hub.download import is_offline
-    from .hub.pretrained import _hub_unreachable
+    from .settings import is_offline
+    from .models.serialization import hub_unreachable
 
     if not os.path.isdir(args.model_dir):
         raise FileNotFoundError(f"{args.model_dir} is not a folder (push takes a save_pretrained folder)")
@@ -268,7 +270,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
                          "CSAP_ZOO_OFFLINE)")
     if not get_token():
         raise ValueError(f"pushing to the Hub needs a Hugging Face token: {_LOGIN_ADVICE}")
-    unreachable = _hub_unreachable()
+    unreachable = hub_unreachable()
     if unreachable:
         raise ValueError(f"the Hub is unreachable ({unreachable}); check the network (or HF_ENDPOINT) and retry")
     try:
@@ -407,7 +409,7 @@ def _add_train(sub) -> None:
 
 # ---------------------------------------------------------------------- bench / export
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .tools.export import export_model
 
     try:
         from . import create_model
@@ -442,7 +444,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import bench_model
+    from .tools.profiling import bench_model
 
     if not args.no_memory:
         try:

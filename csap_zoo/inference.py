@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 from .data.io import ImageLike, decode_reduced, reduce_array
 from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
+from .data.transforms import keep_ratio_size as _keep_ratio_size  # the one keep-ratio rule (training's too)
 from .models.fused import optimize_for_inference
 from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor, check_finite
 
@@ -151,13 +152,6 @@ class InferenceConfig:
             args.update(ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
         args.update(overrides)
         return cls(**args)
-
-
-def _keep_ratio_size(height: int, width: int, scale: Pair) -> Pair:
-    """(h, w) after a keep-ratio rescale into ``scale`` = (long, short) (mmcv's rescale rule)."""
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def _linear_indices(out_size: int, in_size: int, device: torch.device

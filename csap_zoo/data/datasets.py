@@ -9,7 +9,13 @@ Layouts (``root`` is the folder you downloaded/prepared):
   ``*_gtFine_labelTrainIds.png`` (19 train ids, 255 ignored; make them with cityscapesscripts'
   ``createTrainIdLabelImgs``).
 - COCO-Stuff-164K: ``{images,annotations}/{train2017,val2017}/``, masks ``*_labelTrainIds.png`` (171 classes).
-- Folder: any ``images/`` and ``masks/`` pair, matched by path relative to each folder minus the extension.
+- Folder (the layout training documents): ``root/<split>/{images,masks}/`` (splits ``train`` and ``val``) and the
+  classes in ``root/classes.txt`` (or a classes file given; see :func:`csap_zoo.data.read_classes_file`). Without
+  a split, ``root/{images,masks}/`` when ``root`` has an ``images`` folder, else ``root/val``. Images and masks are
+  matched by path relative to each folder minus the extension.
+
+:func:`open_dataset` opens any of them by name (one split); :func:`open_train_val` opens the training and
+validation splits a training run reads. ``DEFAULT_SPLITS`` holds each layout's default split names.
 
 Building a reader checks that the folders exist and that every image has exactly one mask and vice versa, and
 raises with the offending files listed. Reading a sample checks the mask's values (0..K-1 or 255) and that mask and
@@ -24,17 +30,29 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..constants import IGNORE_INDEX
 from ..errors import DatasetError, listing
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
-from .metadata import DatasetInfo, get_dataset_info
+from .metadata import CLASSES_FILE_GRAMMAR, DatasetInfo, classes_file_info, get_dataset_info
 
 __all__ = [
-    "ADE20KDataset", "CityscapesDataset", "COCOStuffDataset", "DatasetError", "FolderDataset", "Sample",
-    "SegmentationDataset", "check_dataset", "open_dataset", "validate_dataset",
+    "ADE20KDataset", "CityscapesDataset", "COCOStuffDataset", "DATASET_LAYOUTS", "DEFAULT_SPLITS", "DatasetError",
+    "FolderDataset", "Sample", "SegmentationDataset", "check_dataset", "folder_dataset_info", "open_dataset",
+    "open_train_val", "validate_dataset",
 ]
 
 PathLike = Union[str, os.PathLike]
 _MAX_LISTED = 20
+
+# (training split, evaluation split) of each layout, used when no split is named.
+DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
+    "ade20k": ("training", "validation"),
+    "cityscapes": ("train", "val"),
+    "cocostuff": ("train2017", "val2017"),
+    "folder": ("train", "val"),
+}
+# The layouts open_dataset reads (training configs and the CLI offer these).
+DATASET_LAYOUTS: Tuple[str, ...] = tuple(DEFAULT_SPLITS)
 
 
 @dataclass(frozen=True)
@@ -171,7 +189,7 @@ def _split_name(split: str, names: Dict[str, str], dataset: str) -> str:
 class ADE20KDataset(SegmentationDataset):
     """ADE20K (SceneParsing, 150 classes); ``split`` is ``training``/``train`` or ``validation``/``val``."""
 
-    def __init__(self, root: PathLike, split: str = "validation") -> None:
+    def __init__(self, root: PathLike, split: str = DEFAULT_SPLITS["ade20k"][1]) -> None:
         root = Path(root)
         if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
             root = root / "ADEChallengeData2016"
@@ -186,7 +204,7 @@ class ADE20KDataset(SegmentationDataset):
 class CityscapesDataset(SegmentationDataset):
     """Cityscapes fine annotations, 19 train ids; ``split`` is ``train`` or ``val``."""
 
-    def __init__(self, root: PathLike, split: str = "val") -> None:
+    def __init__(self, root: PathLike, split: str = DEFAULT_SPLITS["cityscapes"][1]) -> None:
         root = Path(root)
         split = _split_name(split, {"train": "train", "val": "val", "validation": "val"}, "Cityscapes")
         image_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit")
@@ -202,7 +220,7 @@ class CityscapesDataset(SegmentationDataset):
 class COCOStuffDataset(SegmentationDataset):
     """COCO-Stuff-164K, 171 classes; ``split`` is ``train2017``/``train`` or ``val2017``/``val``."""
 
-    def __init__(self, root: PathLike, split: str = "val2017") -> None:
+    def __init__(self, root: PathLike, split: str = DEFAULT_SPLITS["cocostuff"][1]) -> None:
         root = Path(root)
         split = _split_name(split, {"train2017": "train2017", "train": "train2017", "val2017": "val2017",
                                     "val": "val2017"}, "COCO-Stuff")
@@ -241,18 +259,103 @@ _READERS: Dict[str, Callable[..., SegmentationDataset]] = {
 }
 
 
-def open_dataset(name: str, root: PathLike, split: Optional[str] = None,
-                 info: Optional[DatasetInfo] = None) -> SegmentationDataset:
-    """A reader by dataset name: ``ade20k``, ``cityscapes``, ``cocostuff`` (``split`` defaults to the validation
-    split) or ``folder`` (``root/images`` + ``root/masks``, ``split`` unused, ``info`` required)."""
+def folder_dataset_info(root: Optional[PathLike] = None, classes_file: Optional[PathLike] = None,
+                        name: str = "custom", ignore_index: int = IGNORE_INDEX) -> DatasetInfo:
+    """The classes of a folder dataset: from ``classes_file``, else from ``root/classes.txt``."""
+    if classes_file is None:
+        if root is None:
+            raise ValueError("a folder dataset needs a classes file (classes_file, or data_root/classes.txt)")
+        classes_file = Path(root) / "classes.txt"
+        if not classes_file.is_file():
+            raise FileNotFoundError(f"classes file not found: {classes_file} (a folder dataset reads its classes "
+                                    f"from root/classes.txt or a given classes file: {CLASSES_FILE_GRAMMAR})")
+    return classes_file_info(classes_file, name=name, ignore_index=ignore_index)
+
+
+def _folder_dirs(root: Optional[PathLike], split: Optional[str], images: Optional[PathLike],
+                 masks: Optional[PathLike]) -> Tuple[Optional[Path], Optional[Path]]:
+    """Image and mask folders of a folder dataset: explicit ones win, else ``root/split/{images,masks}``; without a
+    split ``root/{images,masks}`` when ``root/images`` exists, else the evaluation split's. None where unknown."""
+    base: Optional[Path] = None
+    if root is not None:
+        base = Path(root)
+        if split is not None:
+            base = base / split
+        elif not (base / "images").is_dir() and (base / DEFAULT_SPLITS["folder"][1] / "images").is_dir():
+            base = base / DEFAULT_SPLITS["folder"][1]
+    image_dir = Path(images) if images is not None else (base / "images" if base is not None else None)
+    mask_dir = Path(masks) if masks is not None else (base / "masks" if base is not None else None)
+    return image_dir, mask_dir
+
+
+def _reader(name: str) -> Tuple[str, Callable[..., SegmentationDataset]]:
+    canonical = get_dataset_info(name).name
+    if canonical not in _READERS:
+        raise ValueError(f"there is no reader for the {canonical!r} layout; use one of {list(DATASET_LAYOUTS)} "
+                         f"(generated data is a folder dataset)")
+    return canonical, _READERS[canonical]
+
+
+def open_dataset(name: str, root: Optional[PathLike] = None, split: Optional[str] = None,
+                 info: Optional[DatasetInfo] = None, *, classes_file: Optional[PathLike] = None,
+                 images: Optional[PathLike] = None, masks: Optional[PathLike] = None,
+                 reduce_zero_label: bool = False) -> SegmentationDataset:
+    """One split of a dataset, by layout name: ``ade20k``, ``cityscapes``, ``cocostuff`` (``split`` defaults to the
+    evaluation split of ``DEFAULT_SPLITS``) or ``folder``.
+
+    A ``folder`` dataset reads ``root/split/{images,masks}`` (without a split: ``root/{images,masks}``, or
+    ``root/val`` when ``root`` has no ``images`` folder); ``images``/``masks`` name the folders directly. Its
+    classes are ``info``, else those of ``classes_file``, else those of ``root/classes.txt``;
+    ``reduce_zero_label`` applies to it only (the benchmark readers know their own convention).
+    """
     key = name.lower()
     if key == "folder":
+        image_dir, mask_dir = _folder_dirs(root, split, images, masks)
+        if image_dir is None or mask_dir is None:
+            raise ValueError("a folder dataset needs a root (with <split>/images and <split>/masks) or its images "
+                             "and masks folders")
         if info is None:
-            raise ValueError("a folder dataset needs its classes: pass info=custom_dataset_info([...])")
-        return FolderDataset(Path(root) / "images", Path(root) / "masks", info)
-    canonical = get_dataset_info(key).name
-    reader = _READERS[canonical]
-    return reader(root) if split is None else reader(root, split=split)
+            info = folder_dataset_info(root, classes_file)
+        return FolderDataset(image_dir, mask_dir, info, reduce_zero_label=reduce_zero_label)
+    canonical, reader = _reader(key)
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs its root folder")
+    return reader(root, split=split or DEFAULT_SPLITS[canonical][1])
+
+
+def open_train_val(name: str, root: Optional[PathLike] = None, train_split: Optional[str] = None,
+                   val_split: Optional[str] = None, *, train_images: Optional[PathLike] = None,
+                   train_masks: Optional[PathLike] = None, val_images: Optional[PathLike] = None,
+                   val_masks: Optional[PathLike] = None, classes_file: Optional[PathLike] = None,
+                   dataset_name: Optional[str] = None, ignore_index: int = IGNORE_INDEX,
+                   reduce_zero_label: bool = False) -> Tuple[SegmentationDataset, Optional[SegmentationDataset]]:
+    """The training and validation readers of a training run (pairing checked, contents not yet read).
+
+    Splits default to ``DEFAULT_SPLITS``. A ``folder`` dataset (see :func:`open_dataset`) shares one set of classes
+    (``classes_file`` or ``root/classes.txt``, named ``dataset_name``, with ``ignore_index``) between its splits
+    and has no validation reader when neither ``val_images`` is given nor ``root/<val_split>/images`` exists.
+    """
+    key = name.lower()
+    if key != "folder":
+        canonical, _ = _reader(key)
+        if root is None:
+            raise ValueError(f"dataset {name!r} needs data_root")
+        train_default, val_default = DEFAULT_SPLITS[canonical]
+        return (open_dataset(canonical, root, train_split or train_default),
+                open_dataset(canonical, root, val_split or val_default))
+    train_default, val_default = DEFAULT_SPLITS["folder"]
+    train_dirs = _folder_dirs(root, train_split or train_default, train_images, train_masks)
+    if None in train_dirs:
+        raise ValueError("a folder dataset needs data_root (with train/images, train/masks) or train_images and "
+                         "train_masks")
+    info = folder_dataset_info(root, classes_file, name=dataset_name or "custom", ignore_index=ignore_index)
+    train = open_dataset("folder", info=info, images=train_dirs[0], masks=train_dirs[1],
+                         reduce_zero_label=reduce_zero_label)
+    val_dirs = _folder_dirs(root, val_split or val_default, val_images, val_masks)
+    if None in val_dirs or not (val_images is not None or val_dirs[0].is_dir()):  # type: ignore[union-attr]
+        return train, None
+    return train, open_dataset("folder", info=info, images=val_dirs[0], masks=val_dirs[1],
+                               reduce_zero_label=reduce_zero_label)
 
 
 def _check_sample(dataset: SegmentationDataset, index: int) -> Optional[str]:

@@ -3,20 +3,28 @@
 Ships the standard public class lists and palettes of ADE20K (150 classes), Cityscapes (19 train ids) and
 COCO-Stuff-164K (171 classes), and builds metadata for custom class sets. ``get_dataset_info("ade20k")`` is the
 lookup; names are case-insensitive and accept a few common spellings (``ade``, ``coco-stuff``, ...).
+
+Custom classes come from a classes file (:func:`read_classes_file`, the one parser of that format: training,
+``open_dataset("folder", ...)`` and ``csap-zoo eval --classes`` all read it).
 """
 from __future__ import annotations
 
 import colorsys
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..constants import IGNORE_INDEX
 
 __all__ = [
-    "DatasetInfo", "IGNORE_INDEX", "custom_dataset_info", "generate_palette", "get_dataset_info", "list_datasets",
+    "CLASSES_FILE_GRAMMAR", "DatasetInfo", "IGNORE_INDEX", "classes_file_info", "custom_dataset_info",
+    "generate_palette", "get_dataset_info", "list_datasets", "read_classes_file",
 ]
 
 RGB = Tuple[int, int, int]
+PathLike = Union[str, os.PathLike]
+CLASSES_FILE_GRAMMAR = "one class per line, `name` or `name R G B`; `#` starts a comment"
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,45 @@ def custom_dataset_info(class_names: Sequence[str], palette: Optional[Sequence[S
         raise ValueError(f"class names must be unique; repeated: {dupes}")
     colours = generate_palette(len(names)) if palette is None else [tuple(int(c) for c in p) for p in palette]
     return DatasetInfo(name=name, class_names=names, palette=tuple(colours), ignore_index=ignore_index)
+
+
+def read_classes_file(path: PathLike) -> Tuple[List[str], Optional[List[RGB]]]:
+    """Class names (and palette, if every line has one) from a classes file.
+
+    Lines are ``name`` or ``name R G B`` (names may contain spaces); blank lines and ``#`` comments are skipped.
+    A missing file is a FileNotFoundError; a malformed one a ValueError naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classes file not found: {path} ({CLASSES_FILE_GRAMMAR})")
+    names: List[str] = []
+    colours: List[Optional[RGB]] = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        colour = None
+        if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
+            colour = tuple(int(p) for p in parts[-3:])
+            if max(colour) > 255:
+                raise ValueError(f"{path}:{number}: colour {colour} is outside 0..255")
+            parts = parts[:-3]
+        names.append(" ".join(parts))
+        colours.append(colour)  # type: ignore[arg-type]
+    if not names:
+        raise ValueError(f"classes file {path} lists no classes")
+    if all(c is not None for c in colours):
+        return names, colours  # type: ignore[return-value]
+    if any(c is not None for c in colours):
+        raise ValueError(f"{path}: give a colour on every line or on none")
+    return names, None
+
+
+def classes_file_info(path: PathLike, name: str = "custom", ignore_index: int = IGNORE_INDEX) -> DatasetInfo:
+    """Metadata of the classes a classes file lists (its palette if it gives one, else a generated one)."""
+    names, palette = read_classes_file(path)
+    return custom_dataset_info(names, palette, name=name, ignore_index=ignore_index)
 
 
 _ADE20K_CLASSES = (

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..data.datasets import DATASET_LAYOUTS
+from ..data.metadata import read_classes_file  # its old home; the parser lives in data.metadata
 from ..fileio import atomic_write
 from ..models.registry import apply_head_overrides, get_architecture
 from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, MAX_IMAGE_SIZE, check_backbone_args
@@ -29,7 +31,7 @@ PathLike = Union[str, os.PathLike]
 _TUPLE_FIELDS = ("crop_size", "scale", "ratio_range", "betas", "mean", "std", "test_size", "eval_crop_size",
                  "eval_stride")
 _SQUARE_FIELDS = ("crop_size", "eval_crop_size", "eval_stride")  # one integer means (n, n)
-DATASETS = ("ade20k", "cityscapes", "cocostuff", "folder")
+DATASETS = DATASET_LAYOUTS
 MAX_ITERS = 10 ** 9
 MAX_CONFIG_BYTES = 16 * 2 ** 20
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
@@ -50,8 +52,11 @@ class TrainConfig:
         dataset: ``ade20k``, ``cityscapes``, ``cocostuff`` or ``folder``.
         data_root: dataset root; for ``folder`` it holds ``train/{images,masks}``, ``val/{images,masks}`` and
             (unless ``classes_file`` is given) ``classes.txt``.
+        train_split/val_split: split names (default: the dataset's, ``csap_zoo.data.DEFAULT_SPLITS``; for
+            ``folder`` the subfolders of data_root, ``train`` and ``val``).
         train_images/train_masks/val_images/val_masks: explicit folders for ``folder`` (override data_root's).
-        classes_file: one class per line, ``name`` or ``name R G B`` (palette optional).
+        classes_file: one class per line, ``name`` or ``name R G B`` (palette optional; see
+            ``csap_zoo.data.read_classes_file``).
         dataset_name: name recorded with a ``folder`` dataset's model (default ``custom``).
         ignore_index, reduce_zero_label: label conventions of ``folder`` data.
         validate: check every image and mask before training (``"full"``) or only pairing (``"pairs"``).
@@ -237,38 +242,6 @@ def load_config(path: PathLike) -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"must hold a mapping of option: value, got a {type(data).__name__}", source=str(path))
     return TrainConfig.from_dict(data, source=str(path))
-
-
-def read_classes_file(path: PathLike) -> Tuple[List[str], Optional[List[Tuple[int, int, int]]]]:
-    """Class names (and palette, if every line has one) from a classes file.
-
-    Lines are ``name`` or ``name R G B`` (names may contain spaces); blank lines and ``#`` comments are skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"classes file {path} does not exist")
-    names: List[str] = []
-    colours: List[Optional[Tuple[int, int, int]]] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        colour = None
-        if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
-            colour = tuple(int(p) for p in parts[-3:])
-            if max(colour) > 255:
-                raise ValueError(f"{path}:{number}: colour {colour} is outside 0..255")
-            parts = parts[:-3]
-        names.append(" ".join(parts))
-        colours.append(colour)  # type: ignore[arg-type]
-    if not names:
-        raise ValueError(f"classes file {path} lists no classes")
-    if all(c is not None for c in colours):
-        return names, colours  # type: ignore[return-value]
-    if any(c is not None for c in colours):
-        raise ValueError(f"{path}: give a colour on every line or on none")
-    return names, None
 
 
 _RECIPE = dict(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01, head_lr_mult=10.0, param_rules="mmseg",

@@ -48,11 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.datasets import (
-    ADE20KDataset, CityscapesDataset, COCOStuffDataset, DatasetError, FolderDataset, SegmentationDataset,
-    check_dataset,
-)
-from ..data.metadata import custom_dataset_info
+from ..data.datasets import DatasetError, SegmentationDataset, check_dataset, open_train_val
 from ..data.transforms import TrainTransform
 from ..evaluation import Evaluator
 from ..fileio import atomic_write, clean_stale_temp
@@ -61,7 +57,7 @@ from .checkpoint import (
     CHECKPOINT_FORMAT, checkpoints_in, is_readable_checkpoint, iteration_in_name, load_training_checkpoint, rng_state, save_checkpoint_file,
     set_aside, set_rng_state,
 )
-from .config import TrainConfig, get_preset, load_config, read_classes_file
+from .config import TrainConfig, get_preset, load_config
 from .distributed import gather_objects, init_distributed
 from .optim import describe_param_groups, param_groups
 
@@ -71,43 +67,14 @@ __all__ = ["CHECKPOINT_FORMAT", "TrainResult", "Trainer", "build_datasets", "loa
 
 # ---------------------------------------------------------------------- data
 def build_datasets(config: TrainConfig) -> Tuple[SegmentationDataset, Optional[SegmentationDataset]]:
-    """Train and validation readers for a config (pairing checked; contents are checked by the trainer)."""
-    if config.dataset == "folder":
-        root = Path(config.data_root) if config.data_root else None
-
-        def folder(value: Optional[str], *parts: str) -> Optional[Path]:
-            if value:
-                return Path(value)
-            return root.joinpath(*parts) if root is not None else None
-
-        train_images, train_masks = folder(config.train_images, "train", "images"), folder(config.train_masks,
-                                                                                           "train", "masks")
-        if train_images is None or train_masks is None:
-            raise ValueError("a folder dataset needs data_root (with train/images, train/masks) or train_images "
-                             "and train_masks")
-        classes = Path(config.classes_file) if config.classes_file else (root / "classes.txt" if root else None)
-        if classes is None:
-            raise ValueError("a folder dataset needs a classes file (classes_file, or data_root/classes.txt)")
-        if not classes.is_file():
-            raise FileNotFoundError(f"classes file not found: {classes} (one class name per line, optionally "
-                                    f"followed by R G B)")
-        names, palette = read_classes_file(classes)
-        info = custom_dataset_info(names, palette, name=config.dataset_name or "custom",
-                                   ignore_index=config.ignore_index)
-        train = FolderDataset(train_images, train_masks, info, reduce_zero_label=config.reduce_zero_label)
-        val_images, val_masks = folder(config.val_images, "val", "images"), folder(config.val_masks, "val", "masks")
-        val = None
-        if val_images is not None and val_masks is not None and (config.val_images or val_images.is_dir()):
-            val = FolderDataset(val_images, val_masks, info, reduce_zero_label=config.reduce_zero_label)
-        return train, val
-    if not config.data_root:
-        raise ValueError(f"dataset {config.dataset!r} needs data_root")
-    reader = {"ade20k": ADE20KDataset, "cityscapes": CityscapesDataset, "cocostuff": COCOStuffDataset}[config.dataset]
-    default_splits = {"ade20k": ("training", "validation"), "cityscapes": ("train", "val"),
-                      "cocostuff": ("train2017", "val2017")}[config.dataset]
-    train = reader(config.data_root, split=config.train_split or default_splits[0])
-    val = reader(config.data_root, split=config.val_split or default_splits[1])
-    return train, val
+    """Train and validation readers for a config (pairing checked; contents are checked by the trainer); the
+    layouts and their default splits are csap_zoo.data.open_train_val's."""
+    return open_train_val(
+        config.dataset, config.data_root or None, config.train_split or None, config.val_split or None,
+        train_images=config.train_images or None, train_masks=config.train_masks or None,
+        val_images=config.val_images or None, val_masks=config.val_masks or None,
+        classes_file=config.classes_file or None, dataset_name=config.dataset_name,
+        ignore_index=config.ignore_index, reduce_zero_label=config.reduce_zero_label)
 
 
 class _AugmentedDataset(Dataset):
