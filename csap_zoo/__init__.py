@@ -4,28 +4,46 @@
     model = csap_zoo.create_model("csap_tiny.ade20k")      # MSCAN-T + CSAP head, 150 classes
     logits = model(images)                                  # (B, 150, H, W) for any H, W
 
-Importing the package registers the MSCAN backbones (``mscan_tiny`` ... ``mscan_large``) with timm.
+Importing the package registers the MSCAN backbones (``mscan_tiny`` ... ``mscan_large``) with timm. The training
+API (``train``, ``TrainConfig``, ``TrainResult``) loads on first use, so that importing the package and starting the
+command line stay cheap.
 """
-from .version import __version__
+from typing import Any
 
-from .hub import create_model, from_pretrained, push_to_hub, save_pretrained  # noqa: E402
-from .hub.catalog import PretrainedInfo, list_models, list_pretrained  # noqa: E402  (pretrained-aware list_models)
-from .models import (  # noqa: E402
+from .version import __version__
+from .errors import (
+    CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, ConfigError, ConversionError, CsapZooError,
+    DatasetError, ImageTooLargeError, ManifestError,
+)
+from .models import (
     MSCAN, Architecture, CSAPHead, CSAPHeadConfig, DataConfig, HamHeadConfig, LightHamHead, Segmentor,
     SegmentorConfig, build_model, optimize_for_inference, register_architecture,
 )
-from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datasets  # noqa: E402
-from .evaluation import EvalResult, Evaluator, evaluate  # noqa: E402
-from .inference import InferenceConfig, Segmenter  # noqa: E402
-from .visualize import colorize, overlay  # noqa: E402
-from .training import TrainConfig, TrainResult, train  # noqa: E402
-from .validation import ConfigError  # noqa: E402
+from .models.serialization import push_to_hub, save_pretrained
+from .hub import PretrainedInfo, create_model, from_pretrained, list_models, list_pretrained
+from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datasets
+from .evaluation import EvalResult, Evaluator, evaluate
+from .inference import InferenceConfig, Segmenter
+from .visualize import colorize, overlay
+
+_TRAINING_API = ("TrainConfig", "TrainResult", "train")
+
+
+def __getattr__(name: str) -> Any:
+    """The training API, imported on first use (it pulls in torch.distributed and the data loaders)."""
+    if name in _TRAINING_API:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "ConfigError", "MSCAN", "Architecture", "CSAPHead", "CSAPHeadConfig", "DataConfig", "HamHeadConfig", "LightHamHead",
-    "Segmentor", "SegmentorConfig", "__version__", "build_model", "create_model", "from_pretrained",
-    "list_models", "optimize_for_inference", "push_to_hub", "register_architecture", "save_pretrained",
-    "list_pretrained", "PretrainedInfo",
-    "DatasetInfo", "EvalResult", "Evaluator", "InferenceConfig", "Segmenter", "colorize", "custom_dataset_info",
-    "evaluate", "get_dataset_info", "list_datasets", "overlay", "TrainConfig", "TrainResult", "train",
+    "Architecture", "CSAPHead", "CSAPHeadConfig", "CheckpointError", "CheckpointIntegrityError",
+    "CheckpointUnavailableError", "ConfigError", "ConversionError", "CsapZooError", "DataConfig", "DatasetError",
+    "DatasetInfo", "EvalResult", "Evaluator", "HamHeadConfig", "ImageTooLargeError", "InferenceConfig", "LightHamHead",
+    "MSCAN", "ManifestError", "PretrainedInfo", "Segmenter", "Segmentor", "SegmentorConfig", "TrainConfig",
+    "TrainResult", "__version__", "build_model", "colorize", "create_model", "custom_dataset_info", "evaluate",
+    "from_pretrained", "get_dataset_info", "list_datasets", "list_models", "list_pretrained",
+    "optimize_for_inference", "overlay", "push_to_hub", "register_architecture", "save_pretrained", "train",
 ]

@@ -428,7 +428,12 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
             image = Image.fromarray(arr.astype(np.uint8, copy=False))
         else:
             raise ValueError(f"cannot save an array of shape {tuple(arr.shape)} as PNG")
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            image.save(handle, format="PNG")
+
+    return atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------- streamed PNG writing

@@ -1,18 +1,23 @@
-"""Weights hub: the manifest, downloads (Hugging Face Hub / URL / local), conversion, saving and publishing."""
-from .catalog import PretrainedInfo, list_models, list_pretrained
-from .convert import CHECKPOINT_FORMATS, ConversionError, convert_state_dict, read_state_dict
-from .download import (
-    CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, VerifiedFile, fetch_checkpoint,
-    fetch_verified, sha256_of, url_cache_path,
+"""Weights hub: the manifest's checkpoints fetched (Hugging Face Hub / URL / package), verified, converted and
+loaded by ``create_model``; discovery (``list_models(pretrained=True)``, ``list_pretrained``) and publishing.
+
+The folder format (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``) is the model's own:
+``csap_zoo.models.serialization``; the manifest is ``csap_zoo.manifest``. Both are re-exported here.
+"""
+from ..errors import (
+    CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, ConversionError, ManifestError,
 )
-from .manifest import Checkpoint, HfSource, Manifest, ManifestError, UrlSource, default_manifest, load_manifest
-from .pretrained import create_model, from_pretrained, load_checkpoint_into
-from .serialization import push_to_hub, save_pretrained
+from ..manifest import Checkpoint, HfSource, Manifest, UrlSource, default_manifest, load_manifest
+from ..models.serialization import load_checkpoint_into, push_to_hub, read_state_dict, save_pretrained
+from .catalog import PretrainedInfo, list_models, list_pretrained
+from .convert import CHECKPOINT_FORMATS, convert_state_dict, detect_format
+from .download import VerifiedFile, fetch_checkpoint, fetch_verified, sha256_of, url_cache_path
+from .factory import create_model, from_pretrained
 
 __all__ = [
     "CHECKPOINT_FORMATS", "Checkpoint", "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError",
-    "ConversionError", "HfSource", "Manifest", "ManifestError", "UrlSource", "convert_state_dict", "create_model",
-    "VerifiedFile", "default_manifest", "fetch_checkpoint", "fetch_verified", "from_pretrained", "load_checkpoint_into", "load_manifest",
-    "PretrainedInfo", "list_models", "list_pretrained", "push_to_hub", "read_state_dict", "save_pretrained",
-    "sha256_of", "url_cache_path",
+    "ConversionError", "HfSource", "Manifest", "ManifestError", "PretrainedInfo", "UrlSource", "VerifiedFile",
+    "convert_state_dict", "create_model", "default_manifest", "detect_format", "fetch_checkpoint", "fetch_verified",
+    "from_pretrained", "list_models", "list_pretrained", "load_checkpoint_into", "load_manifest", "push_to_hub",
+    "read_state_dict", "save_pretrained", "sha256_of", "url_cache_path",
 ]

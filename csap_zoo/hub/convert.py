@@ -1,66 +1,33 @@
-"""Reading checkpoint files safely and converting foreign layouts into csap-zoo segmentor state dicts.
+"""Converting foreign checkpoint layouts into csap-zoo segmentor state dicts, and telling the layouts apart.
 
 Formats (the manifest's ``format`` field):
 - ``csap-safetensors``: this package's own layout (``save_pretrained`` output);
 - ``mscan-original``: an MSCAN ImageNet checkpoint, original SegNeXt or MMSegmentation layout (backbone only);
 - ``mmseg-segnext``: an MMSegmentation SegNeXt segmentation checkpoint (``backbone.*`` + ``decode_head.*``).
 
-``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``, which
-refuses pickled code.
+Files are read by ``csap_zoo.models.serialization.read_state_dict`` (safetensors, or ``torch.load(weights_only=True)``,
+which refuses pickled code) and loaded strictly by ``load_checkpoint_into``.
 """
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Dict, Union
 
 import timm
 import torch
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import load_file
 
 from ..errors import ConversionError
 from ..models.heads.ham import mmseg_checkpoint_filter_fn
 from ..models.mscan import checkpoint_filter_fn as mscan_checkpoint_filter_fn
+from ..models.registry import build_model, parse_model_name
 from ..models.segmentor import Segmentor
+from ..models.serialization import load_checkpoint_into, read_state_dict
 
-__all__ = ["CHECKPOINT_FORMATS", "ConversionError", "convert_state_dict", "read_state_dict"]
+__all__ = ["CHECKPOINT_FORMATS", "ConversionError", "convert_checkpoint", "convert_state_dict", "detect_format",
+           "read_state_dict"]
 
 CHECKPOINT_FORMATS = ("csap-safetensors", "mscan-original", "mmseg-segnext")
-
-
-def read_state_dict(path: Union[str, Path, bytes], name: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file (safetensors, or a torch file loaded with weights_only=True), unwrapped from
-    ``state_dict`` / ``model`` containers.
-
-    ``path`` may also be the file's contents (bytes already read and hash-checked, see ``fetch_verified``); ``name``
-    is then the file's name, whose suffix picks the format and which messages show.
-    """
-    contents = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else None
-    path = Path(name or "checkpoint") if contents is not None else Path(path)
-    if contents is None and not path.is_file():
-        raise ConversionError(f"checkpoint file {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path)) if contents is None else load_safetensors_bytes(contents)
-        except Exception as err:
-            raise ConversionError(f"{path} is not a readable safetensors file ({err})") from None
-    try:
-        data: Any = torch.load(path if contents is None else io.BytesIO(contents), map_location="cpu",
-                               weights_only=True)
-    except Exception as err:
-        raise ConversionError(
-            f"{path} could not be read as a weights-only torch checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Pickled objects other than tensors are refused "
-            f"for safety; re-save the file's state_dict, or convert it to safetensors."
-        ) from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
-            data = data[wrapper]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ConversionError(f"{path} does not hold a state dict of tensors")
-    return data
 
 
 def _mscan_backbone_keys(backbone_state: Dict[str, torch.Tensor], model: Segmentor) -> Dict[str, torch.Tensor]:
@@ -73,6 +40,17 @@ def _mscan_backbone_keys(backbone_state: Dict[str, torch.Tensor], model: Segment
         raise ConversionError(str(err)) from None
     # timm's features-only wrapper flattens the top-level `stages` Sequential: stages.0.x -> stages_0.x
     return {re.sub(r"^stages\.(\d+)\.", r"stages_\1.", k): v for k, v in converted.items()}
+
+
+def detect_format(state: Dict[str, torch.Tensor]) -> str:
+    """The layout of a state dict, from its keys: ``mmseg-segnext`` (an MMSegmentation SegNeXt model, its
+    classifier named ``decode_head.conv_seg``), ``csap-safetensors`` (this package's ``backbone.*`` +
+    ``decode_head.*``) or ``mscan-original`` (a bare MSCAN backbone, original or MMSegmentation naming)."""
+    if any(k.startswith("decode_head.conv_seg.") for k in state):
+        return "mmseg-segnext"
+    if any(k.startswith(("backbone.", "decode_head.")) for k in state):
+        return "csap-safetensors"
+    return "mscan-original"
 
 
 def convert_state_dict(state: Dict[str, torch.Tensor], fmt: str, model: Segmentor) -> Dict[str, torch.Tensor]:
@@ -107,9 +85,6 @@ def convert_checkpoint(
     ``mscan-original`` files initialise the backbone of ``name`` (its head stays random); ``mmseg-segnext`` files
     give a complete SegNeXt model.
     """
-    from ..models.registry import build_model, parse_model_name
-    from .pretrained import load_checkpoint_into
-
     parse_model_name(name)
     state = read_state_dict(source)
     model = build_model(name)

@@ -62,7 +62,8 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
 from ..errors import CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError
-from .manifest import Checkpoint, HfSource, PackageSource, UrlSource
+from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
+from ..settings import is_offline
 
 try:
     import fcntl
@@ -92,15 +93,6 @@ class VerifiedFile:
     path: Path
     data: bytes
     sha256: str
-
-
-def _truthy(value: Optional[str]) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def is_offline() -> bool:
-    """Whether the environment asks for offline operation (read at call time)."""
-    return _truthy(os.environ.get("CSAP_ZOO_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
 
 
 def default_cache_dir() -> Path:

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255
+from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
+from ..manifest import Checkpoint, HfSource, Manifest, UrlSource, default_manifest, load_manifest
+from ..models.serialization import CONFIG_NAME, WEIGHTS_NAME
 from .download import sha256_of
-from .manifest import Checkpoint, HfSource, Manifest, UrlSource, default_manifest, load_manifest
-from .serialization import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["publish_entry"]
 

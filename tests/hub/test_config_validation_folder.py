@@ -147,13 +147,13 @@ def test_unparseable_config_files_are_clear_errors(saved, tmp_path, case, text):
 
 
 def test_oversized_config_file_is_refused_unread(saved, tmp_path, monkeypatch):
-    monkeypatch.setattr("csap_zoo.hub.pretrained.MAX_CONFIG_BYTES", 1000)
+    monkeypatch.setattr("csap_zoo.models.serialization.MAX_CONFIG_BYTES", 1000)
     folder = edited(saved, tmp_path, lambda d: d["data"].update(class_names=["x" * 500] * 3))
     expect_config_error(lambda: from_pretrained(folder), folder / "config.json", "larger than")
 
 
 def test_the_bundled_demo_and_an_untouched_folder_still_load(saved, tmp_path):
-    from csap_zoo.hub.pretrained import _read_model_folder  # noqa: F401  (the loader every path shares)
+    from csap_zoo.models.serialization import read_model_folder  # noqa: F401  (the loader every path shares)
 
     demo = csap_zoo.from_pretrained(csap_zoo.__path__[0] + "/assets/demo")
     assert demo.num_classes == 6 and demo.data_config.class_names[1] == "disc"

@@ -101,8 +101,8 @@ def test_register_custom_architecture():
         with pytest.raises(ValueError, match="already registered"):
             register_architecture(arch)
     finally:
-        from csap_zoo.models import registry
-        registry._ARCHITECTURES.pop("csap_test_resnet")
+        from csap_zoo.models import architectures
+        architectures._ARCHITECTURES.pop("csap_test_resnet")
 
 
 def test_architecture_names_cannot_contain_dots():

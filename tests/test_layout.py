@@ -1,0 +1,182 @@
+"""The shape of the package: every import points down, and no module takes part in an import cycle.
+
+The imports are read from the source (every ``import`` / ``from ... import`` statement, also those inside
+functions, except under ``if TYPE_CHECKING:``), so a lazy import that would tie two floors together counts too.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+import csap_zoo
+
+PACKAGE = Path(csap_zoo.__file__).resolve().parent
+
+# What each part of the package may import (besides itself). "face" is csap_zoo/__init__.py.
+FOUNDATION = {"version", "errors", "constants", "settings", "fileio", "validation"}
+ALLOWED: Dict[str, Set[str]] = {
+    "version": set(),
+    "errors": set(),
+    "constants": set(),
+    "settings": set(),
+    "fileio": set(),
+    "validation": {"errors"},
+    "manifest": {"errors", "fileio"},
+    "models": FOUNDATION | {"manifest"},
+    "data": FOUNDATION,
+    "evaluation": FOUNDATION | {"data"},
+    "visualize": FOUNDATION | {"data"},
+    "inference": FOUNDATION | {"data", "models"},
+    "predict": FOUNDATION | {"data", "models", "inference", "visualize"},
+    "hub": FOUNDATION | {"manifest", "models"},
+    "training": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "hub"},
+    "tools": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "predict", "hub"},
+    "cli": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "predict", "hub",
+                         "training", "tools", "face"},
+    "face": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "hub", "training"},
+}
+# Old import paths kept as aliases of the modules that replaced them; nothing inside the package may use them.
+COMPAT = {
+    "csap_zoo.analysis", "csap_zoo.benchmark", "csap_zoo.complexity", "csap_zoo.export", "csap_zoo.engine",
+    "csap_zoo.hub.manifest", "csap_zoo.hub.pretrained", "csap_zoo.hub.serialization",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = ["csap_zoo", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> Dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST) -> List[ast.AST]:
+    found: List[ast.AST] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.append(child)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _imports(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
+    """The package modules that module ``name`` imports."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out: Set[str] = set()
+    for node in _import_nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            # "from pkg import sub" imports the submodule sub when there is one, else a name of pkg
+            targets = [f"{prefix}.{a.name}" if f"{prefix}.{a.name}" in modules else prefix for a in node.names]
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target.startswith("csap_zoo") and target != name:
+                out.add(target)
+    return out
+
+
+def _graph() -> Dict[str, Set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _part(module: str) -> str:
+    return "face" if module == "csap_zoo" else module.split(".")[1]
+
+
+def _cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    found: List[List[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_the_import_reader_sees_relative_lazy_and_submodule_imports():
+    graph = _graph()
+    assert "csap_zoo.models.segmentor" in graph["csap_zoo.models.registry"]  # from .segmentor import Segmentor
+    assert "csap_zoo.models.mscan" in graph["csap_zoo.models.registry"]  # from . import mscan
+    assert "csap_zoo.hub.factory" in graph["csap_zoo.cli"] or "csap_zoo" in graph["csap_zoo.cli"]  # lazy, in functions
+    assert not any(m.startswith("torch") for deps in graph.values() for m in deps)
+
+
+def test_the_package_has_no_import_cycle():
+    assert _cycles(_graph()) == []
+
+
+def test_every_import_points_down():
+    upward = []
+    for module, deps in _graph().items():
+        if module in COMPAT:
+            continue
+        part = _part(module)
+        assert part in ALLOWED, f"{module} belongs to no known part of the package; add its part to ALLOWED"
+        for dep in deps:
+            if dep in COMPAT:
+                upward.append(f"{module} -> {dep} (an old name kept for users only)")
+            elif _part(dep) != part and _part(dep) not in ALLOWED[part]:
+                upward.append(f"{module} -> {dep}")
+    assert upward == []
+
+
+def test_the_model_layer_knows_nothing_above_it():
+    graph = _graph()
+    above = {"hub", "data", "training", "tools", "inference", "predict", "cli", "face", "evaluation", "visualize"}
+    for module, deps in graph.items():
+        if module.startswith("csap_zoo.models"):
+            assert not {d for d in deps if _part(d) in above}, module
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
