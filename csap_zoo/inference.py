@@ -356,7 +356,7 @@ class Segmenter:
     def _to_tensors(self, images: Any) -> Tuple[List[torch.Tensor], bool]:
         """Raw (1, C, H, W) float tensors on the 0-255 scale, and whether the input was a batch."""
         items, batched = self._inputs(images)
-        return [self._raw_tensor(item, None)[0].float() for item in items], batched
+        return [self.decode_raw(item, None)[0].float() for item in items], batched
 
     def _inputs(self, images: Any) -> Tuple[List[Any], bool]:
         """The images one by one (nothing decoded yet), and whether the input was a batch."""
@@ -372,12 +372,12 @@ class Segmenter:
             return list(images), True
         return [images], False
 
-    def _decode_target(self, height: int, width: int) -> Pair:
+    def decode_target(self, height: int, width: int) -> Pair:
         """The largest view the model runs on for an image of this size (decoding may reduce down to it)."""
         sizes = [self._view_size(height, width, r) for r in self.config.ratios]
         return max(s[0] for s in sizes), max(s[1] for s in sizes)
 
-    def _raw_tensor(self, image: Any, target: Optional[Any]) -> Tuple[torch.Tensor, Pair]:
+    def decode_raw(self, image: Any, target: Optional[Any]) -> Tuple[torch.Tensor, Pair]:
         """A raw 0-255 (1, C, h, w) tensor (uint8 where the input allows) reduced towards ``target(H, W)``, and the
         image's full size (H, W)."""
         if isinstance(image, torch.Tensor):
@@ -587,7 +587,7 @@ class Segmenter:
             band = None  # a suspended generator keeps its locals: keep no reference to a band handed over
             yield box.pop()
 
-    def _label_bands(self, raw: torch.Tensor, size: Pair) -> Iterator[np.ndarray]:
+    def label_bands(self, raw: torch.Tensor, size: Pair) -> Iterator[np.ndarray]:
         """The label map (``size`` = (H, W)) of one raw image tensor as consecutive bands of rows, in the smallest
         integer dtype that holds the classes. Several views are merged band by band (their generators run side by
         side; the same sums in the same order as one full-size accumulator), so no full-size map is built."""
@@ -626,7 +626,7 @@ class Segmenter:
         if not return_probs:
             filled: Optional[np.ndarray] = None
             y = 0
-            for part in self._label_bands(raw, size):
+            for part in self.label_bands(raw, size):
                 if filled is None:
                     filled = np.empty((height, width), dtype=part.dtype)
                 filled[y:y + part.shape[0]] = part
@@ -672,7 +672,7 @@ class Segmenter:
     def predict_labels(self, image: Any) -> np.ndarray:
         """The label map of one image in the smallest integer dtype that holds the classes (uint8 up to 256
         classes), with the bounded memory of :meth:`predict`."""
-        raw, size = self._raw_tensor(image, self._decode_target)
+        raw, size = self.decode_raw(image, self.decode_target)
         return self._predict_one(raw, size, False)[0]
 
     # ------------------------------------------------------------------ public API
@@ -691,7 +691,7 @@ class Segmenter:
         items, batched = self._inputs(images)
         results = []
         for item in items:
-            raw, size = self._raw_tensor(item, self._decode_target)
+            raw, size = self.decode_raw(item, self.decode_target)
             labels, probs = self._predict_one(raw, size, return_probs)
             labels = labels.astype(np.int64)
             results.append((labels, probs) if return_probs else labels)

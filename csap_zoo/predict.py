@@ -222,9 +222,9 @@ def _predict_file(segmenter: Segmenter, path: Path) -> Tuple[ImageRows, _LabelSt
     if image_format(path, max_pixels) != "JPEG":
         rows = open_rows(path, max_pixels)
     with torch.inference_mode():
-        raw, size = segmenter._raw_tensor(path if rows is None else rows.image, segmenter._decode_target)
+        raw, size = segmenter.decode_raw(path if rows is None else rows.image, segmenter.decode_target)
         labels = _LabelStore(size)
-        for band in segmenter._label_bands(raw, size):
+        for band in segmenter.label_bands(raw, size):
             labels.add(band)
         del raw
     labels.finish()

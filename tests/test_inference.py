@@ -476,7 +476,7 @@ def test_several_views_merged_band_by_band_give_the_full_size_labels(tiny, monke
     monkeypatch.setattr(inference, "_BAND_ELEMENTS", 3000)
     image = _image(77, 103, seed=5)
     seg = Segmenter(tiny, mode=mode, crop_size=48, stride=32, resize=(90, 60), ratios=(0.5, 1.0, 1.5), flip=True)
-    bands = list(seg._label_bands(seg._raw_tensor(image, seg._decode_target)[0], (77, 103)))
+    bands = list(seg.label_bands(seg.decode_raw(image, seg.decode_target)[0], (77, 103)))
     assert len(bands) > 3 and all(b.dtype == np.uint8 for b in bands)
     labels, probs = seg.predict(image, return_probs=True)
     np.testing.assert_array_equal(np.concatenate(bands), labels)
