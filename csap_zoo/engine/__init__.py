@@ -3,11 +3,11 @@
 Importing it (or ``csap_zoo.engine.config`` / ``.trainer`` / ``.optim``) gives the training modules themselves, so
 both names share every class, function and setting.
 """
+import importlib
 import sys
 
 from .. import training as _training
-from ..training import config, optim, trainer
 
-for _module in (config, optim, trainer):
-    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
+for _name in ("config", "optim", "trainer"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"{_training.__name__}.{_name}")
 sys.modules[__name__] = _training
