@@ -4,11 +4,12 @@ One entry per architecture (``csap_tiny``, ``segnext_base``, ...) and per segmen
 manifest (``csap_tiny_ade20k``, ``segnext_tiny_cityscapes``, ...). ``pretrained=True`` loads the checkpoint
 (for a bare architecture: its ImageNet backbone) through the manifest, hash-checked and cached.
 """
-dependencies = ["torch", "torchvision", "timm", "einops", "safetensors", "huggingface_hub"]
+# Every module `import csap_zoo` imports (torch.hub checks that each can be found, and names the missing ones).
+dependencies = ["torch", "torchvision", "timm", "einops", "safetensors", "huggingface_hub", "numpy", "PIL"]
 
 # Private aliases: torch.hub treats every public callable here as an entry point.
 from csap_zoo import create_model as _create_model  # noqa: E402
-from csap_zoo.hub.manifest import default_manifest as _default_manifest  # noqa: E402
+from csap_zoo.manifest import default_manifest as _default_manifest  # noqa: E402
 from csap_zoo.models.registry import get_architecture as _get_architecture  # noqa: E402
 from csap_zoo.models.registry import list_models as _list_models  # noqa: E402
 
