@@ -211,3 +211,28 @@ def test_refinement_reports_its_fit_kl():
     assert ls_only.stages[0].fit_kl is None
     for s in refined.stages:
         assert s.fit_kl is not None and 0.0 <= s.fit_kl < 5.0
+
+
+def test_analysis_reads_stage_inputs_from_the_head(monkeypatch):
+    """The analysis takes tokens, cells and propagated maps from CSAPHead.stage_attention_inputs (written once in
+    the head), not from its own copy of the head's computation."""
+    from csap_zoo.models.heads.csap import CSAPHead
+
+    seen = []
+    original = CSAPHead.stage_attention_inputs
+
+    def spy(self, features):
+        stages = original(self, features)
+        seen.append(stages)
+        return stages
+
+    monkeypatch.setattr(CSAPHead, "stage_attention_inputs", spy)
+    torch.manual_seed(0)
+    model = sharpen(csap_zoo.create_model("csap_tiny", num_classes=5, attention="independent")).eval()
+    image = generate_images(1, *SIZE, seed=3)[0]
+    report = attention_similarity(model, images=[image])
+    assert len(seen) == 1  # one evaluation image, nothing to fit
+    stages = seen[0]
+    # stage 0 (8x12, no padding at 64x96): the report's propagated map is the head's, row for row
+    assert stages[0].grid == report.stages[0].grid == (8, 12)
+    assert torch.equal(report.example["propagated"][0], stages[0].propagated[0].float())

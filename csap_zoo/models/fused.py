@@ -1,12 +1,13 @@
-"""Inference-time fusion: fold normalisations into convolutions and run conv + activation / residual as one kernel.
+"""Inference-time folding: fold normalisations into convolutions and run conv + activation / residual as one kernel.
 
-:func:`optimize_for_inference` returns a copy of a segmentor (or any module) in which every submodule that
-offers a ``fuse()`` method has been replaced by what that method returns (for MSCAN: blocks whose BatchNorms and
-layer scales are folded into the neighbouring 1x1 convolutions and whose GELUs and residual adds run inside the
-convolution), whose heads project each stage before resizing it (``project_before_resize``) and whose weights
-are in ``channels_last`` layout. Outputs equal the original model's up to float
-rounding; the copy is for inference only (its BatchNorm statistics are frozen into weights) and cannot be saved as
-a checkpoint of the original architecture.
+:func:`optimize_for_inference` returns a copy of a segmentor (or any module) prepared through one protocol: a module
+that can be prepared for inference defines ``reparameterize(self) -> nn.Module``, returning its replacement (for
+MSCAN: blocks whose BatchNorms and layer scales are folded into the neighbouring 1x1 convolutions and whose GELUs
+and residual adds run inside the convolution) or itself, prepared once in place (the decode heads: each stage is
+projected before its resize, and CSAP's fusion BatchNorm is folded into that projection). Weights end up in
+``channels_last`` layout. Outputs equal the original model's up to float rounding; the copy is for inference only
+(its BatchNorm statistics are frozen into weights) and cannot be saved as a checkpoint of the original architecture
+(:func:`is_fused`).
 
 :class:`FusedConv2d` runs the fused kernels through oneDNN (``torch.ops.mkldnn._convolution_pointwise``) for
 float32 CPU tensors outside autograd, tracing and export, and falls back to the same computation in plain
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from .layers import capturing_graph
 
 __all__ = ["FusedConv2d", "batchnorm_affine", "fold_batchnorm", "fold_input_affine", "fuse_modules", "is_fused",
-           "onednn_fusion_usable", "optimize_for_inference"]
+           "onednn_fusion_usable", "optimize_for_inference", "reparameterize_modules"]
 
 UNARY_OPS = ("none", "gelu", "relu")
 BINARY_OPS = ("add", "mul")
@@ -194,15 +195,35 @@ def _check_add_into(conv: "FusedConv2d", out: torch.Tensor) -> None:
         raise ValueError("add_into writes into a dense tensor; got a strided view")
 
 
-def fuse_modules(model: nn.Module) -> nn.Module:
-    """Replace, in place and depth-first, every submodule with a ``fuse()`` method by what it returns."""
+def _reparameterizable(module: nn.Module) -> bool:
+    """Whether ``module``'s class takes part in the ``reparameterize()`` protocol."""
+    method = getattr(type(module), "reparameterize", None)
+    return callable(method) and not isinstance(method, nn.Module)
+
+
+def _reparameterized(module: nn.Module) -> nn.Module:
+    """What ``module.reparameterize()`` gives; ``None`` (timm's in-place convention) means ``module`` itself."""
+    replacement = module.reparameterize()
+    return module if replacement is None else replacement
+
+
+def reparameterize_modules(model: nn.Module) -> nn.Module:
+    """Prepare ``model`` for inference in place through the ``reparameterize()`` protocol and return the result.
+
+    Depth-first: a module whose class defines ``reparameterize()`` is replaced by what it returns (itself when it
+    prepared itself in place) and its subtree is left to it; any other module is walked into. ``model`` itself is
+    asked first, so the result is a different object only when the root is replaced.
+    """
+    if _reparameterizable(model):
+        return _reparameterized(model)
     for name, child in model.named_children():
-        fuse = getattr(type(child), "fuse", None)
-        if callable(fuse) and not isinstance(fuse, nn.Module):
-            setattr(model, name, child.fuse())
-        else:
-            fuse_modules(child)
+        replacement = reparameterize_modules(child)
+        if replacement is not child:
+            setattr(model, name, replacement)
     return model
+
+
+fuse_modules = reparameterize_modules  # the name before the protocol was called reparameterize()
 
 
 def is_fused(model: nn.Module) -> bool:
@@ -211,19 +232,18 @@ def is_fused(model: nn.Module) -> bool:
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace: bool = False) -> nn.Module:
-    """A copy of ``model`` for fast inference: eval mode, no gradients, fused blocks, ``channels_last`` weights.
+    """A copy of ``model`` for fast inference: eval mode, no gradients, every module that defines
+    ``reparameterize()`` prepared through it (see :func:`reparameterize_modules`), ``channels_last`` weights.
 
-    A :class:`~csap_zoo.models.segmentor.Segmentor` also switches its input to ``channels_last`` (its outputs stay
+    With ``inplace`` the model itself is prepared (and returned, unless its root module replaces itself). A
+    :class:`~csap_zoo.models.segmentor.Segmentor` also switches its input to ``channels_last`` (its outputs stay
     contiguous). Outputs match the original up to float rounding (about 1e-5 relative). Keep the original model
     for training, saving and exporting.
     """
     if not inplace:
         model = copy.deepcopy(model)
     model.eval().requires_grad_(False)
-    fuse_modules(model)
-    for module in model.modules():
-        if hasattr(module, "project_before_resize"):  # heads: project stages before resizing them
-            module.project_before_resize = True
+    model = reparameterize_modules(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         if hasattr(model, "memory_format"):

@@ -120,7 +120,7 @@ class MscanBlock(nn.Module):
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x
 
-    def fuse(self) -> "FusedMscanBlock":
+    def reparameterize(self) -> "FusedMscanBlock":
         """This block as an inference-only :class:`FusedMscanBlock` (same outputs up to float rounding)."""
         return FusedMscanBlock(self)
 
@@ -227,7 +227,7 @@ class StemConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
 
-    def fuse(self) -> nn.Sequential:
+    def reparameterize(self) -> nn.Sequential:
         """Inference-only copy: BatchNorms folded into the convs, the GELU fused into the first."""
         conv1, bn1, _, conv2, bn2 = self.proj
         return nn.Sequential(FusedConv2d.from_conv(conv1, bn1, unary="gelu"), FusedConv2d.from_conv(conv2, bn2))
@@ -244,7 +244,7 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))
 
-    def fuse(self) -> FusedConv2d:
+    def reparameterize(self) -> FusedConv2d:
         """Inference-only copy with the BatchNorm folded into the conv."""
         return FusedConv2d.from_conv(self.proj, self.norm)
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from ..models.heads.csap import CSAPHead, CSAPHeadConfig, propagate_map
+from ..models.heads.csap import CSAPHead, CSAPHeadConfig
 from ..models.segmentor import Segmentor
 from ..fileio import atomic_write
 
@@ -325,9 +325,7 @@ def refine_qk(
 
 def _logits(attn: nn.Module, tokens: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     """(heads, N, M) logits of a stage's own q/k for one image's tokens (N, C) and cells (M, C)."""
-    q = rearrange(attn.q(tokens), "n (h d) -> h n d", h=attn.num_heads)
-    k = rearrange(attn.k(cells), "m (h d) -> h m d", h=attn.num_heads)
-    return (q @ k.transpose(-2, -1)) * attn.scale
+    return attn.logits(tokens[None], cells[None])[0]
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -368,17 +366,6 @@ class AttentionSimilarityReport:
         return data
 
 
-def _stage_inputs(head: CSAPHead, features: Sequence[torch.Tensor]):
-    """Per stage: LayerNorm'd query tokens (B, N, C), pooled cells (B, M, C), grid (H, W)."""
-    out = []
-    for block, feat in zip(head.blocks, features):
-        height, width = feat.shape[-2:]
-        normed = block.norm1(rearrange(feat, "b c h w -> b (h w) c"))
-        cells, _ = block.attn.cells(rearrange(normed, "b (h w) c -> b c h w", h=height, w=width))
-        out.append((normed, cells, (height, width)))
-    return out
-
-
 def _valid_rows(grid: Tuple[int, int], padded: Tuple[int, int], size: Tuple[int, int]) -> torch.Tensor:
     """Flat indices of the grid positions that overlap the real (unpadded) image."""
     rows = math.ceil(size[0] * grid[0] / padded[0])
@@ -393,16 +380,12 @@ def _collect(model: Segmentor, head: CSAPHead, images: Sequence[torch.Tensor]):
     for image in images:
         model.check_input(image)
         padded = model.prepare_input(image)
-        feats = model.forward_features(padded)
-        inputs = _stage_inputs(head, feats)
-        src_tokens, src_cells, src_grid = inputs[-1]
-        source_map = head.blocks[-1].attn.compute_map(src_tokens, src_cells)
+        stages = head.stage_attention_inputs(model.forward_features(padded))
         per_stage = []
-        for tokens, cells, grid in inputs[:-1]:
-            prop = propagate_map(source_map, src_grid, grid, head.propagation)
-            rows = _valid_rows(grid, tuple(padded.shape[-2:]), tuple(image.shape[-2:]))
-            per_stage.append(dict(tokens=tokens[0, rows], cells=cells[0], propagated=prop[0][:, rows],
-                                  grid=grid, rows=rows))
+        for stage in stages[:-1]:
+            rows = _valid_rows(stage.grid, tuple(padded.shape[-2:]), tuple(image.shape[-2:]))
+            per_stage.append(dict(tokens=stage.tokens[0, rows], cells=stage.cells[0],
+                                  propagated=stage.propagated[0][:, rows], grid=stage.grid, rows=rows))
         records.append(per_stage)
     return records
 

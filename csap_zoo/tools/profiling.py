@@ -370,6 +370,7 @@ def bench_head(
     """Decoder-only latency: each architecture's head on the same backbone features (computed once), timed
     round-robin: as built on contiguous features (``latency``) and as in an optimized model (``optimized``:
     channels_last features and weights, stages projected before their resize)."""
+    from ..models.fused import reparameterize_modules
     from ..models.registry import build_model
 
     torch.manual_seed(0)
@@ -386,8 +387,8 @@ def bench_head(
         if list(getattr(head, "in_channels", got)) != got:
             raise ValueError(f"{name}'s head expects {head.in_channels} channels, the {backbone_model} features "
                              f"have {got}")
-        fast_head = copy.deepcopy(head).to(memory_format=torch.channels_last)
-        fast_head.project_before_resize = True
+        # prepared as optimize_for_inference prepares it (reparameterize(): projected before resize, norms folded)
+        fast_head = reparameterize_modules(copy.deepcopy(head)).to(memory_format=torch.channels_last)
         calls[f"{name}|eager"] = lambda head=head: head(features)
         calls[f"{name}|optimized"] = lambda fast_head=fast_head: fast_head(features_cl)
         params = sum(p.numel() for p in head.parameters()) / 1e6

@@ -92,7 +92,7 @@ def test_banded_mlp_equals_the_whole_map(monkeypatch, one_torch_thread, layout, 
     image edges."""
     torch.manual_seed(0)
     block = randomize_norms(MscanBlock(32, mlp_ratio=8)).eval()
-    fast = block.fuse()
+    fast = block.reparameterize()
     x = torch.randn(batch, 32, 17, 12)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -236,7 +236,7 @@ def test_packed_weights_survive_copies_and_follow_weight_edits(one_torch_thread)
     """oneDNN's reordered weight copy is a cache: a used model can still be deep-copied, and an in-place weight
     edit is picked up (re-packed) rather than served stale."""
     torch.manual_seed(0)
-    block = randomize_norms(MscanBlock(16, mlp_ratio=4)).eval().fuse()
+    block = randomize_norms(MscanBlock(16, mlp_ratio=4)).eval().reparameterize()
     x = torch.randn(1, 16, 12, 12).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         first = block(x)
@@ -251,3 +251,119 @@ def test_packed_weights_survive_copies_and_follow_weight_edits(one_torch_thread)
         expected = reference(x)  # a fresh copy packs the edited weight from scratch
     assert not torch.allclose(edited, first)
     torch.testing.assert_close(edited, expected)
+
+
+# --- the reparameterize() protocol -------------------------------------------------------------------------------
+
+class _Doubling(nn.Module):
+    """Prepared for inference by being replaced with an equivalent plain scaling."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def reparameterize(self) -> nn.Module:
+        return _Scale(2.0)
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class _InPlace(nn.Module):
+    """Prepares itself in place and returns None (timm's convention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared = False
+        self.inner = _Doubling()  # owned by this module: the walk does not descend into it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def reparameterize(self) -> None:
+        self.prepared = True
+
+
+class _LooksLikeAHead(nn.Module):
+    """Has the attribute optimize_for_inference once probed for, but not the protocol."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.project_before_resize = False
+        self.nested = nn.Sequential(nn.Identity(), _Doubling())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nested(x)
+
+
+def test_optimize_replaces_modules_through_their_reparameterize_method():
+    model = nn.Sequential(_LooksLikeAHead(), _InPlace(), nn.Sequential(_Doubling()))
+    fast = optimize_for_inference(model, channels_last=False)
+    assert isinstance(fast[0].nested[1], _Scale) and isinstance(fast[2][0], _Scale)  # nested replacements
+    assert fast[1].prepared and isinstance(fast[1].inner, _Doubling)  # prepared in place, subtree its own
+    assert fast[0].project_before_resize is False  # an attribute name alone is no protocol
+    assert isinstance(model[2][0], _Doubling) and not model[1].prepared  # the original is untouched
+    x = torch.randn(3)
+    torch.testing.assert_close(fast(x), model(x))
+
+
+def test_root_module_with_the_protocol_is_replaced():
+    block = randomize_norms(MscanBlock(16, mlp_ratio=4)).eval()
+    fast = optimize_for_inference(block, channels_last=False)
+    assert isinstance(fast, FusedMscanBlock) and is_fused(fast)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def _count_batchnorm_folds(monkeypatch) -> list:
+    """Count every BatchNorm fold from here on (fused.batchnorm_affine is what each fold reads the norm through;
+    the heads' own imports of the folding helpers are patched too, where they have them)."""
+    from csap_zoo.models.heads import csap as csap_module
+
+    calls = []
+
+    def counting(fn):
+        def wrapper(*args, **kwargs):
+            calls.append(fn.__name__)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for module in (fused_module, csap_module):
+        for name in ("batchnorm_affine", "fold_batchnorm"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counting(getattr(module, name)))
+    return calls
+
+
+def test_optimized_csap_head_folds_its_batchnorm_once_not_per_call(csap_tiny, monkeypatch, one_torch_thread):
+    fast = optimize_for_inference(csap_tiny)
+    calls = _count_batchnorm_folds(monkeypatch)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        first, second = fast(x), fast(x)
+        expected = csap_tiny(x)
+    assert calls == []
+    torch.testing.assert_close(first, second)
+    assert_same_logits(expected, first)
+
+    head = copy.deepcopy(csap_tiny.decode_head)
+    assert head.reparameterize() is head
+    assert len([c for c in calls if c == "batchnorm_affine"]) == 1  # folded at preparation, once
+    assert head.project_before_resize and isinstance(head.fuse[0], FusedConv2d)
+    assert head.reparameterize() is head and len([c for c in calls if c == "batchnorm_affine"]) == 1
+
+
+def test_optimized_csap_head_counts_as_fused_on_any_backbone(tmp_path, one_torch_thread):
+    """The head's folded projection alone makes the copy unsavable (no MSCAN blocks to detect here)."""
+    torch.manual_seed(0)
+    model = randomize_norms(csap_zoo.build_model("csap_tiny", backbone="resnet18", num_classes=3)).eval()
+    fast = optimize_for_inference(model)
+    assert is_fused(fast) and not is_fused(model)
+    with pytest.raises(ValueError, match="save the original model"):
+        fast.save_pretrained(tmp_path / "fused")

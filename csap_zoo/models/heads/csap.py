@@ -11,7 +11,7 @@ probability distribution). Stage outputs are resized to stride 8, concatenated d
 Because resizing over the query grid is linear and ``A @ v`` acts on the key axis, ``resize(A) @ v`` equals
 ``resize(A @ v)``. The default path uses the right-hand side: the value mix runs at the deep stage's resolution
 and only C channels are resized, instead of heads*M map channels. The propagated maps themselves are only
-materialised when asked for (:meth:`CSAPHead.forward_with_attention`).
+materialised when asked for (:meth:`CSAPHead.forward_with_attention`, :meth:`CSAPHead.stage_attention_inputs`).
 
 ``attention="independent"`` (per stage or for all) gives a stage its own query/key projections instead, which is
 the ablation baseline and the reference for comparing propagated and independently computed maps.
@@ -19,7 +19,7 @@ the ablation baseline and the reference for comparing propagated and independent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import DropPath
 
-from ..fused import fold_batchnorm
+from ..fused import FusedConv2d
 from ...validation import check_dataclass, option
 from ..layers import check_head_features, conv1x1_over_resized_concat, init_conv_linear
 
-__all__ = ["CSAPHead", "CSAPHeadConfig", "ATTENTION_MODES", "PROPAGATION_MODES"]
+__all__ = ["CSAPHead", "CSAPHeadConfig", "StageAttentionInputs", "ATTENTION_MODES", "PROPAGATION_MODES"]
 
 ATTENTION_MODES = ("propagate", "independent")
 PROPAGATION_MODES = ("bilinear", "nearest")
@@ -90,12 +90,17 @@ class StageAttention(nn.Module):
     def has_qk(self) -> bool:
         return self.q is not None
 
-    def compute_map(self, tokens: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T * scale): (B, heads, N, M)."""
-        assert self.q is not None and self.k is not None
+    def logits(self, tokens: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """q k^T * scale of tokens (B, N, C) against cells (B, M, C): (B, heads, N, M)."""
+        if self.q is None or self.k is None:
+            raise ValueError("this stage is value-only: it has no query/key projections")
         q = rearrange(self.q(tokens), "b n (h d) -> b h n d", h=self.num_heads)
         k = rearrange(self.k(cells), "b m (h d) -> b h m d", h=self.num_heads)
-        return torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        return (q @ k.transpose(-2, -1)) * self.scale
+
+    def compute_map(self, tokens: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale): (B, heads, N, M)."""
+        return torch.softmax(self.logits(tokens, cells), dim=-1)
 
     def values(self, cells: torch.Tensor) -> torch.Tensor:
         return rearrange(self.v(cells), "b m (h d) -> b h m d", h=self.num_heads)
@@ -132,6 +137,14 @@ class CSAPBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
+    def attention_inputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
+        """What this stage's attention reads from features (B, C, H, W): the LayerNorm'd query tokens (B, H*W, C),
+        the pooled cells (B, M, C) and the cell grid (Hm, Wm)."""
+        height, width = x.shape[-2:]
+        normed = self.norm1(rearrange(x, "b c h w -> b (h w) c"))
+        cells, cell_grid = self.attn.cells(rearrange(normed, "b (h w) c -> b c h w", h=height, w=width))
+        return normed, cells, cell_grid
+
     def forward(
             self,
             x: torch.Tensor,
@@ -146,8 +159,7 @@ class CSAPBlock(nn.Module):
         """
         height, width = x.shape[-2:]
         tokens = rearrange(x, "b c h w -> b (h w) c")
-        normed = self.norm1(tokens)
-        cells, cell_grid = self.attn.cells(rearrange(normed, "b (h w) c -> b c h w", h=height, w=width))
+        normed, cells, cell_grid = self.attention_inputs(x)
         values = self.attn.values(cells)
 
         if self.attn.has_qk:
@@ -190,6 +202,16 @@ def propagate_map(
     grid = rearrange(attn_map, "b h (y x) m -> b (h m) y x", y=src_h, x=src_w)
     grid = _resize(grid, target_grid, propagation)
     return rearrange(grid, "b (h m) y x -> b h (y x) m", h=num_heads, m=num_cells)
+
+
+class StageAttentionInputs(NamedTuple):
+    """One stage's attention inputs and the source map as propagation gives it to that stage (see
+    :meth:`CSAPHead.stage_attention_inputs`)."""
+
+    tokens: torch.Tensor  # (B, H*W, C): the stage's LayerNorm'd query tokens
+    cells: torch.Tensor  # (B, M, C): its pooled cells
+    grid: Tuple[int, int]  # (H, W): its query grid
+    propagated: torch.Tensor  # (B, heads, H*W, M): the source map resized to this grid (at the source: itself)
 
 
 class CSAPHead(nn.Module):
@@ -245,7 +267,7 @@ class CSAPHead(nn.Module):
         self.attention_modes = modes
         self.propagation = propagation
         # False: the fusion conv runs over the built concatenation (the reference form FLOP tables count).
-        # True (set by optimize_for_inference): each stage is projected before its resize; equal, cheaper.
+        # True (set by reparameterize): each stage is projected before its resize; equal, cheaper.
         self.project_before_resize = False
 
         self.blocks = nn.ModuleList()
@@ -292,16 +314,44 @@ class CSAPHead(nn.Module):
             )
         return [o for o in outputs if o is not None], maps
 
+    def stage_attention_inputs(self, features: Sequence[torch.Tensor]) -> List[StageAttentionInputs]:
+        """Per input stage (shallow to deep): its query tokens, pooled cells, grid, and the source stage's map
+        propagated to that grid (this head's propagation mode), whatever the stage's own attention mode.
+
+        These are the quantities an analysis compares a stage's own attention against; the stage blocks compute
+        them the same way (:meth:`CSAPBlock.attention_inputs`).
+        """
+        check_head_features(features, self.in_channels, "CSAPHead")
+        inputs = [block.attention_inputs(feat) for block, feat in zip(self.blocks, features)]
+        grids = [(feat.shape[-2], feat.shape[-1]) for feat in features]
+        source_tokens, source_cells, _ = inputs[-1]
+        source_map = self.blocks[-1].attn.compute_map(source_tokens, source_cells)
+        stages = []
+        for (tokens, cells, _), grid in zip(inputs[:-1], grids[:-1]):
+            propagated = propagate_map(source_map, grids[-1], grid, self.propagation)
+            stages.append(StageAttentionInputs(tokens, cells, grid, propagated))
+        stages.append(StageAttentionInputs(source_tokens, source_cells, grids[-1], source_map))
+        return stages
+
+    def reparameterize(self) -> "CSAPHead":
+        """Prepare this head for inference, once and in place (see ``csap_zoo.models.fused``): each stage is
+        projected before its resize, and the fusion's eval-mode BatchNorm is folded into that projection (a
+        :class:`~csap_zoo.models.fused.FusedConv2d` keeps the folded weight and bias). Inference only afterwards:
+        the fusion no longer has a BatchNorm to train, and its weights no longer load as a CSAP checkpoint."""
+        conv, norm, act = self.fuse
+        if isinstance(norm, nn.BatchNorm2d):
+            self.fuse = nn.Sequential(FusedConv2d.from_conv(conv, norm), nn.Identity(), act)
+        self.project_before_resize = True
+        return self
+
     def _fuse(self, stage_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Fusion of the stage outputs resized to the shallowest grid and concatenated deep-to-shallow."""
         size = (stage_outputs[0].shape[-2], stage_outputs[0].shape[-1])
         if self.project_before_resize:
+            # the 1x1 projection commutes with the resize; after reparameterize() norm is an Identity (folded)
             conv, norm, act = self.fuse
-            weight, bias = conv.weight, conv.bias
-            if not self.training:  # eval-mode BatchNorm is an affine map: fold it into the projection
-                weight, bias = fold_batchnorm(conv, norm)
-                norm = nn.Identity()
-            fused = act(norm(conv1x1_over_resized_concat(list(reversed(stage_outputs)), weight, size, bias)))
+            projected = conv1x1_over_resized_concat(list(reversed(stage_outputs)), conv.weight, size, conv.bias)
+            fused = act(norm(projected))
         else:
             fused = self.fuse(torch.cat([_resize(x, size, "bilinear") for x in reversed(stage_outputs)], dim=1))
         return self.classifier(self.dropout(fused))

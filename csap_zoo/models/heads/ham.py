@@ -269,7 +269,7 @@ class LightHamHead(nn.Module):
         self.num_classes = num_classes
         self.align_corners = align_corners
         # False: squeeze runs over the built concatenation (the reference form FLOP tables count). True (set by
-        # optimize_for_inference): each input is projected before its resize; equal up to rounding, cheaper.
+        # reparameterize): each input is projected before its resize; equal up to rounding, cheaper.
         self.project_before_resize = False
 
         self.squeeze = _conv_gn_relu(sum(in_channels), ham_channels, num_groups)
@@ -309,6 +309,13 @@ class LightHamHead(nn.Module):
         self.classifier = nn.Conv2d(old.in_channels, num_classes, 1, device=old.weight.device, dtype=old.weight.dtype)
         self._init_classifier(self.classifier)
         self.num_classes = num_classes
+
+    def reparameterize(self) -> "LightHamHead":
+        """Prepare this head for inference in place (see ``csap_zoo.models.fused``): each input is projected before
+        its resize. Nothing is folded (the squeeze's GroupNorm depends on the input), so the weights stay as
+        they are."""
+        self.project_before_resize = True
+        return self
 
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         """Logits (B, num_classes, H0, W0) at the resolution of features[0] (the shallowest input)."""

@@ -197,3 +197,47 @@ def test_projecting_before_resize_in_training_mode_keeps_batch_statistics():
     torch.testing.assert_close(projected, reference, rtol=1e-4, atol=1e-4)
     projected.sum().backward()
     assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in feats)
+
+
+def test_reparameterize_folds_the_fusion_norm_once_and_keeps_the_logits(head):
+    """reparameterize() (what optimize_for_inference calls) projects before the resize with the BatchNorm folded
+    into the projection: same logits as the reference fusion, no norm left to apply per call."""
+    import copy
+
+    from csap_zoo.models.fused import FusedConv2d, is_fused
+
+    torch.manual_seed(0)
+    feats = make_features(grid=(16, 20))
+    with torch.no_grad():
+        head.fuse[1].running_mean.normal_()
+        head.fuse[1].running_var.uniform_(0.5, 2.0)
+        reference = head(feats)
+        fast = copy.deepcopy(head)
+        assert fast.reparameterize() is fast
+        assert fast.project_before_resize and isinstance(fast.fuse[0], FusedConv2d)
+        assert isinstance(fast.fuse[1], torch.nn.Identity) and is_fused(fast) and not is_fused(head)
+        torch.testing.assert_close(fast(feats), reference, rtol=1e-4, atol=1e-4)
+    assert "fuse.1.running_mean" in head.state_dict()  # the original keeps its checkpoint layout
+
+
+@pytest.mark.parametrize("attention", ["propagate", "independent"])
+def test_stage_attention_inputs_are_what_the_blocks_attend_with(attention):
+    torch.manual_seed(0)
+    head = CSAPHead(CHANNELS, num_classes=5, attention=attention).eval()
+    features = make_features(grid=(12, 16))
+    with torch.no_grad():
+        _, maps = head.forward_with_attention(features)
+        stages = head.stage_attention_inputs(features)
+    assert [s.grid for s in stages] == [tuple(f.shape[-2:]) for f in features]
+    cells = stages[-1].cells.shape[1]
+    for stage, feature in zip(stages, features):
+        tokens = stage.grid[0] * stage.grid[1]
+        assert stage.tokens.shape == (2, tokens, feature.shape[1])
+        assert stage.cells.shape == (2, cells, feature.shape[1])
+        assert stage.propagated.shape == (2, 8, tokens, cells)
+    torch.testing.assert_close(stages[-1].propagated, maps[-1])  # the source's own map
+    for i in range(len(features) - 1):
+        expected = propagate_map(maps[-1], stages[-1].grid, stages[i].grid, head.propagation)
+        torch.testing.assert_close(stages[i].propagated, expected)
+        if attention == "propagate":  # the map forward_with_attention reports is the propagated one
+            torch.testing.assert_close(stages[i].propagated, maps[i])

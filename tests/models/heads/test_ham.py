@@ -668,3 +668,21 @@ def test_config_json_records_the_nmf_options_and_an_old_one_still_loads(tmp_path
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(legacy(x), reloaded(x), rtol=0, atol=0)
+
+
+def test_reparameterize_switches_to_projecting_before_resize_in_place():
+    """What optimize_for_inference asks of the head: the projected squeeze, weights untouched (GroupNorm cannot
+    be folded), the same logits for the same NMF bases."""
+    torch.manual_seed(0)
+    head = small_head().eval()
+    feats = make_features(MSCAN_T, (8, 12), batch=1)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    with torch.no_grad():
+        torch.manual_seed(1)
+        reference = head(feats)
+        assert head.reparameterize() is head and head.project_before_resize
+        torch.manual_seed(1)
+        projected = head(feats)
+    torch.testing.assert_close(projected, reference, rtol=1e-4, atol=1e-4)
+    after = head.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
