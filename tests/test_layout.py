@@ -180,3 +180,32 @@ def test_the_model_layer_knows_nothing_above_it():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_old_import_paths_are_the_new_modules():
+    import importlib
+
+    pairs = {
+        "csap_zoo.export": "csap_zoo.tools.export", "csap_zoo.analysis": "csap_zoo.tools.analysis",
+        "csap_zoo.benchmark": "csap_zoo.tools.profiling", "csap_zoo.complexity": "csap_zoo.tools.complexity",
+        "csap_zoo.engine": "csap_zoo.training", "csap_zoo.engine.trainer": "csap_zoo.training.trainer",
+        "csap_zoo.engine.config": "csap_zoo.training.config", "csap_zoo.engine.optim": "csap_zoo.training.optim",
+        "csap_zoo.hub.manifest": "csap_zoo.manifest", "csap_zoo.hub.serialization": "csap_zoo.models.serialization",
+    }
+    for old, new in pairs.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from csap_zoo.hub.pretrained import create_model, from_pretrained, load_checkpoint_into
+
+    assert create_model is csap_zoo.create_model and from_pretrained == csap_zoo.from_pretrained
+    assert load_checkpoint_into is importlib.import_module("csap_zoo.models.serialization").load_checkpoint_into
+
+
+def test_every_error_has_the_one_root_and_keeps_its_builtin_base():
+    from csap_zoo import errors
+
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        if name != "CsapZooError":
+            assert issubclass(cls, errors.CsapZooError), name
+            assert issubclass(cls, (ValueError, RuntimeError)), name
+    assert issubclass(errors.CheckpointError, RuntimeError) and issubclass(errors.ConfigError, ValueError)
