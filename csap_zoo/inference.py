@@ -140,14 +140,9 @@ class InferenceConfig:
     def for_dataset(cls, name: Optional[str], tta: bool = False, **overrides: Any) -> "InferenceConfig":
         """The standard evaluation setting of a dataset: ADE20K / COCO-Stuff resize to (2048, 512) and run whole;
         Cityscapes runs 1024x1024 windows with stride 768 at native size. ``tta`` adds ratios 0.5-1.75 and flip."""
-        presets = {
-            "ade20k": dict(mode="whole", resize=(2048, 512)),
-            "cocostuff": dict(mode="whole", resize=(2048, 512)),
-            "cityscapes": dict(mode="slide", crop_size=(1024, 1024), stride=(768, 768), resize=None),
-        }
         args: dict = {}
-        if name is not None:
-            args.update(presets.get(get_dataset_info(name).name, {}))
+        if name is not None:  # the dataset's protocol lives with its metadata
+            args.update(get_dataset_info(name).evaluation)
         if tta:
             args.update(ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
         args.update(overrides)

@@ -13,7 +13,7 @@ import colorsys
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..constants import IGNORE_INDEX
 
@@ -36,6 +36,8 @@ class DatasetInfo:
         class_names: one name per class index.
         palette: one (R, G, B) colour per class index.
         ignore_index: the label value that marks pixels to ignore in evaluation (drawn black).
+        evaluation: the dataset's standard test-time setting as ``InferenceConfig`` fields (MMSegmentation's
+            protocol), e.g. ``{"mode": "whole", "resize": (2048, 512)}``; empty for custom datasets.
     """
 
     name: str
@@ -43,6 +45,7 @@ class DatasetInfo:
     palette: Tuple[RGB, ...]
     ignore_index: int = IGNORE_INDEX
     aliases: Tuple[str, ...] = field(default=(), compare=False)
+    evaluation: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -236,12 +239,18 @@ _COCOSTUFF_PALETTE = (
     (64, 192, 96), (64, 160, 64), (64, 64, 0),
 )
 
+# The benchmarks' test-time settings: ADE20K / COCO-Stuff resize (keeping the ratio) to fit 2048x512 and run
+# whole; Cityscapes runs 1024x1024 windows with stride 768 at native size.
+_WHOLE_2048x512: Mapping[str, Any] = dict(mode="whole", resize=(2048, 512))
 _DATASETS: Dict[str, DatasetInfo] = {
     info.name: info for info in (
-        DatasetInfo("ade20k", _ADE20K_CLASSES, _ADE20K_PALETTE, aliases=("ade", "ade20k-150", "adechallengedata2016")),
-        DatasetInfo("cityscapes", _CITYSCAPES_CLASSES, _CITYSCAPES_PALETTE, aliases=("city",)),
+        DatasetInfo("ade20k", _ADE20K_CLASSES, _ADE20K_PALETTE, aliases=("ade", "ade20k-150", "adechallengedata2016"),
+                    evaluation=_WHOLE_2048x512),
+        DatasetInfo("cityscapes", _CITYSCAPES_CLASSES, _CITYSCAPES_PALETTE, aliases=("city",),
+                    evaluation=dict(mode="slide", crop_size=(1024, 1024), stride=(768, 768), resize=None)),
         DatasetInfo("cocostuff", _COCOSTUFF_CLASSES, _COCOSTUFF_PALETTE,
-                    aliases=("coco-stuff", "coco_stuff", "cocostuff164k", "coco-stuff-164k", "coco_stuff164k")),
+                    aliases=("coco-stuff", "coco_stuff", "cocostuff164k", "coco-stuff-164k", "coco_stuff164k"),
+                    evaluation=_WHOLE_2048x512),
     )
 }
 # The generated demo dataset (csap_zoo.data.synthetic); resolvable by name, not listed among the benchmarks.

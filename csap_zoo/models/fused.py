@@ -246,6 +246,7 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace
     model = reparameterize_modules(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        if hasattr(model, "memory_format"):
-            model.memory_format = torch.channels_last
+        set_input_format = getattr(model, "set_input_memory_format", None)  # a Segmentor converts its input too
+        if callable(set_input_format):
+            set_input_format(torch.channels_last)
     return model

@@ -16,9 +16,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from .fused import FusedConv2d, batchnorm_affine, fold_input_affine, onednn_fusion_usable
 from .layers import init_conv_linear
@@ -279,6 +277,22 @@ class MscanStage(nn.Module):
         return self.norm(x)
 
 
+def _stage_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
+    """timm's ``indices`` convention for intermediates: None takes every stage, an int n the last n, a sequence the
+    listed stages (negative ones counted from the end). Returns the absolute indices and the largest."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"can take the last 1..{num_stages} stages, not {indices}")
+        taken = list(range(num_stages - indices, num_stages))
+    else:
+        taken = [i + num_stages if i < 0 else i for i in indices]
+        if not taken or any(not 0 <= i < num_stages for i in taken):
+            raise ValueError(f"stage indices must lie in 0..{num_stages - 1} (or -{num_stages}..-1), got {indices}")
+    return taken, max(taken)
+
+
 class MSCAN(nn.Module):
     """MSCAN backbone with an ImageNet classifier head (global average pool -> dropout -> linear)."""
 
@@ -378,7 +392,7 @@ class MSCAN(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"MSCAN returns NCHW intermediates only, got output_fmt={output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = _stage_indices(len(self.stages), indices)
         if torch.jit.is_scripting() or not stop_early:
             stages = self.stages
         else:
@@ -399,7 +413,7 @@ class MSCAN(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages (and head) that the requested intermediates do not need."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = _stage_indices(len(self.stages), indices)
         if max_index < len(self.stages) - 1:
             self.stages = self.stages[:max_index + 1]
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]

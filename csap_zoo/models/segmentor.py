@@ -209,6 +209,11 @@ class Segmentor(PretrainedMixin, nn.Module):
         stride = self.stride  # integer arithmetic only: symbolic sizes (tracing, export) stay symbolic
         return ((height + stride - 1) // stride * stride, (width + stride - 1) // stride * stride), (height, width)
 
+    def set_input_memory_format(self, memory_format: Optional[torch.memory_format]) -> None:
+        """Convert inputs to ``memory_format`` before the backbone (None: run them as given); outputs stay
+        contiguous. ``optimize_for_inference`` sets ``torch.channels_last``."""
+        self.memory_format = memory_format
+
     def _to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
