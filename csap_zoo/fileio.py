@@ -17,6 +17,7 @@ once that process is gone too).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -25,10 +26,15 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "atomic_write_all", "clean_stale_temp", "fsync_dir", "is_stale_temp",
-           "temp_name"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks (see try_lock)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "atomic_write_all", "clean_stale_partials", "clean_stale_temp",
+           "fsync_dir", "is_stale_temp", "locked_partial", "same_file", "temp_name", "try_lock", "unlink_if_same"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -248,4 +254,102 @@ def clean_stale_temp(folder: PathLike, names: Union[str, re.Pattern, None] = Non
         except OSError:  # gone meanwhile, or not ours to remove
             continue
         removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------- file identity and locks
+def same_file(path: PathLike, identity: Tuple[int, int], follow: bool = True) -> bool:
+    """Whether ``path`` is still the file with this ``(st_dev, st_ino)``."""
+    try:
+        info = os.stat(path) if follow else os.lstat(path)
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) == identity
+
+
+def unlink_if_same(path: PathLike, identity: Tuple[int, int]) -> bool:
+    """Remove ``path`` if it is still the file that was read (not a copy another process has put there since)."""
+    if not same_file(path, identity, follow=False):
+        return False
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def try_lock(fd: int) -> Optional[bool]:
+    """Take an exclusive flock without waiting: True if taken, False if another process holds it, None where the
+    system or file system has no such locks (then cache entries are not serialised and only age marks a
+    ``.partial`` as stale)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
+# ---------------------------------------------------------------------- streamed writes held by a lock
+def _new_partial(target: Path) -> Tuple[int, Path]:
+    while True:
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try_lock(fd)  # a new file nobody else has opened: taken at once where locks exist
+        return fd, partial
+
+
+@contextlib.contextmanager
+def locked_partial(target: PathLike) -> Iterator[BinaryIO]:
+    """The atomic writer's streaming form, for writes that take long (downloads): yields a binary handle on
+    ``.<name>.<random>.partial`` next to ``target``, exclusively flock-ed for as long as it is open. When the block
+    ends without an error the file is flushed, fsync-ed and renamed to ``target`` (still locked, so nobody takes it
+    for a leftover meanwhile); on an error it is removed. A killed writer's partial stays locked by nobody, which
+    is how :func:`clean_stale_partials` tells it from a live one (without locks: by age)."""
+    target = Path(target)
+    fd, partial = _new_partial(target)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(partial, target)
+        fsync_dir(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def clean_stale_partials(target: PathLike, legacy: Iterable[Path] = (), legacy_age: float = STALE_AGE_S) -> List[Path]:
+    """Remove the ``.partial`` files of ``target`` (see :func:`locked_partial`) that no live process holds locked,
+    and the ``legacy`` ones (other names, written without locks) once untouched for ``legacy_age`` seconds.
+    Where the file system has no locks, age alone decides. Returns what was removed."""
+    target = Path(target)
+    removed = []
+    candidates = [(p, 0.0) for p in target.parent.glob(f".{target.name}.*.partial")]  # locked while live
+    candidates += [(p, legacy_age) for p in legacy]
+    for partial, min_age in candidates:
+        try:
+            fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            locked = try_lock(fd)
+            if locked is None:  # no locks here: only age tells a leftover from a live writer
+                min_age = legacy_age
+            if locked is False or (min_age and time.time() - info.st_mtime < min_age):
+                continue
+            if unlink_if_same(partial, (info.st_dev, info.st_ino)):
+                removed.append(partial)
+        finally:
+            os.close(fd)
     return removed

@@ -207,3 +207,42 @@ def test_save_pretrained_gives_the_same_bytes_in_every_process(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     weights = {(tmp_path / str(i) / "model.safetensors").read_bytes() for i in range(4)}
     assert len(weights) == 1
+
+
+def test_a_locked_partial_is_published_whole_or_removed(tmp_path, umask):
+    target = tmp_path / "weights.bin"
+    with fileio.locked_partial(target) as out:
+        out.write(b"all of it")
+        assert target.exists() is False and len(list(tmp_path.glob(".weights.bin.*.partial"))) == 1
+    assert target.read_bytes() == b"all of it" and list(tmp_path.glob(".*")) == []
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o666 & ~umask
+    with pytest.raises(RuntimeError, match="bad hash"):
+        with fileio.locked_partial(target) as out:
+            out.write(b"something else")
+            raise RuntimeError("bad hash")
+    assert target.read_bytes() == b"all of it" and list(tmp_path.glob(".*")) == []
+
+
+def test_the_partial_of_a_killed_streaming_writer_is_removed_that_of_a_live_one_kept(tmp_path):
+    ready = tmp_path / "ready"
+    code = """
+        with fileio.locked_partial(Path(sys.argv[1]) / "weights.bin") as out:
+            out.write(b"half")
+            out.flush()
+            Path(sys.argv[2]).write_text("")
+            time.sleep(600)
+    """
+    child = _python(code, str(tmp_path), str(ready))
+    try:
+        _wait_for(ready, child)
+        partials = list(tmp_path.glob(".weights.bin.*.partial"))
+        assert len(partials) == 1
+        assert fileio.clean_stale_partials(tmp_path / "weights.bin") == []  # held locked by a live writer
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        assert fileio.clean_stale_partials(tmp_path / "weights.bin") == partials  # nobody holds it: a leftover
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ready"]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -45,11 +45,9 @@ not apply to it.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import os
-import secrets
 import socket
 import ssl
 import threading
@@ -62,13 +60,9 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
 from ..errors import CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError
+from ..fileio import clean_stale_partials, locked_partial, same_file, try_lock, unlink_if_same
 from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
 from ..settings import is_offline
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locks (see _try_lock)
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "VerifiedFile", "default_cache_dir",
@@ -187,25 +181,6 @@ def _read(path: Path) -> Optional[_Read]:
     return _Read(data, digest.hexdigest(), (info.st_dev, info.st_ino))
 
 
-def _same_file(path: Path, identity: Tuple[int, int], follow: bool = True) -> bool:
-    try:
-        info = os.stat(path) if follow else os.lstat(path)
-    except OSError:
-        return False
-    return (info.st_dev, info.st_ino) == identity
-
-
-def _unlink_if_same(path: Path, identity: Tuple[int, int]) -> bool:
-    """Remove ``path`` if it is still the file that was read (not a copy another process has put there since)."""
-    if not _same_file(path, identity, follow=False):
-        return False
-    try:
-        path.unlink()
-    except OSError:
-        return False
-    return True
-
-
 # ------------------------------------------------------------------ package files
 def _fetch_package(checkpoint: Checkpoint, source: PackageSource) -> VerifiedFile:
     """A file shipped with the package: used in place (never copied or downloaded), hash-checked every time."""
@@ -286,35 +261,18 @@ def _hf_download(checkpoint: Checkpoint, source: HfSource, cache_dir: Optional[P
 def _remove_hf_file(snapshot_path: Path, identity: Tuple[int, int]) -> bool:
     """Delete a cached Hub file that failed its hash: the blob it points to and its snapshot link, only if the link
     still leads to the file that was read."""
-    if not _same_file(snapshot_path, identity):
+    if not same_file(snapshot_path, identity):
         return False
     blob = snapshot_path.resolve()
     try:
         if blob != snapshot_path:
             snapshot_path.unlink()
-        return _unlink_if_same(blob, identity)
+        return unlink_if_same(blob, identity)
     except OSError:
         return False
 
 
 # ------------------------------------------------------------------ plain URLs
-def _try_lock(fd: int) -> Optional[bool]:
-    """Take an exclusive flock without waiting: True if taken, False if another process holds it, None where the
-    system or file system has no such locks (then cache entries are not serialised and only age marks a
-    ``.partial`` as stale)."""
-    if fcntl is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-            return False
-        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            return None
-        raise
-    return True
-
-
 def _positive_seconds(variable: str, default: Optional[float]) -> Optional[float]:
     text = os.environ.get(variable, "").strip()
     if not text:
@@ -366,12 +324,13 @@ def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Opt
     started = time.monotonic()
     wait = deadline if deadline is not None else _default_deadline(checkpoint.size_bytes)
     with _entry_lock(target, wait, checkpoint):
-        _remove_stale_partials(target)
+        clean_stale_partials(target, legacy=target.parent.parent.glob(f".{target.name}.*.partial"),
+                             legacy_age=_OLD_PARTIAL_AGE)
         got = _read(target)  # another process may have finished the download while this one waited
         if got is not None and _hash_matches(got.digest, checkpoint):
             return VerifiedFile(target, got.data, got.digest)
         if got is not None:
-            _unlink_if_same(target, got.identity)
+            unlink_if_same(target, got.identity)
         left = None if deadline is None else max(deadline - (time.monotonic() - started), 0.001)
         data, digest = _download_verified(checkpoint, source.url, target, left, deadline, read_timeout)
         return VerifiedFile(target, data, digest)
@@ -385,7 +344,7 @@ def _remove_bad_cache_file_offline(target: Path, got: _Read) -> bool:
     except OSError:  # a read-only cache: leave it
         return False
     try:
-        return _try_lock(fd) is not False and _unlink_if_same(target, got.identity)
+        return try_lock(fd) is not False and unlink_if_same(target, got.identity)
     finally:
         os.close(fd)
 
@@ -407,7 +366,7 @@ def _entry_lock(target: Path, wait: float, checkpoint: Checkpoint) -> Iterator[N
         ) from None
     try:
         give_up = time.monotonic() + wait
-        while _try_lock(fd) is False:
+        while try_lock(fd) is False:
             if time.monotonic() >= give_up:
                 raise CheckpointError(
                     f"another process is downloading checkpoint {checkpoint.name!r} into {target.parent} and did "
@@ -418,43 +377,6 @@ def _entry_lock(target: Path, wait: float, checkpoint: Checkpoint) -> Iterator[N
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _remove_stale_partials(target: Path) -> List[Path]:
-    """Remove our own ``.partial`` files of this entry that no live process holds locked (leftovers of a crash),
-    and leftovers of the older flat cache layout once they are old. Called with the entry's lock held."""
-    removed = []
-    candidates = [(p, 0.0) for p in target.parent.glob(f".{target.name}.*.partial")]  # locked while live
-    candidates += [(p, _OLD_PARTIAL_AGE) for p in target.parent.parent.glob(f".{target.name}.*.partial")]
-    for partial, min_age in candidates:
-        try:
-            fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            info = os.fstat(fd)
-            locked = _try_lock(fd)
-            if locked is None:  # no locks here: only age tells a leftover from a live download
-                min_age = _OLD_PARTIAL_AGE
-            if locked is False or (min_age and time.time() - info.st_mtime < min_age):
-                continue
-            if _unlink_if_same(partial, (info.st_dev, info.st_ino)):
-                removed.append(partial)
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _create_partial(target: Path) -> Tuple[int, Path]:
-    """A new ``.<name>.<random>.partial`` next to ``target``, created with the umask's permissions and locked."""
-    while True:
-        partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        _try_lock(fd)  # a new file nobody else has opened: taken at once where locks exist
-        return fd, partial
 
 
 class _Deadline:
@@ -545,9 +467,9 @@ def _http_error_message(code: int, reason: str) -> Tuple[type, str]:
 
 def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Optional[float],
                        deadline_setting: Optional[float], read_timeout: float) -> Tuple[bytes, str]:
-    """Stream ``url`` into a locked temp file next to ``target``, hashing and keeping the bytes as they arrive;
-    rename only when complete and verified. Returns the verified bytes and their sha256."""
-    fd, partial = _create_partial(target)
+    """Stream ``url`` into a locked partial file next to ``target`` (``csap_zoo.fileio.locked_partial``), hashing
+    and keeping the bytes as they arrive; it is renamed only when complete and verified. Returns the verified
+    bytes and their sha256."""
     name = checkpoint.name
     received, expected_size = 0, checkpoint.size_bytes
     seconds = left if left is not None else _default_deadline(checkpoint.size_bytes)
@@ -558,61 +480,55 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
         total = f"{expected_size}" if expected_size else "an unknown number of"
         return f"received {received} of {total} bytes"
 
-    try:
-        with os.fdopen(fd, "wb") as out, _Deadline(seconds) as watchdog:
-            chunks: List[bytes] = []
-            digest = hashlib.sha256()
-            try:
-                with _opener(watchdog).open(url, timeout=read_timeout) as response:
-                    length = response.headers.get("Content-Length")
-                    if length is not None and length.isdigit():
-                        expected_size = int(length)
-                        if left is None and not checkpoint.size_bytes:
-                            watchdog.seconds = _default_deadline(expected_size)
-                            setting = f"{watchdog.seconds:.0f} s (the default for its size)"
-                    read = getattr(response, "read1", response.read)
-                    while True:
-                        chunk = read(_CHUNK)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        digest.update(chunk)
-                        chunks.append(chunk)
-                        received += len(chunk)
-            except urllib.error.HTTPError as err:
-                kind, what = _http_error_message(err.code, err.reason or "")
-                err.close()
-                raise kind(f"downloading checkpoint {name!r} from {url} failed: {what}") from None
-            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
-                if not watchdog.expired:
-                    if isinstance(getattr(err, "reason", err), (socket.timeout, TimeoutError)):
-                        raise CheckpointError(
-                            f"downloading checkpoint {name!r} from {url} stopped: no data for {read_timeout:g} s "
-                            f"({progress()}); the server stalled. Nothing was cached; retry later, or allow longer "
-                            f"pauses with CSAP_ZOO_READ_TIMEOUT=<seconds>."
-                        ) from None
-                    detail = f"; {progress()}" if received else ""
-                    raise CheckpointError(f"downloading checkpoint {name!r} from {url} failed "
-                                          f"({type(err).__name__}: {err}{detail}). Nothing was cached; "
-                                          f"retry.") from None
-            if watchdog.expired and received != expected_size:
-                rate = received / max(time.monotonic() - watchdog.started, 1e-9) / 1024
-                raise CheckpointError(
-                    f"downloading checkpoint {name!r} from {url} did not finish within {setting} and was stopped: "
-                    f"{progress()} ({rate:.1f} KiB/s). The server is slow or stalled; nothing was cached. Retry "
-                    f"later, or allow more time with CSAP_ZOO_DOWNLOAD_TIMEOUT=<seconds>."
-                )
-            if expected_size is not None and received != expected_size:
-                raise CheckpointError(f"downloading checkpoint {name!r} from {url} stopped after {received} "
-                                      f"of {expected_size} bytes. Nothing was cached; retry.")
-            if not _hash_matches(digest.hexdigest(), checkpoint):
-                raise CheckpointIntegrityError(
-                    f"checkpoint {name!r} from {url} has sha256 {digest.hexdigest()}, expected "
-                    f"{_expected_hash(checkpoint)}. Nothing was cached; retry, and report it if it happens again."
-                )
-            out.flush()
-            os.fsync(out.fileno())
-            os.replace(partial, target)  # still holding the partial's lock: nobody takes it for a leftover
-            return b"".join(chunks), digest.hexdigest()
-    finally:
-        partial.unlink(missing_ok=True)
+    with locked_partial(target) as out, _Deadline(seconds) as watchdog:
+        chunks: List[bytes] = []
+        digest = hashlib.sha256()
+        try:
+            with _opener(watchdog).open(url, timeout=read_timeout) as response:
+                length = response.headers.get("Content-Length")
+                if length is not None and length.isdigit():
+                    expected_size = int(length)
+                    if left is None and not checkpoint.size_bytes:
+                        watchdog.seconds = _default_deadline(expected_size)
+                        setting = f"{watchdog.seconds:.0f} s (the default for its size)"
+                read = getattr(response, "read1", response.read)
+                while True:
+                    chunk = read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    chunks.append(chunk)
+                    received += len(chunk)
+        except urllib.error.HTTPError as err:
+            kind, what = _http_error_message(err.code, err.reason or "")
+            err.close()
+            raise kind(f"downloading checkpoint {name!r} from {url} failed: {what}") from None
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+            if not watchdog.expired:
+                if isinstance(getattr(err, "reason", err), (socket.timeout, TimeoutError)):
+                    raise CheckpointError(
+                        f"downloading checkpoint {name!r} from {url} stopped: no data for {read_timeout:g} s "
+                        f"({progress()}); the server stalled. Nothing was cached; retry later, or allow longer "
+                        f"pauses with CSAP_ZOO_READ_TIMEOUT=<seconds>."
+                    ) from None
+                detail = f"; {progress()}" if received else ""
+                raise CheckpointError(f"downloading checkpoint {name!r} from {url} failed "
+                                      f"({type(err).__name__}: {err}{detail}). Nothing was cached; "
+                                      f"retry.") from None
+        if watchdog.expired and received != expected_size:
+            rate = received / max(time.monotonic() - watchdog.started, 1e-9) / 1024
+            raise CheckpointError(
+                f"downloading checkpoint {name!r} from {url} did not finish within {setting} and was stopped: "
+                f"{progress()} ({rate:.1f} KiB/s). The server is slow or stalled; nothing was cached. Retry "
+                f"later, or allow more time with CSAP_ZOO_DOWNLOAD_TIMEOUT=<seconds>."
+            )
+        if expected_size is not None and received != expected_size:
+            raise CheckpointError(f"downloading checkpoint {name!r} from {url} stopped after {received} "
+                                  f"of {expected_size} bytes. Nothing was cached; retry.")
+        if not _hash_matches(digest.hexdigest(), checkpoint):
+            raise CheckpointIntegrityError(
+                f"checkpoint {name!r} from {url} has sha256 {digest.hexdigest()}, expected "
+                f"{_expected_hash(checkpoint)}. Nothing was cached; retry, and report it if it happens again."
+            )
+    return b"".join(chunks), digest.hexdigest()  # the partial was renamed to target, still locked
