@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..constants import IGNORE_INDEX
+from ..fileio import atomic_write
 
 __all__ = [
     "CLASSES_FILE_GRAMMAR", "DatasetInfo", "IGNORE_INDEX", "classes_file_info", "custom_dataset_info",
-    "generate_palette", "get_dataset_info", "list_datasets", "read_classes_file",
+    "generate_palette", "get_dataset_info", "list_datasets", "read_classes_file", "write_classes_file",
 ]
 
 RGB = Tuple[int, int, int]
@@ -91,6 +92,14 @@ def custom_dataset_info(class_names: Sequence[str], palette: Optional[Sequence[S
         raise ValueError(f"class names must be unique; repeated: {dupes}")
     colours = generate_palette(len(names)) if palette is None else [tuple(int(c) for c in p) for p in palette]
     return DatasetInfo(name=name, class_names=names, palette=tuple(colours), ignore_index=ignore_index)
+
+
+def write_classes_file(path: PathLike, names: Sequence[str], palette: Sequence[Sequence[int]] = ()) -> Path:
+    """Write a classes file that :func:`read_classes_file` reads back: one ``name`` or ``name R G B`` line per
+    class (atomically)."""
+    lines = [f"{n} {' '.join(str(int(c)) for c in palette[i])}" if palette else str(n) for i, n in enumerate(names)]
+    text = "\n".join(lines) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def read_classes_file(path: PathLike) -> Tuple[List[str], Optional[List[RGB]]]:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .io import save_png
-from .metadata import SHAPES_CLASSES, SHAPES_PALETTE, DatasetInfo, get_dataset_info
+from .metadata import SHAPES_CLASSES, SHAPES_PALETTE, DatasetInfo, get_dataset_info, write_classes_file
 
 __all__ = ["SHAPES_CLASSES", "SHAPES_PALETTE", "generate_shapes_dataset", "render_shapes_sample",
            "shapes_dataset_info", "write_classes_file"]
@@ -35,16 +35,6 @@ _STYLE = {1: ("stripes", 0.0), 2: ("checks", 0.58), 3: ("dots", 0.14), 4: ("wave
 def shapes_dataset_info() -> DatasetInfo:
     """Class names and palette of the generated dataset."""
     return get_dataset_info("shapes")
-
-
-def write_classes_file(path: Union[str, os.PathLike], names: Sequence[str],
-                       palette: Sequence[Sequence[int]] = ()) -> Path:
-    """Write a classes file: one ``name`` or ``name R G B`` line per class."""
-    path = Path(path)
-    lines = [f"{n} {' '.join(str(int(c)) for c in palette[i])}" if palette else str(n) for i, n in enumerate(names)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
