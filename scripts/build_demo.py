@@ -6,7 +6,8 @@
 2. trains CSAP-T from scratch with the ``shapes-demo`` preset (the same as
    ``csap-zoo train --preset shapes-demo --generate-shapes 400 100``);
 3. exports the final model with fp16 tensors into ``csap_zoo/assets/demo`` (config.json, model.safetensors, model
-   card) with a held-out example image, and writes the manifest entry (package source, sha256, size, metrics).
+   card) with a held-out example image, and writes its manifest entry from that folder (``publish_entry``: package
+   source, sha256, size, metrics).
 """
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ sys.path.insert(0, str(REPO))
 import csap_zoo  # noqa: E402
 from csap_zoo.data.io import save_png  # noqa: E402
 from csap_zoo.data.synthetic import generate_shapes_dataset, render_shapes_sample  # noqa: E402
-from csap_zoo.hub.download import sha256_of  # noqa: E402
-from csap_zoo.hub.manifest import Checkpoint, PackageSource, default_manifest  # noqa: E402
-from csap_zoo.hub.serialization import save_pretrained  # noqa: E402
+from csap_zoo.hub.publish import publish_entry  # noqa: E402
+from csap_zoo.models.serialization import save_pretrained  # noqa: E402
 
 ASSETS = REPO / "csap_zoo" / "assets" / "demo"
 
@@ -53,21 +53,9 @@ def main() -> int:
     save_png(image, ASSETS / "example.png")
 
     weights = ASSETS / "model.safetensors"
-    data = model.data_config
-    manifest = default_manifest()
-    manifest.upsert(Checkpoint(
-        name="csap_tiny.shapes", architecture="csap_tiny", kind="segmentor", dataset="shapes",
-        num_classes=model.num_classes, class_set="shapes", train_crop=tuple(data.train_crop),
-        test_size=tuple(data.test_size), mean=tuple(data.mean), std=tuple(data.std),
-        source=PackageSource("assets/demo/model.safetensors"), sha256=sha256_of(weights), sha256_prefix=None,
-        size_bytes=weights.stat().st_size, format="csap-safetensors",
-        metrics={"paper": {}, "upstream": {}, "reproduced": {k: v for k, v in metrics.items()
-                                                            if isinstance(v, (int, float, str))}},
-        license="apache-2.0", status="published",
-        notes="Demo: CSAP-T trained from scratch on the generated shapes dataset (csap_zoo.data.synthetic); ships "
-              "with the package (fp16 tensors) so prediction works offline. Not a benchmark model.",
-    ))
-    manifest.save()
+    publish_entry(ASSETS, "csap_tiny.shapes", package="assets/demo/model.safetensors", license_id="apache-2.0",
+                  notes="Demo: CSAP-T trained from scratch on the generated shapes dataset (csap_zoo.data.synthetic); "
+                        "ships with the package (fp16 tensors) so prediction works offline. Not a benchmark model.")
     print(f"demo: mIoU {metrics.get('mIoU')} on {args.num_val} held-out images after {minutes:.1f} min; "
           f"{weights.stat().st_size / 1e6:.1f} MB at {ASSETS}")
     return 0

@@ -1,13 +1,11 @@
 """Turning a saved model into a manifest entry: hash it, describe it, record where it is published."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Union
 
-from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
-from ..manifest import Checkpoint, HfSource, Manifest, UrlSource, default_manifest, load_manifest
-from ..models.serialization import CONFIG_NAME, WEIGHTS_NAME
+from ..manifest import Checkpoint, HfSource, Manifest, PackageSource, UrlSource, default_manifest, load_manifest
+from ..models.serialization import WEIGHTS_NAME, read_model_folder
 from .download import sha256_of
 
 __all__ = ["publish_entry"]
@@ -21,43 +19,45 @@ def publish_entry(
         url: Optional[str] = None,
         manifest_path: Union[str, Path, None] = None,
         license_id: str = "apache-2.0",
+        package: Optional[str] = None,
+        notes: str = "",
 ) -> Checkpoint:
     """Hash ``model_dir``'s weights and write a published manifest entry ``name`` pointing at its upload.
 
-    Exactly one of ``hf_repo`` (with the uploaded commit ``revision``) or ``url`` says where the file lives.
-    Metrics in the folder's config.json become the entry's reproduced metrics.
+    Exactly one of ``hf_repo`` (with the uploaded commit ``revision``), ``url`` or ``package`` (a path inside the
+    installed package, for the bundled demo) says where the file lives. The entry's class count, crop, test size
+    and normalisation come from the folder's config.json, and its metrics become the entry's reproduced metrics,
+    so the manifest never states something else than the folder it describes.
     """
     folder = Path(model_dir)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not config_path.is_file() or not weights_path.is_file():
-        raise ValueError(f"{folder} is not a save_pretrained folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-    if (hf_repo is None) == (url is None):
+    if sum(x is not None for x in (hf_repo, url, package)) != 1:
         raise ValueError("give exactly one of --hf-repo (with --revision) or --url")
     if hf_repo is not None and not revision:
         raise ValueError("an --hf-repo source needs the pinned --revision (the commit sha of the upload)")
-    saved = json.loads(config_path.read_text())
-    model, data = saved["model"], saved.get("data", {})
+    contents = read_model_folder(folder)  # validated field by field, like any folder that is loaded
+    config, data = contents.config, contents.data_config
     architecture = name.split(".", 1)[0]
-    if model["architecture"] != architecture:
-        raise ValueError(f"{folder} holds a {model['architecture']} model, not {architecture}")
+    if config.architecture != architecture:
+        raise ValueError(f"{folder} holds a {config.architecture} model, not {architecture}")
     manifest: Manifest = load_manifest(manifest_path) if manifest_path else default_manifest()
     dataset = name.split(".", 1)[1] if "." in name else None
     if dataset is None:
         raise ValueError(f"manifest names are architecture.dataset, got {name!r}")
     previous = manifest.get(name) if name in manifest else None
-    source = HfSource(hf_repo, revision, WEIGHTS_NAME) if hf_repo else UrlSource(url)
+    source = (HfSource(hf_repo, revision, WEIGHTS_NAME) if hf_repo else UrlSource(url) if url
+              else PackageSource(package))
     entry = Checkpoint(
-        name=name, architecture=architecture, kind="segmentor", dataset=data.get("dataset") or dataset,
-        num_classes=model["num_classes"], class_set=previous.class_set if previous else dataset,
-        train_crop=tuple(data.get("train_crop") or (previous.train_crop if previous else (512, 512))),
-        test_size=tuple(data.get("test_size") or (previous.test_size if previous else (2048, 512))),
-        mean=tuple(data.get("mean", IMAGENET_MEAN_255)), std=tuple(data.get("std", IMAGENET_STD_255)),
-        source=source, sha256=sha256_of(weights_path), sha256_prefix=None,
-        size_bytes=weights_path.stat().st_size, format="csap-safetensors",
+        name=name, architecture=architecture, kind="segmentor", dataset=data.dataset or dataset,
+        num_classes=config.num_classes, class_set=previous.class_set if previous else dataset,
+        train_crop=tuple(data.train_crop or (previous.train_crop if previous else (512, 512))),
+        test_size=tuple(data.test_size or (previous.test_size if previous else (2048, 512))),
+        mean=tuple(data.mean), std=tuple(data.std),
+        source=source, sha256=sha256_of(contents.weights_path), sha256_prefix=None,
+        size_bytes=contents.weights_path.stat().st_size, format="csap-safetensors",
         metrics={"paper": previous.metrics["paper"] if previous else {},
                  "upstream": previous.metrics["upstream"] if previous else {},
-                 "reproduced": dict(saved.get("metrics", {}))},
-        license=license_id, status="published", notes="",
+                 "reproduced": {k: v for k, v in contents.metrics.items() if isinstance(v, (int, float, str))}},
+        license=license_id, status="published", notes=notes,
     )
     manifest.upsert(entry)
     manifest.save(manifest_path)

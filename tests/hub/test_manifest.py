@@ -5,6 +5,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+import csap_zoo
+
 from csap_zoo.hub.manifest import (
     MANIFEST_PATH, SCHEMA_PATH, Checkpoint, Manifest, ManifestError, UrlSource, default_manifest, load_manifest,
 )
@@ -104,3 +106,17 @@ def test_manifest_override_by_environment(tmp_path, monkeypatch):
     path.write_text(json.dumps(data))
     monkeypatch.setenv("CSAP_ZOO_MANIFEST", str(path))
     assert default_manifest().names() == [data["checkpoints"][0]["name"]]
+
+
+def test_the_bundled_demo_entry_is_what_its_folder_says(tmp_path):
+    """The demo's manifest entry is derived from its folder (scripts/build_demo.py calls publish_entry): deriving it
+    again from the shipped folder gives the shipped entry, so the two cannot disagree."""
+    from csap_zoo.hub.publish import publish_entry
+
+    copy = tmp_path / "manifest.json"
+    copy.write_text(MANIFEST_PATH.read_text())
+    shipped = load_manifest(MANIFEST_PATH).get("csap_tiny.shapes")
+    folder = Path(csap_zoo.__file__).parent / "assets" / "demo"
+    derived = publish_entry(folder, "csap_tiny.shapes", package=shipped.source.path, manifest_path=copy,
+                            license_id=shipped.license, notes=shipped.notes)
+    assert derived == shipped
