@@ -7,7 +7,7 @@ without data-dependent branches: it always pads by ``(-size) mod stride`` (a zer
 and head, resizes the stride-8 logits to the padded size and narrows them back to the input size. Its outputs are
 identical to ``model(x)``.
 
-What each format supports (checked by tests/test_export.py):
+What each format supports (checked by tests/tools/test_export.py):
 
 * **ONNX** (opset >= 17, dynamo exporter): dynamic batch, height and width; any size >= the model's minimum (32)
   runs in onnxruntime, divisible by 32 or not, smaller or larger than the export size. Max abs difference to eager

@@ -1,4 +1,4 @@
-"""benchmarks/flops.py: table formatting (the counting itself is covered by tests/test_complexity.py)."""
+"""benchmarks/flops.py: table formatting (the counting itself is covered by tests/tools/test_complexity.py)."""
 import importlib.util
 from pathlib import Path
 

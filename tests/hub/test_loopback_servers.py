@@ -1,5 +1,5 @@
-"""Prove the loopback fixtures in tests/hub/conftest.py against the REAL clients (huggingface_hub, urllib,
-torch.hub), and pin down what huggingface_hub (2.4.0) actually does on the wire and on disk."""
+"""Prove the loopback servers of tests/_servers.py (fixtures in tests/conftest.py) against the REAL clients
+(huggingface_hub, urllib, torch.hub), and pin down what huggingface_hub (2.4.0) actually does on the wire and on disk."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-# conftest.NetworkAccessBlocked is a RuntimeError subclass; matched by message so this file does not need to import
-# conftest (works under any --import-mode).
+# tests/conftest.py's NetworkAccessBlocked is a RuntimeError subclass; matched by message so this file does not need
+# to import conftest (works under any --import-mode).
 BLOCKED = dict(expected_exception=RuntimeError, match="non-loopback network access blocked")
 
 REPO = "csap-test/tiny"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,11 @@ import csap_zoo
 from csap_zoo.data import FolderDataset, get_dataset_info
 from csap_zoo.engine import load_training_checkpoint, train
 
+from _servers import free_loopback_port
+
 from .conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -33,7 +28,7 @@ def test_two_process_gloo_ddp_matches_one_process(tiny_shapes, tmp_path):
     config.save(tmp_path / "ddp.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           "--master_addr=127.0.0.1", f"--master_port={free_loopback_port()}",
            "-m", "csap_zoo.cli", "train", "--config", str(tmp_path / "ddp.yaml")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,7 +2,6 @@
 tracebacks; and ``--model`` taking whatever ``from_pretrained`` takes. Each test runs the real command in a child
 process and reads its output."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,12 @@ from PIL import Image
 
 import csap_zoo
 
-
-def _closed_port() -> int:
-    """A loopback port that nothing listens on (connections are refused at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from _servers import free_loopback_port
 
 
 def _run(args, tmp_path, **env):
     environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf_home"),
-                       HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", **env)
+                       HF_ENDPOINT=f"http://127.0.0.1:{free_loopback_port()}", **env)
     for key in ("HF_HUB_OFFLINE", "CSAP_ZOO_OFFLINE", "HF_TOKEN"):  # only what a test sets
         if key not in env:
             environment.pop(key, None)

@@ -1,30 +1,23 @@
-"""Offline test fixtures for the weights hub.
+"""Loopback HTTP servers for the tests, in one place (the fixtures in tests/conftest.py are thin wrappers).
 
-Everything here runs on loopback only:
+* :class:`FakeHub` -- speaks enough of the Hugging Face Hub file protocol (``HEAD``/``GET
+  /{repo_id}/resolve/{revision}/{filename}``) for the real ``huggingface_hub.hf_hub_download`` to work against it.
+* :class:`UrlServer` -- a plain HTTP file server for ``torch.hub``/``urllib`` style URL downloads.
+* :func:`point_hf_hub_at` -- points ``huggingface_hub`` at a :class:`FakeHub` with an isolated cache (env vars *and*
+  the import-time ``constants``); :func:`no_proxies` -- lets clients reach loopback directly.
+* :func:`free_loopback_port` -- a loopback port nothing listens on (for child processes, refused connections).
 
-* ``hf_server``  -- a tiny HTTP server speaking enough of the Hugging Face Hub
-  file protocol (``HEAD``/``GET /{repo_id}/resolve/{revision}/{filename}``) for
-  the real ``huggingface_hub.hf_hub_download`` to work against it.
-* ``hf_env``     -- points ``huggingface_hub`` at ``hf_server`` with an isolated
-  cache under ``tmp_path`` (env vars *and* the import-time ``constants``).
-* ``url_server`` -- a plain HTTP file server for ``torch.hub``/``urllib`` style
-  URL downloads.
-* ``no_network`` -- autouse (inside ``tests/hub/`` only): any Python-level
-  socket connection or name lookup to a non-loopback host raises
-  :class:`NetworkAccessBlocked` and fails the test at teardown.
+Both servers can ``corrupt`` a file (serve other bytes than announced) and ``truncate`` it (announce the full
+``Content-Length`` and close the connection early). ``UrlServer`` can also ``throttle`` a file (send it in small steps
+with a pause after each, optionally after a pause before the headers: a slow or dripping server) and ``fail`` it
+(answer an HTTP error status).
 
-Both servers can ``corrupt`` a file (serve other bytes than announced) and
-``truncate`` it (announce the full ``Content-Length`` and close the
-connection early). ``url_server`` can also ``throttle`` a file (send it in
-small steps with a pause after each, optionally after a pause before the
-headers: a slow or dripping server) and ``fail`` it (answer an HTTP error
-status).
+Tests import this module as ``_servers``: tests/conftest.py puts the tests folder on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
 import socket
@@ -34,127 +27,15 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
-import pytest
 
-# --------------------------------------------------------------------------------------------------------------------
-# Network guard
-# --------------------------------------------------------------------------------------------------------------------
-
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
-
-
-class NetworkAccessBlocked(RuntimeError):
-    """Raised by the ``no_network`` guard on a non-loopback connection / lookup.
-
-    Deliberately *not* an ``OSError``: code that treats ``OSError`` as "network down, fall back" must not be able to
-    swallow it silently. (Code that swallows every ``Exception`` still gets caught: the attempt is recorded and the
-    test fails at teardown.)
-    """
-
-
-def _is_loopback_host(host: Any) -> bool:
-    if isinstance(host, (bytes, bytearray)):
-        host = bytes(host).decode("ascii", "replace")
-    if not isinstance(host, str):
-        return False
-    host = host.strip().strip("[]").lower().rstrip(".")
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def _is_numeric_host(host: Any) -> bool:
-    if isinstance(host, (bytes, bytearray)):
-        host = bytes(host).decode("ascii", "replace")
-    try:
-        ipaddress.ip_address(str(host).strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
-class NetworkGuard:
-    """What the ``no_network`` fixture yields.
-
-    ``attempts``: list of ``(kind, target)`` for every blocked attempt, ``kind`` in {"connect", "getaddrinfo"}.
-    A test that provokes a blocked attempt on purpose must ``clear()`` it, otherwise teardown fails the test.
-    """
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[str, Any]] = []
-        self._lock = threading.Lock()
-
-    def clear(self) -> None:
-        with self._lock:
-            self.attempts.clear()
-
-    def _block(self, kind: str, target: Any) -> NoReturn:
-        with self._lock:
-            self.attempts.append((kind, target))
-        raise NetworkAccessBlocked(f"tests/hub: non-loopback network access blocked ({kind} {target!r})")
-
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Block every non-loopback connection made through Python's ``socket`` module.
-
-    Patched: ``socket.socket.connect``/``connect_ex`` (which ``socket.create_connection``, ``http.client``, httpx and
-    urllib all go through), ``socket.create_connection`` and ``socket.getaddrinfo`` (name lookups of non-loopback
-    host names -- numeric addresses are let through to ``connect``, which then decides). AF_UNIX sockets are allowed.
-    Not covered: native code doing its own networking (e.g. the Rust ``hf_xet`` extension) -- ``hf_env`` disables
-    Xet for that reason.
-    """
-    guard = NetworkGuard()
-    orig_connect = socket.socket.connect
-    orig_connect_ex = socket.socket.connect_ex
-    orig_create_connection = socket.create_connection
-    orig_getaddrinfo = socket.getaddrinfo
-    inet = (socket.AF_INET, socket.AF_INET6)
-
-    def _check(sock, address):
-        if sock.family in inet:
-            host = address[0] if isinstance(address, tuple) and address else address
-            if not _is_loopback_host(host):
-                guard._block("connect", address)
-
-    def connect(self, address):
-        _check(self, address)
-        return orig_connect(self, address)
-
-    def connect_ex(self, address):
-        _check(self, address)
-        return orig_connect_ex(self, address)
-
-    def create_connection(address, *args, **kwargs):
-        host = address[0] if isinstance(address, tuple) and address else address
-        if not _is_loopback_host(host):
-            guard._block("connect", address)
-        return orig_create_connection(address, *args, **kwargs)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in (None, "", b"") and not _is_loopback_host(host) and not _is_numeric_host(host):
-            guard._block("getaddrinfo", host)
-        return orig_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(socket, "create_connection", create_connection)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield guard
-    if guard.attempts:
-        attempts = list(guard.attempts)
-        guard.clear()
-        pytest.fail(f"test tried to reach the network (non-loopback): {attempts}", pytrace=False)
+def free_loopback_port() -> int:
+    """A loopback TCP port that nothing listens on right now (connections to it are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -721,40 +602,22 @@ class UrlServer(_ServerBase):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Fixtures
+# Clients pointed at the servers
 # --------------------------------------------------------------------------------------------------------------------
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
-def _no_proxies(monkeypatch) -> None:
-    # httpx (trust_env) and urllib both honour proxy env vars; loopback must be reached directly.
+def no_proxies(monkeypatch: Any) -> None:
+    """Unset the proxy env vars (via ``monkeypatch``): httpx (trust_env) and urllib both honour them, and loopback
+    must be reached directly."""
     for var in _PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost,::1")
 
 
-@pytest.fixture
-def hf_server():
-    server = FakeHub()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def url_server(monkeypatch):
-    _no_proxies(monkeypatch)
-    server = UrlServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-class _NoSleepTime:
+class NoSleepTime:
     """Stand-in for the ``time`` module inside huggingface_hub: retry back-off sleeps are recorded, not slept."""
 
     def __init__(self) -> None:
@@ -769,7 +632,7 @@ class _NoSleepTime:
 
 @dataclass
 class HfEnv:
-    """What ``hf_env`` yields."""
+    """What :func:`point_hf_hub_at` returns (and the ``hf_env`` fixture yields)."""
 
     server: FakeHub
     endpoint: str
@@ -786,7 +649,7 @@ class HfEnv:
 
         self._monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
         self._monkeypatch.setattr(constants, "HF_HUB_OFFLINE", bool(offline))
-        _reset_hf_session()  # older (requests-based) versions bake offline mode into the session
+        reset_hf_session()  # older (requests-based) versions bake offline mode into the session
 
     def repo_dir(self, repo_id: str, repo_type: str = "model") -> Path:
         return self.cache_dir / f"{repo_type}s--{repo_id.replace('/', '--')}"
@@ -795,7 +658,8 @@ class HfEnv:
         return self.repo_dir(repo_id, repo_type) / "blobs"
 
 
-def _reset_hf_session() -> None:
+def reset_hf_session() -> None:
+    """Drop huggingface_hub's shared HTTP client, so the next request builds one from the current settings."""
     try:
         from huggingface_hub.utils import _http
     except ImportError:  # pragma: no cover
@@ -807,22 +671,22 @@ def _reset_hf_session() -> None:
             return
 
 
-@pytest.fixture
-def hf_env(hf_server, tmp_path, monkeypatch):
-    """Point ``huggingface_hub`` at ``hf_server`` with an isolated cache; yields :class:`HfEnv`.
+def point_hf_hub_at(server: FakeHub, home: Path, monkeypatch: Any) -> HfEnv:
+    """Point ``huggingface_hub`` at ``server`` with an isolated cache under ``home`` (HF_HOME); returns
+    :class:`HfEnv`. Every change goes through ``monkeypatch`` (undone at its teardown); call
+    :func:`reset_hf_session` after the undo as well.
 
     huggingface_hub reads its env vars once, at import, into ``huggingface_hub.constants``; so both the env vars (for
-    subprocesses / late importers) and the constants (for this process) are patched, all undone at teardown.
+    subprocesses / late importers) and the constants (for this process) are patched.
     """
     import huggingface_hub
     from huggingface_hub import constants
 
-    home = tmp_path / "hf_home"
     cache = home / "hub"
     cache.mkdir(parents=True)
-    endpoint = hf_server.endpoint
+    endpoint = server.endpoint
 
-    _no_proxies(monkeypatch)
+    no_proxies(monkeypatch)
     for var in (
         "HUGGINGFACE_HUB_CACHE",
         "HUGGINGFACE_ASSETS_CACHE",
@@ -895,22 +759,19 @@ def hf_env(hf_server, tmp_path, monkeypatch):
         pass
 
     # Retry back-off would sleep (1 s per resume attempt in http_get, exponential in http_backoff): skip the sleeps.
-    fake_time = _NoSleepTime()
+    fake_time = NoSleepTime()
     for modname in ("huggingface_hub.file_download", "huggingface_hub.utils._http"):
         mod = __import__(modname, fromlist=["_"])
         if getattr(mod, "time", None) is time:
             monkeypatch.setattr(mod, "time", fake_time)
 
-    _reset_hf_session()  # the shared httpx client reads proxy env vars when created
+    reset_hf_session()  # the shared httpx client reads proxy env vars when created
     assert huggingface_hub.constants.ENDPOINT == endpoint
-    try:
-        yield HfEnv(
-            server=hf_server,
-            endpoint=endpoint,
-            home=home,
-            cache_dir=cache,
-            retry_sleeps=fake_time.sleeps,
-            _monkeypatch=monkeypatch,
-        )
-    finally:
-        _reset_hf_session()
+    return HfEnv(
+        server=server,
+        endpoint=endpoint,
+        home=home,
+        cache_dir=cache,
+        retry_sleeps=fake_time.sleeps,
+        _monkeypatch=monkeypatch,
+    )
