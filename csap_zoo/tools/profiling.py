@@ -165,11 +165,8 @@ class _NativeLogits(nn.Module):
         return self.model(x, upsample=self.upsample)
 
 
-class _SegformerLogits(nn.Module):
-    def __init__(self, model: nn.Module, upsample: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.upsample = upsample
+class _SegformerLogits(_NativeLogits):
+    """Calls a transformers SegFormer for its native (stride-4) or full-size logits."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(pixel_values=x).logits
