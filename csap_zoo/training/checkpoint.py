@@ -25,7 +25,7 @@ def rng_state() -> Dict[str, Any]:
     """This process's torch, numpy, Python (and CUDA) random states as tensors and plain values."""
     np_state = np.random.get_state()
     state = {
-        "torch": torch.getrng_state(),
+        "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": _plain(random.getstate()),
@@ -40,7 +40,7 @@ def _plain(value: Any) -> Any:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.setrng_state(state["torch"])
+    torch.set_rng_state(state["torch"])
     npst = state["numpy"]
     np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
                          npst["cached_gaussian"]))

@@ -366,16 +366,16 @@ class Trainer:
         for path in removed:
             self._log(f"removed {path}, left behind by a run that was killed")
 
-    def _newest_readable(self, folder: Path, set_aside: bool) -> Optional[Path]:
+    def _newest_readable(self, folder: Path, own_folder: bool) -> Optional[Path]:
         """The newest checkpoint in ``folder`` that loads (kept in ``_resume_state``). Unreadable ones above it are
-        reported and, with ``set_aside`` (this run's own folder, rank 0), renamed out of the way."""
+        reported and, in ``own_folder`` (this run's own folder, rank 0), renamed out of the way."""
         for _, path in reversed(checkpoints_in(folder)):
             try:
                 self._resume_state = load_training_checkpoint(path)
                 return path
             except ValueError as err:  # a damaged file (it never should be: writes are atomic)
                 note = ""
-                if set_aside and self.env.is_main:
+                if own_folder and self.env.is_main:
                     with contextlib.suppress(OSError):
                         note = f"; renamed it {set_aside(path, 'unreadable').name}"
                 self._log(f"warning: skipping unreadable checkpoint {path}{note}: {err}")
@@ -386,12 +386,12 @@ class Trainer:
         if resume is None:
             return None
         if resume == "auto":
-            return self._newest_readable(self.ckpt_dir, set_aside=True)
+            return self._newest_readable(self.ckpt_dir, own_folder=True)
         path = Path(resume)
         if path.is_dir():  # an output folder or a checkpoints folder
             inner = path / "checkpoints"
-            found = self._newest_readable(inner, set_aside=False) if inner.is_dir() else None
-            found = found or self._newest_readable(path, set_aside=False)
+            found = self._newest_readable(inner, own_folder=False) if inner.is_dir() else None
+            found = found or self._newest_readable(path, own_folder=False)
             if found is None:
                 raise ValueError(f"resume={resume!r} is a folder without a readable training checkpoint (looked "
                                  f"for iter_<N>.pt in it and in its checkpoints/ folder); pass a checkpoint file, "
