@@ -209,3 +209,17 @@ def test_every_error_has_the_one_root_and_keeps_its_builtin_base():
             assert issubclass(cls, errors.CsapZooError), name
             assert issubclass(cls, (ValueError, RuntimeError)), name
     assert issubclass(errors.CheckpointError, RuntimeError) and issubclass(errors.ConfigError, ValueError)
+
+
+def test_the_hub_builds_models_only_through_the_registry():
+    """The hub names a model (registry), loads a folder (the model's own format) or converts a foreign file with the
+    family's checkpoint filter; it never builds a backbone, a head or a block itself."""
+    allowed = {
+        "csap_zoo.models", "csap_zoo.models.registry", "csap_zoo.models.architectures", "csap_zoo.models.config",
+        "csap_zoo.models.segmentor", "csap_zoo.models.serialization", "csap_zoo.models.flops",
+        "csap_zoo.models.mscan", "csap_zoo.models.heads.ham",  # checkpoint_filter_fn of the family files
+    }
+    reached = {f"{module} -> {dep}" for module, deps in _graph().items()
+               if module.startswith("csap_zoo.hub.") and module not in COMPAT
+               for dep in deps if dep.startswith("csap_zoo.models") and dep not in allowed}
+    assert reached == set()
