@@ -26,7 +26,7 @@ def _fvcore_analysis(module: nn.Module, inputs: Sequence[Any]) -> Any:
     try:
         from fvcore.nn import FlopCountAnalysis
     except ImportError as err:
-        raise ImportError("counting MACs with fvcore needs `pip install fvcore`") from err
+        raise ImportError("counting MACs with fvcore needs it installed: pip install 'csap-zoo[flops]'") from err
     analysis = FlopCountAnalysis(module, tuple(inputs))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)

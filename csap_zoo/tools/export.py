@@ -177,7 +177,7 @@ def onnx_session(path: PathLike, threads: Optional[int] = None, optimize: bool =
     try:
         import onnxruntime as ort
     except ImportError as err:
-        raise ImportError("running ONNX models needs onnxruntime: pip install 'csap-zoo[bench]'") from err
+        raise ImportError("running ONNX models needs onnxruntime: pip install 'csap-zoo[export]'") from err
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -213,7 +213,7 @@ def export_onnx(
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'csap-zoo[bench]'") from err
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'csap-zoo[export]'") from err
     wrapper = _wrapped(model, upsample)
     # Exporting with batch 2 keeps the batch axis symbolic (a batch of 1 would be specialised).
     example = _example(model, max(batch, 2) if dynamic else batch, height, width)
