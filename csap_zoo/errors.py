@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "ConfigError", "ConversionError",
-    "CsapZooError", "DatasetError", "ImageTooLargeError", "ManifestError", "UsageError",
+    "CsapZooError", "DatasetError", "HubError", "ImageTooLargeError", "ManifestError", "UsageError",
 ]
 
 _MAX_LISTED = 20
@@ -63,6 +63,10 @@ def listing(items: Sequence[object], limit: int = _MAX_LISTED) -> str:
     if len(items) > limit:
         lines.append(f"  ... and {len(items) - limit} more")
     return "\n".join(lines)
+
+
+class HubError(CsapZooError, RuntimeError):
+    """Talking to the Hugging Face Hub failed (no token, offline, unreachable, refused); says what to do."""
 
 
 class DatasetError(CsapZooError, ValueError):

@@ -31,7 +31,7 @@ import torch.nn as nn
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointUnavailableError, ConfigError, ConversionError, ManifestError
+from ..errors import CheckpointUnavailableError, ConfigError, ConversionError, HubError, ManifestError
 from ..fileio import atomic_folder, atomic_write, clean_stale_temp
 from ..manifest import default_manifest
 from ..settings import is_offline
@@ -43,8 +43,8 @@ from .flops import estimate_gmacs
 from .fused import is_fused
 
 __all__ = [
-    "CONFIG_NAME", "FORMAT_VERSION", "MODEL_CARD_NAME", "ModelFolder", "PretrainedMixin", "WEIGHTS_NAME",
-    "hub_unreachable", "load_checkpoint_into", "model_config_dict", "push_to_hub", "read_model_folder",
+    "CONFIG_NAME", "FORMAT_VERSION", "LOGIN_ADVICE", "MODEL_CARD_NAME", "ModelFolder", "PretrainedMixin", "WEIGHTS_NAME",
+    "check_hub_upload", "hub_unreachable", "load_checkpoint_into", "model_config_dict", "push_to_hub", "read_model_folder",
     "read_state_dict", "render_model_card", "save_pretrained",
 ]
 
@@ -330,6 +330,25 @@ def save_pretrained(
     return target
 
 
+LOGIN_ADVICE = "log in with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN"
+
+
+def check_hub_upload(token: Optional[str] = None) -> None:
+    """Fail at once, with one :class:`~csap_zoo.errors.HubError` that says what to do, when an upload cannot
+    work: offline mode, no token ("log in"), or an unreachable Hub (one connection attempt instead of
+    huggingface_hub's half a minute of retries). ``csap-zoo push`` calls it before anything is sent."""
+    from huggingface_hub import get_token
+
+    if is_offline():
+        raise HubError("pushing to the Hub needs the network, and offline mode is on (unset HF_HUB_OFFLINE / "
+                       "CSAP_ZOO_OFFLINE)")
+    if not (token or get_token()):
+        raise HubError(f"pushing to the Hub needs a Hugging Face token: {LOGIN_ADVICE}")
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise HubError(f"the Hub is unreachable ({unreachable}); check the network (or HF_ENDPOINT) and retry")
+
+
 def push_to_hub(
         model: Any,
         repo_id: str,
@@ -341,19 +360,37 @@ def push_to_hub(
 ) -> str:
     """Save the model into a temporary folder and upload it to a Hugging Face Hub model repository.
 
-    ``license`` is the model card's license identifier (see ``render_model_card``).
+    ``license`` is the model card's license identifier (see ``render_model_card``). A failed upload is one
+    :class:`~csap_zoo.errors.HubError` saying what to do (log in, check the network, leave offline mode), with
+    huggingface_hub's own error as its cause; :func:`check_hub_upload` fails faster, before saving.
 
     Returns the commit sha of the upload, which is what a manifest entry pins as ``revision``.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
 
     metrics = model.metrics if metrics is None else metrics
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pretrained(model, Path(tmp) / "model", metrics=metrics, repo_id=repo_id, license=license)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                                 repo_type="model")
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                     repo_type="model")
+        except Exception as err:  # huggingface_hub's HTTP, connection and token errors
+            status = getattr(getattr(err, "response", None), "status_code", None)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if is_offline():
+                advice = "offline mode is on (unset HF_HUB_OFFLINE / CSAP_ZOO_OFFLINE)"
+            elif not (token or get_token()):
+                advice = f"no Hugging Face token is set: {LOGIN_ADVICE}"
+            elif status in (401, 403):
+                advice = f"{LOGIN_ADVICE} with a token that can write to {repo_id}"
+            elif isinstance(err, HfHubHTTPError):
+                advice = "the Hub refused it"
+            else:
+                advice = "check the network (or HF_ENDPOINT) and retry"
+            raise HubError(f"uploading to {repo_id} failed ({type(err).__name__}: {first}); {advice}") from err
     return getattr(info, "oid", None) or str(info)
 
 

@@ -309,3 +309,27 @@ def test_segmentor_save_pretrained_passes_the_license_and_dtype(tmp_path):
 
     with safe_open(str(folder / "model.safetensors"), "pt") as handle:
         assert handle.get_tensor("decode_head.classifier.weight").dtype == torch.float16
+
+
+def test_push_to_hub_from_python_says_to_log_in_without_a_token(model, tmp_path, monkeypatch):
+    """The Python API gives one clear error that says what to do (not huggingface_hub's traceback)."""
+    from csap_zoo.errors import HubError
+
+    class RefusingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            raise OSError("401 Client Error: Unauthorized")
+
+    monkeypatch.setattr("huggingface_hub.HfApi", RefusingApi)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("CSAP_ZOO_OFFLINE", raising=False)
+    with pytest.raises(HubError, match="no Hugging Face token is set: log in with `hf auth login`") as info:
+        model.push_to_hub("someone/shapes")
+    assert isinstance(info.value.__cause__, OSError)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match="offline mode is on"):
+        csap_zoo.push_to_hub(model, "someone/shapes", token="hf_x")
