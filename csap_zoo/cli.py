@@ -87,7 +87,10 @@ def _check_device(device: Optional[str]) -> None:
         raise UsageError(f"--device {device}: MPS is not available on this machine; use --device cpu")
 
 
-def _inference_config(args: argparse.Namespace, dataset: Optional[str], model):
+def _inference_config(args: argparse.Namespace, dataset: Optional[str]):
+    """The options as an InferenceConfig: the dataset's protocol, else Segmenter's default (``resize="auto"``: the
+    checkpoint's own test size, the same as ``Segmenter(model)``), with --mode/--crop-size/--stride/--resize/
+    --max-pixels/--tta on top (``--resize 0``: native size)."""
     from .inference import InferenceConfig
 
     overrides = {}
@@ -101,16 +104,14 @@ def _inference_config(args: argparse.Namespace, dataset: Optional[str], model):
         overrides["resize"] = None if args.resize == [0] else tuple(args.resize)
     if getattr(args, "max_pixels", None) is not None:
         overrides["max_pixels"] = args.max_pixels
-    elif dataset is None and getattr(getattr(model, "data_config", None), "test_size", None):
-        overrides["resize"] = tuple(model.data_config.test_size)  # the checkpoint's own evaluation size
     return InferenceConfig.for_dataset(dataset, tta=args.tta, **overrides)
 
 
 def _segmenter(args: argparse.Namespace, model, dataset: Optional[str], info=None):
+    """The Segmenter that predict and eval run (the model's test size unless a dataset or --resize says else)."""
     from .inference import Segmenter
 
-    return Segmenter(model, _inference_config(args, dataset, model), device=args.device, amp=args.amp,
-                     dataset_info=info)
+    return Segmenter(model, _inference_config(args, dataset), device=args.device, amp=args.amp, dataset_info=info)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

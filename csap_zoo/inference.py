@@ -11,12 +11,17 @@ postprocessing back to each image's original size::
 Conventions (MMSegmentation's test-time ones):
 
 - Inputs: file paths, PIL images, numpy (H, W[, C]) arrays and torch (C, H, W) / (B, C, H, W) tensors, all on the
-  0-255 scale (uint8, uint16 arrays are scaled by 1/257, float tensors are taken as 0-255 and are *not*
-  expected in [0, 1]). Grayscale is repeated to RGB, alpha is dropped, palette images are expanded, 16-bit images are
-  reduced to 8 bits (see ``csap_zoo.data.io``).
+  0-255 scale by default (uint8; uint16 arrays are scaled by 1/257; float tensors and arrays are taken as 0-255).
+  Float inputs on another scale say so with ``Segmenter(..., input_range=(0, 1))`` (any (low, high) pair, mapped
+  linearly onto 0-255); a float tensor whose values all lie in [0, 1] under the default range gets a warning
+  pointing at the caller's line. Grayscale is repeated to RGB, alpha is dropped, palette images are expanded, 16-bit
+  images are reduced to 8 bits (see ``csap_zoo.data.io``).
 - ``resize=(long, short)`` rescales each image, keeping its aspect ratio, to the largest size whose long side is at
   most ``long`` and short side at most ``short`` (ADE20K / COCO-Stuff evaluate at (2048, 512)); ``None`` keeps the
-  native size. Predictions are resized (bilinear on the logits) back to the original size before the argmax.
+  native size. The default, ``"auto"``, is the checkpoint's own evaluation size (``model.data_config.test_size``,
+  what ``csap-zoo predict`` uses), or the native size for a model without one; so ``Segmenter(model)`` and the
+  command line agree, and ``Segmenter(model, resize=None)`` asks for the native size explicitly. Predictions are
+  resized (bilinear on the logits) back to the original size before the argmax.
 - ``mode="slide"`` runs ``crop_size`` windows every ``stride`` pixels; the last window of each row/column is moved
   back to end at the image edge; overlapping logits are summed and divided by the number of windows covering each
   pixel. Windows larger than the image shrink to the image.
@@ -47,6 +52,9 @@ running out of memory inside the model.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import sys
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -63,7 +71,7 @@ from .data.transforms import keep_ratio_size as _keep_ratio_size  # the one keep
 from .models.fused import optimize_for_inference
 from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor, check_finite
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InferenceConfig", "Segmenter", "resize_rows"]
+__all__ = ["AUTO_RESIZE", "IMAGENET_MEAN", "IMAGENET_STD", "InferenceConfig", "Segmenter", "resize_rows"]
 
 IMAGENET_MEAN = IMAGENET_MEAN_255
 IMAGENET_STD = IMAGENET_STD_255
@@ -72,6 +80,10 @@ Pair = Tuple[int, int]
 
 _BAND_ELEMENTS = 2 ** 19  # logit values per band of rows when resizing / arg-maxing
 DEFAULT_WHOLE_MAX_PIXELS = 4096 * 4096
+AUTO_RESIZE = "auto"  # InferenceConfig.resize: the model's data_config.test_size, else native size
+DEFAULT_INPUT_RANGE = (0.0, 255.0)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
                "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -93,7 +105,9 @@ class InferenceConfig:
         mode: ``"whole"`` (one pass over the image) or ``"slide"`` (overlapping windows).
         crop_size: slide window (height, width).
         stride: slide step (height, width).
-        resize: keep-ratio target scale (long, short), e.g. (2048, 512); None = native size.
+        resize: keep-ratio target scale (long, short), e.g. (2048, 512); None = native size; ``"auto"`` (the
+            default) = the model's ``data_config.test_size`` when it has one, else native size (a ``Segmenter``
+            replaces it with what it resolved to).
         ratios: multi-scale ratios (1.0 alone = single scale).
         flip: also run each scale horizontally mirrored and average.
         slide_batch_size: how many slide windows go through the model at once.
@@ -106,7 +120,7 @@ class InferenceConfig:
     mode: str = "whole"
     crop_size: Pair = (512, 512)
     stride: Pair = (341, 341)
-    resize: Optional[Pair] = None
+    resize: Union[Pair, None, str] = AUTO_RESIZE
     ratios: Tuple[float, ...] = (1.0,)
     flip: bool = False
     slide_batch_size: int = 4
@@ -118,7 +132,11 @@ class InferenceConfig:
             raise ValueError(f"mode must be 'whole' or 'slide', got {self.mode!r}")
         self.crop_size = _pair(self.crop_size, "crop_size")
         self.stride = _pair(self.stride, "stride")
-        if self.resize is not None:
+        if isinstance(self.resize, str):
+            if self.resize != AUTO_RESIZE:
+                raise ValueError(f"resize must be (long, short), None (native size) or {AUTO_RESIZE!r} (the model's "
+                                 f"test size), got {self.resize!r}")
+        elif self.resize is not None:
             self.resize = _pair(self.resize, "resize")
         if isinstance(self.ratios, (int, float)):
             self.ratios = (float(self.ratios),)
@@ -139,7 +157,8 @@ class InferenceConfig:
     @classmethod
     def for_dataset(cls, name: Optional[str], tta: bool = False, **overrides: Any) -> "InferenceConfig":
         """The standard evaluation setting of a dataset: ADE20K / COCO-Stuff resize to (2048, 512) and run whole;
-        Cityscapes runs 1024x1024 windows with stride 768 at native size. ``tta`` adds ratios 0.5-1.75 and flip."""
+        Cityscapes runs 1024x1024 windows with stride 768 at native size. ``tta`` adds ratios 0.5-1.75 and flip.
+        Without a dataset, ``resize`` stays ``"auto"`` (the model's own test size)."""
         args: dict = {}
         if name is not None:  # the dataset's protocol lives with its metadata
             args.update(get_dataset_info(name).evaluation)
@@ -215,6 +234,16 @@ def resize_rows(
         yield box.pop()
 
 
+def _warn_caller(message: str) -> None:
+    """Warn at the first frame outside csap_zoo and torch: the user's line (``seg.predict(...)``), however many
+    package frames (predict, decode_raw, evaluate, torch's inference_mode wrapper) lie between."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: the frame that called this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith((_PACKAGE_DIR, _TORCH_DIR)):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
 def _label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
 
@@ -244,7 +273,9 @@ class Segmenter:
     Args:
         model: a ``Segmentor`` (or any module: normalised (B, C, H, W) float -> (B, K, H, W) logits).
         config: an ``InferenceConfig``; keyword overrides of its fields may be given directly
-            (``Segmenter(model, mode="slide", crop_size=512, stride=341)``).
+            (``Segmenter(model, mode="slide", crop_size=512, stride=341)``). Its ``resize="auto"`` (the default)
+            becomes the model's ``data_config.test_size`` (keep-ratio, as ``csap-zoo predict`` runs), or None
+            (native size) when the model has none; pass ``resize=None`` for the native size explicitly.
         mean, std: per-channel normalisation on the 0-255 scale; default: the model's ``data_config`` (which
             travels with checkpoint weights), else ImageNet's (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375).
         device: where to run; the model is moved there (default: where the model's parameters are).
@@ -254,6 +285,10 @@ class Segmenter:
         optimize: run a fused, channels_last copy of the model (:func:`csap_zoo.optimize_for_inference`; same
             outputs up to float rounding, the model passed in is left untouched). ``"auto"`` (default) does so
             for a ``Segmentor`` on the CPU without autocast; True for any ``Segmentor``; False never.
+        input_range: the (low, high) values of black and white in float tensors and float numpy arrays,
+            mapped linearly onto 0-255 before normalisation: (0, 255) by default, ``(0, 1)`` for
+            ``torchvision.transforms.ToTensor``-style inputs. Integer inputs (uint8, uint16, ...) keep their own
+            scale.
     """
 
     def __init__(
@@ -267,6 +302,7 @@ class Segmenter:
             amp: Optional[str] = None,
             dataset_info: Optional[DatasetInfo] = None,
             optimize: Union[bool, str] = "auto",
+            input_range: Sequence[float] = DEFAULT_INPUT_RANGE,
             **config_overrides: Any,
     ) -> None:
         config = config or InferenceConfig()
@@ -275,9 +311,14 @@ class Segmenter:
             unknown = sorted(set(config_overrides) - valid)
             if unknown:
                 raise TypeError(f"unknown Segmenter option(s) {unknown}; valid ones are {sorted(valid)} "
-                                f"plus mean, std, device, amp, dataset_info")
+                                f"plus mean, std, device, amp, dataset_info, optimize, input_range")
             config = dataclasses.replace(config, **config_overrides)
+        data_config = getattr(model, "data_config", None)
+        if config.resize == AUTO_RESIZE:  # the checkpoint's own evaluation size, the one the CLI uses
+            test_size = getattr(data_config, "test_size", None)
+            config = dataclasses.replace(config, resize=tuple(test_size) if test_size else None)
         self.config = config
+        self.input_range = self._check_input_range(input_range)
         if device is None:
             param = next(iter(model.parameters()), None)
             device = param.device if param is not None else torch.device("cpu")
@@ -293,7 +334,6 @@ class Segmenter:
         self.in_chans = int(getattr(model, "in_chans", 3))
         self.min_size = int(getattr(model, "min_size", 1))
         self.num_classes = getattr(model, "num_classes", None)
-        data_config = getattr(model, "data_config", None)
         if mean is None:
             mean = getattr(data_config, "mean", None) or IMAGENET_MEAN
         if std is None:
@@ -309,6 +349,36 @@ class Segmenter:
         if config.mode == "slide" and min(config.crop_size) < self.min_size:
             raise ValueError(f"crop_size {config.crop_size} is below the model's minimum input size {self.min_size}")
         self._dataset_info = dataset_info
+
+    @staticmethod
+    def _check_input_range(value: Sequence[float]) -> Tuple[float, float]:
+        try:
+            low, high = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"input_range must be a (low, high) pair of numbers, e.g. (0, 1), got {value!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high) and high > low):
+            raise ValueError(f"input_range must be a finite (low, high) pair with high > low, got {value!r}")
+        return low, high
+
+    def _check_float_range(self, low_value: float, high_value: float, what: str) -> None:
+        """Warn (at the caller's line) when a float image's values do not look like ``input_range``."""
+        low, high = self.input_range
+        if (low, high) == DEFAULT_INPUT_RANGE:
+            if 0.0 < high_value <= 1.0 and low_value >= 0.0:
+                _warn_caller(f"float image {what} has all values in [0, 1]; Segmenter expects 0-255 values: pass "
+                             f"Segmenter(..., input_range=(0, 1)) or multiply by 255")
+            return
+        margin = 0.01 * (high - low)
+        if low_value < low - margin or high_value > high + margin:
+            _warn_caller(f"float image {what} has values in [{low_value:g}, {high_value:g}], outside "
+                         f"input_range=({low:g}, {high:g}); check the Segmenter's input_range")
+
+    def _to_255(self, x: Any) -> Any:
+        """A float tensor or array on ``input_range`` mapped linearly onto 0-255 (unchanged for the default)."""
+        low, high = self.input_range
+        if (low, high) == DEFAULT_INPUT_RANGE:
+            return x
+        return (x - low) * (255.0 / (high - low))
 
     def _check_amp(self, amp: Optional[str]) -> Optional[torch.dtype]:
         if amp is None or amp is False or amp == "none":
@@ -386,6 +456,11 @@ class Segmenter:
                 else:
                     t = F.avg_pool2d(t.float(), factor, stride=factor, ceil_mode=True)
             return t.to(self.device), size
+        if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating) and image.size:
+            finite = image[np.isfinite(image)]  # non-finite values are refused by the decoder, with their index
+            if finite.size:
+                self._check_float_range(float(finite.min()), float(finite.max()), "array")
+            image = self._to_255(image)
         arr, size = decode_reduced(image, target, max_pixels=self.config.max_pixels)
         if not arr.flags.writeable:
             arr = arr.copy()
@@ -414,9 +489,9 @@ class Segmenter:
         t = t.detach()
         if t.dtype != torch.uint8:
             t = t.to(self.device, torch.float32)
-        if was_float and t.numel() and 0.0 < t.max() <= 1.0 and t.min() >= 0.0:
-            warnings.warn("float image tensor has all values in [0, 1]; Segmenter expects 0-255 values "
-                          "(multiply by 255)", stacklevel=5)
+        if was_float and t.numel():
+            self._check_float_range(float(t.min()), float(t.max()), "tensor")
+            t = self._to_255(t)
         chans = t.shape[0]
         if chans != self.in_chans:
             if self.in_chans == 3 and chans == 1:
