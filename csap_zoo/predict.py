@@ -17,12 +17,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, open_rows, write_png
+from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, label_palette, open_rows, write_png
 from .data.metadata import DatasetInfo
 from .fileio import atomic_write_all
 from .inference import Segmenter
 from .visualize import legend as draw_legend
-from .visualize import legend_extent, overlay
+from .visualize import OUTLINE_COLOUR, boundaries, legend_extent, overlay
 
 __all__ = ["PredictSummary", "predict_paths", "resolve_inputs"]
 
@@ -88,6 +88,8 @@ def predict_paths(
         alpha: float = 0.5,
         legend: bool = True,
         progress: bool = True,
+        palette_labels: bool = False,
+        outline: Optional[Tuple[int, int, int]] = OUTLINE_COLOUR,
 ) -> PredictSummary:
     """Predict image files and write ``out_dir/labels/<stem>.png`` (class indices) and
     ``out_dir/overlays/<stem>.png`` (colour overlay, with a legend of the classes present).
@@ -102,7 +104,12 @@ def predict_paths(
     kept zlib-compressed, and both PNGs are written by a streaming encoder from bands of image and label rows.
     So the peak is the decoded image (as PIL holds it) plus an amount that does not grow with the image, plus the
     compressed label map (a few MiB for a large photo). Several views (multi-scale / flip) are merged band by
-    band too. Label maps are 8-bit grayscale PNGs (16-bit when a label is above 255), overlays 8-bit RGB.
+    band too. Label maps are 8-bit grayscale PNGs (16-bit when a label is above 255), overlays 8-bit RGB with the
+    class boundaries drawn in ``outline`` (None: none), as :func:`csap_zoo.visualize.render_overlay` draws them.
+
+    ``palette_labels``: write label maps as 8-bit palette ("P") PNGs carrying the dataset's colours, so that image
+    viewers show them in colour; the stored values are still the class indices (``read_mask`` and PIL read them
+    back unchanged). Label maps with a label above 255 cannot be palette PNGs and stay 16-bit grayscale.
     """
     paths, single = resolve_inputs(inputs)
     out_dir = Path(out_dir)
@@ -136,9 +143,12 @@ def predict_paths(
                 continue
             label_path = out_dir / "labels" / f"{name}.png"
             overlay_path = out_dir / "overlays" / f"{name}.png"
-            overlay_size, overlay_bands = _overlay_bands(rows, labels, info, alpha=alpha, with_legend=legend)
+            overlay_size, overlay_bands = _overlay_bands(rows, labels, info, alpha=alpha, with_legend=legend,
+                                                         outline=outline)
+            mode = labels.png_mode(palette=palette_labels)
+            plte = labels.palette(info) if mode == "P" else None
             atomic_write_all([  # the label map and its overlay appear together or not at all
-                (label_path, lambda tmp: write_png(tmp, labels.bands(), labels.size, labels.png_mode())),
+                (label_path, lambda tmp: write_png(tmp, labels.bands(), labels.size, mode, palette=plte)),
                 (overlay_path, lambda tmp: write_png(tmp, overlay_bands, overlay_size, "RGB")),
             ])
             del rows, labels, overlay_bands
@@ -199,11 +209,18 @@ class _LabelStore:
     def classes(self, ignore_index: int) -> List[int]:
         return [int(c) for c in np.flatnonzero(self._seen) if c != ignore_index]
 
-    def png_mode(self) -> str:
-        """What ``save_png`` chose for a label array: 8-bit grayscale up to 255, else 16-bit."""
+    def png_mode(self, palette: bool = False) -> str:
+        """What ``save_png`` chooses for a label array: up to 255, 8-bit grayscale (``palette``: 8-bit palette
+        indices), else 16-bit grayscale."""
         if self.max_label > 65535:
             raise ValueError(f"label values must be in 0..65535 to be stored as PNG, got up to {self.max_label}")
-        return "L" if self.max_label <= 255 else "I;16"
+        if self.max_label > 255:
+            return "I;16"
+        return "P" if palette else "L"
+
+    def palette(self, info: DatasetInfo) -> bytes:
+        """The PLTE data ``save_png(labels, path, palette=info.palette)`` writes for this label map."""
+        return label_palette(info.palette, min(256, max(len(info.palette), self.max_label + 1)))
 
     def bands(self) -> Iterator[np.ndarray]:
         """The label map again, as consecutive (rows, W) bands of ``step`` rows."""
@@ -236,11 +253,13 @@ def _predict_file(segmenter: Segmenter, path: Path) -> Tuple[ImageRows, _LabelSt
 
 
 def _overlay_bands(rows: ImageRows, labels: _LabelStore, info: DatasetInfo, alpha: float, with_legend: bool,
-                   max_legend_rows: int = 20) -> Tuple[Pair, Iterator[np.ndarray]]:
+                   outline: Optional[Tuple[int, int, int]] = None, max_legend_rows: int = 20
+                   ) -> Tuple[Pair, Iterator[np.ndarray]]:
     """The size of ``visualize.render_overlay``'s picture and its rows, band by band: the image blended with
-    its label colours, and on the right a legend of the classes present, as tall as the image (or up to
-    ``max_legend_rows`` entries tall for short images, the overlay padded with white below). Only the top part of
-    the legend that holds entries is drawn; below it the panel is white."""
+    its label colours (class boundaries in ``outline``, found with the label rows around each band), and on the
+    right a legend of the classes present, as tall as the image (or up to ``max_legend_rows`` entries tall for short
+    images, the overlay padded with white below). Only the top part of the legend that holds entries is drawn;
+    below it the panel is white."""
     height, width = labels.size
     panel: Optional[np.ndarray] = None
     total = height
@@ -253,10 +272,19 @@ def _overlay_bands(rows: ImageRows, labels: _LabelStore, info: DatasetInfo, alph
 
     def bands() -> Iterator[np.ndarray]:
         y = 0
-        for part in labels.bands():
-            blended = overlay(rows.rows(y, y + part.shape[0]), part, info, alpha=alpha, ignore_index=info.ignore_index)
+        above: Optional[np.ndarray] = None
+        parts = labels.bands()
+        part = next(parts, None)
+        while part is not None:
+            after = next(parts, None)  # its first row decides the boundaries of this band's last row
+            edges = None
+            if outline is not None:
+                edges = boundaries(part, info.ignore_index, above=above, below=after)
+            blended = overlay(rows.rows(y, y + part.shape[0]), part, info, alpha=alpha, ignore_index=info.ignore_index,
+                              outline=outline, edges=edges)
             yield blended if panel is None else _with_panel(blended, panel, y, out_width)
             y += part.shape[0]
+            above, part = part[-1:], after
         for start in range(height, total, labels.step):  # below a short image: white, and the legend
             blank = np.full((min(labels.step, total - start), width, 3), 255, dtype=np.uint8)
             yield _with_panel(blank, panel, start, out_width)

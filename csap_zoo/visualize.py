@@ -1,7 +1,8 @@
 """Visualisation: colour masks, overlays on the image, legends of the classes present, PNG output.
 
-All functions take and return (H, W, 3) uint8 RGB numpy arrays; ``save_png`` writes atomically (temporary file in
-the same folder, then ``os.replace``).
+Overlays drawn by :func:`render_overlay` (and ``csap-zoo predict``) outline the class boundaries, so that they differ
+from the input even where objects already have their class colours. All functions take and return (H, W, 3) uint8
+RGB numpy arrays; ``save_png`` writes atomically (temporary file in the same folder, then ``os.replace``).
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from PIL import Image, ImageDraw, ImageFont
 from .data.io import ImageLike, save_png, to_rgb_array
 from .data.metadata import DatasetInfo, IGNORE_INDEX
 
-__all__ = ["colorize", "legend", "legend_extent", "overlay", "present_classes", "render_overlay", "save_png"]
+__all__ = ["OUTLINE_COLOUR", "boundaries", "colorize", "legend", "legend_extent", "overlay", "present_classes",
+           "render_overlay", "save_png"]
 
 PaletteLike = Union[DatasetInfo, Sequence[Sequence[int]], np.ndarray]
+OUTLINE_COLOUR: Tuple[int, int, int] = (255, 255, 255)  # class boundaries in overlays (render_overlay, predict)
 
 
 def _palette_array(palette: PaletteLike) -> np.ndarray:
@@ -54,10 +57,42 @@ def colorize(labels, palette: PaletteLike, ignore_index: int = IGNORE_INDEX,
     return out
 
 
+def boundaries(labels, ignore_index: int = IGNORE_INDEX, above=None, below=None) -> np.ndarray:
+    """An (H, W) bool mask of the class boundaries: pixels (other than ``ignore_index``) with a 4-neighbour of
+    another label, so both sides of a boundary are marked. ``above`` / ``below``: the label rows just above / below
+    ``labels`` when it is a band of a larger map (their last / first row is used), so that a map drawn band by band
+    gets the boundaries of the whole map; without them the map's edge is not a boundary."""
+    arr = _labels_array(labels)
+    parts, top = [arr], 0
+    if above is not None and len(above):
+        parts.insert(0, _labels_array(above)[-1:])
+        top = 1
+    if below is not None and len(below):
+        parts.append(_labels_array(below)[:1])
+    full = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    if full.shape[1] != arr.shape[1]:
+        raise ValueError(f"rows above / below have {full.shape[1]} columns, the labels {arr.shape[1]}")
+    edge = np.zeros(full.shape, dtype=bool)
+    vertical = full[1:] != full[:-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    horizontal = full[:, 1:] != full[:, :-1]
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge = edge[top:top + arr.shape[0]]
+    edge &= arr != ignore_index
+    return edge
+
+
 def overlay(image: ImageLike, labels, palette: PaletteLike, alpha: float = 0.5,
-            ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+            ignore_index: int = IGNORE_INDEX, outline: Optional[Tuple[int, int, int]] = None,
+            edges: Optional[np.ndarray] = None) -> np.ndarray:
     """The image blended with its colour mask: ``(1 - alpha) * image + alpha * colour``; ignore pixels keep the
-    image. ``alpha`` in [0, 1]."""
+    image. ``alpha`` in [0, 1].
+
+    ``outline``: an (R, G, B) colour painted over the class boundaries (``edges``, default
+    :func:`boundaries` of ``labels``), so that regions stay visible where the image already has the class colours;
+    None draws no boundaries."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = to_rgb_array(image)
@@ -68,7 +103,20 @@ def overlay(image: ImageLike, labels, palette: PaletteLike, alpha: float = 0.5,
     blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour
     keep = arr == ignore_index
     blended[keep] = rgb[keep]
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if outline is not None:
+        mask = boundaries(arr, ignore_index) if edges is None else np.asarray(edges, dtype=bool)
+        if mask.shape != arr.shape:
+            raise ValueError(f"edges of size {mask.shape} do not match the labels of size {arr.shape}")
+        out[mask] = _outline_colour(outline)
+    return out
+
+
+def _outline_colour(outline: Sequence[int]) -> np.ndarray:
+    colour = np.asarray(outline, dtype=np.int64)
+    if colour.shape != (3,) or colour.min() < 0 or colour.max() > 255:
+        raise ValueError(f"outline must be an (R, G, B) colour in 0..255, got {outline!r}")
+    return colour.astype(np.uint8)
 
 
 def _legend_layout(class_ids: Sequence[int], info: DatasetInfo, height: Optional[int], swatch: int, pad: int):
@@ -134,13 +182,16 @@ def present_classes(labels, ignore_index: int = IGNORE_INDEX) -> List[int]:
 
 
 def render_overlay(image: ImageLike, labels, info: DatasetInfo, alpha: float = 0.5,
-                   with_legend: bool = True, max_legend_rows: int = 20) -> np.ndarray:
+                   with_legend: bool = True, max_legend_rows: int = 20,
+                   outline: Optional[Tuple[int, int, int]] = OUTLINE_COLOUR) -> np.ndarray:
     """Overlay plus, on its right, a legend of the classes present, as one (H', W', 3) uint8 image.
 
-    The legend is as tall as the image, or up to ``max_legend_rows`` entries tall for short images (the overlay is
-    then padded with white at the bottom); classes that do not fit are summarised as "+N more".
+    Class boundaries are drawn in ``outline`` (default white; None: none): a blend alone can look like the input
+    where objects already have their class colours. The legend is as tall as the image, or up to
+    ``max_legend_rows`` entries tall for short images (the overlay is then padded with white at the bottom); classes
+    that do not fit are summarised as "+N more".
     """
-    blended = overlay(image, labels, info, alpha=alpha, ignore_index=info.ignore_index)
+    blended = overlay(image, labels, info, alpha=alpha, ignore_index=info.ignore_index, outline=outline)
     if not with_legend:
         return blended
     classes = present_classes(labels, info.ignore_index)

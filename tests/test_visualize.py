@@ -92,3 +92,63 @@ def test_the_top_of_a_tall_legend_is_the_whole_legend_above_white(count, height)
     if height > 20 * count + 40:  # all entries fit: only their rows are drawn
         assert extent < 20 * count + 40
     assert (full[:extent] != 255).any()
+
+
+# ---------------------------------------------------------------------- class boundaries in overlays
+def test_boundaries_mark_both_sides_and_follow_a_map_drawn_band_by_band():
+    from csap_zoo.visualize import boundaries
+
+    labels = np.array([[0, 0, 0, 0],
+                       [0, 1, 1, 0],
+                       [0, 1, 1, 255],
+                       [0, 0, 0, 0]])
+    edges = boundaries(labels)
+    assert edges.tolist() == [[False, True, True, False],
+                              [True, True, True, True],
+                              [True, True, True, False],  # the ignore pixel itself is never outlined
+                              [False, True, True, True]]
+    assert not boundaries(np.zeros((3, 5), int)).any()  # the map's edge is not a boundary
+    rng = np.random.default_rng(0)
+    big = (rng.random((40, 33)) < 0.1).cumsum(axis=1) % 4
+    for cut in ([1, 2, 17, 39], [13, 26]):
+        parts = np.split(big, cut)
+        banded = [boundaries(p, above=parts[i - 1] if i else None, below=parts[i + 1] if i + 1 < len(parts) else None)
+                  for i, p in enumerate(parts)]
+        np.testing.assert_array_equal(np.concatenate(banded), boundaries(big))
+
+
+def test_overlay_outlines_are_opt_in_and_render_overlay_draws_them():
+    image = np.full((4, 6, 3), 100, np.uint8)
+    labels = np.array([[0, 0, 0, 1, 1, 1]] * 4)
+    plain = overlay(image, labels, INFO, alpha=0.5)
+    lined = overlay(image, labels, INFO, alpha=0.5, outline=(255, 255, 0))
+    edge = np.zeros((4, 6), bool)
+    edge[:, 2:4] = True
+    assert (lined[edge] == [255, 255, 0]).all() and (lined[~edge] == plain[~edge]).all()
+    assert (render_overlay(image, labels, INFO, with_legend=False)[edge] == 255).all()  # white by default
+    np.testing.assert_array_equal(render_overlay(image, labels, INFO, with_legend=False, outline=None), plain)
+    only_left = np.zeros((4, 6), bool)
+    only_left[:, 0] = True
+    assert (overlay(image, labels, INFO, outline=(9, 9, 9), edges=only_left)[only_left] == 9).all()
+    with pytest.raises(ValueError, match="outline must be"):
+        overlay(image, labels, INFO, outline=(300, 0, 0))
+    with pytest.raises(ValueError, match="edges of size"):
+        overlay(image, labels, INFO, outline=(0, 0, 0), edges=np.zeros((2, 2), bool))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 424242])
+def test_a_shapes_overlay_is_visibly_not_the_input(seed):
+    """The shapes dataset draws objects in hues near their class colours, so a 50% blend alone stays close to the
+    input; the outlines make every boundary stand out."""
+    from csap_zoo.data.synthetic import render_shapes_sample, shapes_dataset_info
+    from csap_zoo.visualize import boundaries
+
+    info = shapes_dataset_info()
+    image, labels = render_shapes_sample(seed, (128, 160), max_shapes=5)
+    edges = boundaries(labels)
+    assert edges.sum() > 200
+    drawn = render_overlay(image, labels, info, with_legend=False).astype(np.int64)
+    assert (drawn[edges] == 255).all()
+    difference = np.abs(drawn - image.astype(np.int64))
+    assert difference[edges].mean() > 100  # the blend alone: 24..44 on these samples
+    assert difference.mean() > 1.05 * np.abs(overlay(image, labels, info).astype(np.int64) - image).mean()
