@@ -88,7 +88,7 @@ def predict_paths(
         alpha: float = 0.5,
         legend: bool = True,
         progress: bool = True,
-        palette_labels: bool = False,
+        palette_labels: bool = True,
         outline: Optional[Tuple[int, int, int]] = OUTLINE_COLOUR,
 ) -> PredictSummary:
     """Predict image files and write ``out_dir/labels/<stem>.png`` (class indices) and
@@ -104,12 +104,13 @@ def predict_paths(
     kept zlib-compressed, and both PNGs are written by a streaming encoder from bands of image and label rows.
     So the peak is the decoded image (as PIL holds it) plus an amount that does not grow with the image, plus the
     compressed label map (a few MiB for a large photo). Several views (multi-scale / flip) are merged band by
-    band too. Label maps are 8-bit grayscale PNGs (16-bit when a label is above 255), overlays 8-bit RGB with the
-    class boundaries drawn in ``outline`` (None: none), as :func:`csap_zoo.visualize.render_overlay` draws them.
+    band too. Overlays are 8-bit RGB with the class boundaries drawn in ``outline`` (None: none), as
+    :func:`csap_zoo.visualize.render_overlay` draws them.
 
-    ``palette_labels``: write label maps as 8-bit palette ("P") PNGs carrying the dataset's colours, so that image
-    viewers show them in colour; the stored values are still the class indices (``read_mask`` and PIL read them
-    back unchanged). Label maps with a label above 255 cannot be palette PNGs and stay 16-bit grayscale.
+    Label maps are 8-bit palette ("P") PNGs carrying the dataset's colours, so that image viewers show them in
+    colour; the stored values are still the class indices (``read_mask``, PIL and MMSegmentation read them back
+    unchanged). Label maps with a label above 255 cannot be palette PNGs and are 16-bit grayscale;
+    ``palette_labels=False`` writes 8-bit grayscale instead of a palette.
     """
     paths, single = resolve_inputs(inputs)
     out_dir = Path(out_dir)

@@ -462,7 +462,7 @@ def test_peak_memory_of_writing_label_and_overlay_pngs_is_the_decoded_image_plus
     decoded_mib = side * side * 4 // 2 ** 20
     assert growth_mib - decoded_mib < 100, f"peak RSS grew by {growth_mib} MiB ({decoded_mib} MiB decoded image)"
     with Image.open(tmp_path / "out" / "labels" / "big.png") as labels:
-        assert labels.size == (side, side) and labels.mode == "L"
+        assert labels.size == (side, side) and labels.mode == "P"  # a palette PNG of class indices
     with Image.open(tmp_path / "out" / "overlays" / "big.png") as overlay:
         assert overlay.size[1] == side and overlay.size[0] > side and overlay.mode == "RGB"
 

@@ -268,7 +268,7 @@ def test_written_label_maps_and_overlays_equal_the_full_size_rendering(tmp_path,
     for stem, path in files.items():
         labels, overlay = _reference(seg, path, alpha, with_legend)
         with Image.open(tmp_path / "out" / "labels" / f"{stem}.png") as written:
-            assert written.mode == ("L" if labels.max() <= 255 else "I;16"), stem
+            assert written.mode == ("P" if labels.max() <= 255 else "I;16"), stem  # palette: colours in viewers
             np.testing.assert_array_equal(np.asarray(written).astype(np.int64), labels, err_msg=stem)
         with Image.open(tmp_path / "out" / "overlays" / f"{stem}.png") as written:
             assert written.mode == "RGB", stem
