@@ -5,16 +5,48 @@ union areas are accumulated over the whole dataset (not averaged per image); a c
 ``intersection / union`` and its accuracy ``intersection / ground-truth area``, NaN when the denominator is 0 (a
 class absent from both prediction and ground truth has NaN IoU and accuracy; one only predicted has IoU 0 and NaN
 accuracy); mIoU and mAcc are NaN-ignoring means over classes; aAcc is correct pixels / valid pixels.
+
+Units: what people read is in percent, as MMSegmentation and Hugging Face model cards report it (mIoU 91.28):
+``csap-zoo eval`` / ``train`` output, ``EvalResult.summary()`` / ``table()``, model cards, ``config.json`` and
+``model.metrics``. The Python values that are computed with stay fractions in [0, 1], as they always were:
+``EvalResult.aAcc`` / ``mIoU`` / ``mAcc`` / ``iou`` / ``acc``, ``EvalResult.to_dict()`` and ``TrainResult.metrics``.
+Their percent views (``EvalResult.mIoU_percent``, ``to_dict(percent=True)``, ``TrainResult.metrics_percent``) and
+the model-card values all go through :func:`to_percent`, the one conversion.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["EvalResult", "Evaluator", "evaluate"]
+__all__ = ["EvalResult", "Evaluator", "evaluate", "percent_metrics", "to_percent"]
+
+_HEADLINE = ("aAcc", "mIoU", "mAcc")
+
+
+def to_percent(value: Optional[float], digits: Optional[int] = None) -> Optional[float]:
+    """A fraction in [0, 1] as a percentage (rounded to ``digits`` decimals when given); None and NaN (undefined
+    metrics) stay as they are. The one fraction-to-percent conversion of the package."""
+    if value is None or math.isnan(value):
+        return value
+    pct = 100.0 * float(value)
+    return pct if digits is None else round(pct, digits)
+
+
+def percent_metrics(metrics: Mapping[str, Any], digits: Optional[int] = None) -> Dict[str, Any]:
+    """A fraction-valued metrics dict (``EvalResult.to_dict()``, ``TrainResult.metrics``) in percent: aAcc / mIoU
+    / mAcc, and per-class values (``IoU`` maps, ``per_class`` entries); other keys are copied unchanged."""
+    def convert(key: str, value: Any) -> Any:
+        if key in _HEADLINE or key in ("IoU", "Acc"):
+            if isinstance(value, Mapping):
+                return {k: to_percent(v, digits) for k, v in value.items()}
+            return to_percent(value, digits)
+        if key == "per_class" and isinstance(value, Mapping):
+            return {name: {k: convert(k, v) for k, v in entry.items()} for name, entry in value.items()}
+        return value
+    return {key: convert(key, value) for key, value in metrics.items()}
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -30,7 +62,9 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 @dataclass
 class EvalResult:
-    """Metrics (fractions in [0, 1]; per-class arrays hold NaN for undefined entries)."""
+    """Metrics as fractions in [0, 1] (per-class arrays hold NaN for undefined entries); ``mIoU_percent`` etc.,
+    ``to_dict(percent=True)``, ``summary()`` and ``table()`` give them in percent, the unit that is printed and
+    recorded in model cards."""
 
     aAcc: float
     mIoU: float
@@ -40,15 +74,37 @@ class EvalResult:
     class_names: List[str]
     confusion_matrix: np.ndarray
 
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain-Python summary (NaN per-class values become None)."""
+    @property
+    def aAcc_percent(self) -> float:
+        """aAcc in percent (NaN when undefined)."""
+        return to_percent(self.aAcc)  # type: ignore[return-value]
+
+    @property
+    def mIoU_percent(self) -> float:
+        """mIoU in percent, as ``csap-zoo eval`` prints it and model cards record it (NaN when undefined)."""
+        return to_percent(self.mIoU)  # type: ignore[return-value]
+
+    @property
+    def mAcc_percent(self) -> float:
+        """mAcc in percent (NaN when undefined)."""
+        return to_percent(self.mAcc)  # type: ignore[return-value]
+
+    def to_dict(self, percent: bool = False) -> Dict[str, Any]:
+        """Plain-Python summary (NaN values become None): fractions, or percentages with ``percent=True``."""
         def clean(v: float) -> Optional[float]:
             return None if math.isnan(v) else float(v)
-        return {
+        out = {
             "aAcc": clean(self.aAcc), "mIoU": clean(self.mIoU), "mAcc": clean(self.mAcc),
             "per_class": {n: {"IoU": clean(i), "Acc": clean(a)}
                           for n, i, a in zip(self.class_names, self.iou.tolist(), self.acc.tolist())},
         }
+        return percent_metrics(out) if percent else out
+
+    def card_metrics(self) -> Dict[str, float]:
+        """aAcc / mIoU / mAcc in percent rounded to 2 decimals (undefined ones left out): what
+        ``model.save_pretrained(folder, metrics=...)`` records in config.json and the model card."""
+        values = {k: to_percent(getattr(self, k), 2) for k in ("mIoU", "aAcc", "mAcc")}
+        return {k: v for k, v in values.items() if v is not None and not math.isnan(v)}
 
     def summary(self) -> str:
         """One line: aAcc, mIoU and mAcc in percent."""
@@ -66,8 +122,10 @@ class EvalResult:
         return f"{self.table()}\n{self.summary()}"
 
 
-def _pct(v: float) -> str:
-    return "nan" if math.isnan(v) else f"{100.0 * v:.2f}"
+def _pct(v: Optional[float]) -> str:
+    """A fraction printed as a percentage with 2 decimals; ``nan`` when undefined."""
+    pct = to_percent(v)
+    return "nan" if pct is None or math.isnan(pct) else f"{pct:.2f}"
 
 
 class Evaluator:

@@ -11,25 +11,71 @@ Where weights come from:
 
 Loading is strict (``csap_zoo.models.serialization.load_checkpoint_into``); ``from_pretrained`` is
 ``Segmentor.from_pretrained`` (the folder format).
+
+Whichever way a checkpoint is loaded, its model carries the checkpoint's class names and palette in
+``model.data_config``: a ``save_pretrained`` folder has them in its config.json (a manifest entry whose weights
+ship inside such a folder, like the bundled demo ``csap_tiny.shapes``, reads them there), and a checkpoint of a
+dataset with shipped metadata (ade20k, cityscapes, cocostuff) gets that dataset's names and palette
+(``csap_zoo.data.get_dataset_info``, handed to this module by the package root through
+:func:`set_dataset_metadata`, since the hub does not import the data layer).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..errors import CheckpointError, CheckpointUnavailableError, ConversionError
-from ..manifest import Checkpoint, Manifest, default_manifest
+from ..manifest import Checkpoint, Manifest, PackageSource, default_manifest
 from ..models.config import MAX_CLASSES, DataConfig
 from ..models.registry import build_model, get_architecture, parse_model_name
 from ..models.segmentor import Segmentor
-from ..models.serialization import load_checkpoint_into, read_state_dict, warn_reset
+from ..models.serialization import CONFIG_NAME, load_checkpoint_into, read_model_folder, read_state_dict, warn_reset
 from .convert import convert_state_dict, detect_format
 from .download import fetch_verified
 
-__all__ = ["create_model", "from_pretrained"]
+__all__ = ["create_model", "from_pretrained", "set_dataset_metadata"]
 
 PathLike = Union[str, os.PathLike]
+Classes = Tuple[Optional[List[str]], Optional[List[Tuple[int, int, int]]]]
+DatasetMetadata = Callable[[str], Any]  # name -> an object with class_names and palette; ValueError if unknown
+
+_dataset_metadata: Optional[DatasetMetadata] = None
+
+
+def set_dataset_metadata(lookup: Optional[DatasetMetadata]) -> None:
+    """Where checkpoints of a named dataset get their class names and palette: ``lookup(name)`` returns an object
+    with ``class_names`` and ``palette`` (a ``DatasetInfo``) or raises ValueError for an unknown name. The package
+    root installs ``csap_zoo.data.get_dataset_info``; None turns the lookup off."""
+    global _dataset_metadata
+    _dataset_metadata = lookup
+
+
+def _dataset_classes(dataset: Optional[str], num_classes: int) -> Classes:
+    """The shipped class names and palette of ``dataset`` when they fit ``num_classes``, else (None, None)."""
+    if not dataset or _dataset_metadata is None:
+        return None, None
+    try:
+        info = _dataset_metadata(dataset)
+    except ValueError:
+        return None, None
+    names = list(info.class_names)
+    if len(names) != num_classes:
+        return None, None
+    return names, [tuple(int(c) for c in colour) for colour in info.palette]
+
+
+def _checkpoint_classes(checkpoint: Checkpoint) -> Classes:
+    """A manifest checkpoint's class names and palette: those of the save_pretrained folder its weights ship in
+    (a package source), else its dataset's shipped metadata."""
+    if isinstance(checkpoint.source, PackageSource):
+        folder = checkpoint.source.resolve().parent
+        if (folder / CONFIG_NAME).is_file():
+            data = read_model_folder(folder).data_config
+            if data.class_names is not None and len(data.class_names) == checkpoint.num_classes:
+                return list(data.class_names), None if data.palette is None else [tuple(c) for c in data.palette]
+    return _dataset_classes(checkpoint.class_set or checkpoint.dataset, checkpoint.num_classes)
 
 from_pretrained = Segmentor.from_pretrained
 """Load a model saved with ``save_pretrained``: a local folder, or a Hub repo id (``org/name``); see
@@ -37,8 +83,12 @@ from_pretrained = Segmentor.from_pretrained
 
 
 def _data_config_from_checkpoint(checkpoint: Checkpoint) -> DataConfig:
+    """Normalisation and test size from the manifest entry; class names and palette from where the checkpoint
+    keeps them (:func:`_checkpoint_classes`)."""
+    class_names, palette = _checkpoint_classes(checkpoint)
     return DataConfig(mean=checkpoint.mean, std=checkpoint.std, train_crop=checkpoint.train_crop,
-                      test_size=checkpoint.test_size, dataset=checkpoint.dataset)
+                      test_size=checkpoint.test_size, dataset=checkpoint.dataset, class_names=class_names,
+                      palette=palette)
 
 
 def _from_local_pretrained(name: str, path: Path, num_classes: Optional[int], build_kwargs: Dict[str, Any]) -> Segmentor:
@@ -61,6 +111,11 @@ def _from_local_pretrained(name: str, path: Path, num_classes: Optional[int], bu
     fmt = detect_format(state)
     load_checkpoint_into(model, convert_state_dict(state, fmt, model), str(path),
                          backbone_only=fmt == "mscan-original")
+    tag = parse_model_name(name)[1]
+    if model.data_config.class_names is None:  # a bare weights file: the named dataset's classes, if they fit
+        names, palette = _dataset_classes(tag, model.num_classes)
+        if names is not None:
+            model.data_config = dataclasses.replace(model.data_config, class_names=names, palette=palette)
     if num_classes is not None and num_classes != model.num_classes:
         warn_reset(str(path), model.num_classes, num_classes)
         model.reset_classifier(num_classes)

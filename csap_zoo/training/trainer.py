@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.datasets import DatasetError, SegmentationDataset, check_dataset, open_train_val
 from ..data.transforms import TrainTransform
-from ..evaluation import Evaluator
+from ..evaluation import Evaluator, percent_metrics, to_percent
 from ..fileio import atomic_write, clean_stale_temp
 from ..models.segmentor import DataConfig, Segmentor
 from .checkpoint import (
@@ -201,7 +201,12 @@ def _first_labelled_mask(dataset: SegmentationDataset) -> Tuple[Optional[int], i
 # ---------------------------------------------------------------------- the trainer
 @dataclass
 class TrainResult:
-    """What a run produced. Metrics are fractions (mIoU etc.); ``history`` has one entry per optimiser step."""
+    """What a run produced; ``history`` has one entry per optimiser step.
+
+    ``metrics`` (like ``evaluations`` and log.jsonl's eval records) holds fractions in [0, 1], as
+    ``EvalResult.to_dict()`` does; ``metrics_percent`` is the same in percent, the unit the run's printed lines,
+    ``model.metrics`` and the model cards of final/ and best/ use (those round it to 2 decimals).
+    """
 
     out_dir: Path
     final_dir: Optional[Path]
@@ -212,6 +217,11 @@ class TrainResult:
     evaluations: List[Dict[str, Any]]
     iterations: int
     wall_time: float
+
+    @property
+    def metrics_percent(self) -> Dict[str, Any]:
+        """``metrics`` with aAcc / mIoU / mAcc and the per-class IoU in percent."""
+        return percent_metrics(self.metrics)
 
 
 Hook = Callable[["Trainer", int, float], None]
@@ -719,12 +729,13 @@ def _log_up_to(path: Path, iteration: int) -> Tuple[List[str], int]:
 
 
 def _pct(value: Optional[float]) -> str:
-    return "nan" if value is None else f"{100 * value:.2f}"
+    pct = to_percent(value)
+    return "nan" if pct is None or math.isnan(pct) else f"{pct:.2f}"
 
 
 def _card_metrics(metrics: Dict[str, Any], trainer: Trainer) -> Dict[str, Any]:
-    """Metrics for the model card / config.json: percentages plus what they were measured on."""
-    out: Dict[str, Any] = {k: round(100 * metrics[k], 2) for k in ("mIoU", "aAcc", "mAcc")
+    """Metrics for the model card / config.json: percentages (2 decimals) plus what they were measured on."""
+    out: Dict[str, Any] = {k: to_percent(metrics[k], 2) for k in ("mIoU", "aAcc", "mAcc")
                            if metrics.get(k) is not None}
     out["dataset"] = trainer.info.name
     out["val_images"] = len(trainer.val_set) if trainer.val_set is not None else 0
