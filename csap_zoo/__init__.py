@@ -25,10 +25,6 @@ from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datas
 from .evaluation import EvalResult, Evaluator, evaluate
 from .inference import InferenceConfig, Segmenter
 from .visualize import colorize, overlay
-from .hub.factory import set_dataset_metadata as _set_dataset_metadata
-
-# checkpoints of a named dataset carry its class names and palette; the hub sits beside the data layer, not above it
-_set_dataset_metadata(get_dataset_info)
 
 _TRAINING_API = ("TrainConfig", "TrainResult", "train")
 

@@ -29,7 +29,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "visualize": FOUNDATION | {"data"},
     "inference": FOUNDATION | {"data", "models"},
     "predict": FOUNDATION | {"data", "models", "inference", "visualize"},
-    "hub": FOUNDATION | {"manifest", "models"},
+    "hub": FOUNDATION | {"manifest", "models", "data"},  # data: the shipped class names a checkpoint carries
     "training": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "hub"},
     "tools": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "predict", "hub"},
     "cli": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "predict", "hub",

@@ -16,16 +16,16 @@ Whichever way a checkpoint is loaded, its model carries the checkpoint's class n
 ``model.data_config``: a ``save_pretrained`` folder has them in its config.json (a manifest entry whose weights
 ship inside such a folder, like the bundled demo ``csap_tiny.shapes``, reads them there), and a checkpoint of a
 dataset with shipped metadata (ade20k, cityscapes, cocostuff) gets that dataset's names and palette
-(``csap_zoo.data.get_dataset_info``, handed to this module by the package root through
-:func:`set_dataset_metadata`, since the hub does not import the data layer).
+(``csap_zoo.data.metadata.get_dataset_info``).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..data.metadata import get_dataset_info
 from ..errors import CheckpointError, CheckpointUnavailableError, ConversionError
 from ..manifest import Checkpoint, Manifest, PackageSource, default_manifest
 from ..models.config import MAX_CLASSES, DataConfig
@@ -35,29 +35,18 @@ from ..models.serialization import CONFIG_NAME, load_checkpoint_into, read_model
 from .convert import convert_state_dict, detect_format
 from .download import fetch_verified
 
-__all__ = ["create_model", "from_pretrained", "set_dataset_metadata"]
+__all__ = ["create_model", "from_pretrained"]
 
 PathLike = Union[str, os.PathLike]
 Classes = Tuple[Optional[List[str]], Optional[List[Tuple[int, int, int]]]]
-DatasetMetadata = Callable[[str], Any]  # name -> an object with class_names and palette; ValueError if unknown
-
-_dataset_metadata: Optional[DatasetMetadata] = None
-
-
-def set_dataset_metadata(lookup: Optional[DatasetMetadata]) -> None:
-    """Where checkpoints of a named dataset get their class names and palette: ``lookup(name)`` returns an object
-    with ``class_names`` and ``palette`` (a ``DatasetInfo``) or raises ValueError for an unknown name. The package
-    root installs ``csap_zoo.data.get_dataset_info``; None turns the lookup off."""
-    global _dataset_metadata
-    _dataset_metadata = lookup
 
 
 def _dataset_classes(dataset: Optional[str], num_classes: int) -> Classes:
     """The shipped class names and palette of ``dataset`` when they fit ``num_classes``, else (None, None)."""
-    if not dataset or _dataset_metadata is None:
+    if not dataset:
         return None, None
     try:
-        info = _dataset_metadata(dataset)
+        info = get_dataset_info(dataset)
     except ValueError:
         return None, None
     names = list(info.class_names)
