@@ -10,7 +10,8 @@ from typing import List, Optional
 import torch
 
 from .data.datasets import DATASET_LAYOUTS
-from .errors import UsageError
+from .errors import CsapZooError, UsageError
+from .models.serialization import LOGIN_ADVICE
 from .version import __version__
 
 
@@ -262,37 +263,15 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-_LOGIN_ADVICE = "log in with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN"
-
-
 def _cmd_push(args: argparse.Namespace) -> int:
-    from huggingface_hub import get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
     from . import from_pretrained, push_to_hub
-    from .settings import is_offline
-    from .models.serialization import hub_unreachable
+    from .models.serialization import check_hub_upload
 
     if not os.path.isdir(args.model_dir):
         raise FileNotFoundError(f"{args.model_dir} is not a folder (push takes a save_pretrained folder)")
     model = from_pretrained(args.model_dir)  # validated before anything is sent
-    if is_offline():
-        raise ValueError("pushing to the Hub needs the network, and offline mode is on (unset HF_HUB_OFFLINE / "
-                         "CSAP_ZOO_OFFLINE)")
-    if not get_token():
-        raise ValueError(f"pushing to the Hub needs a Hugging Face token: {_LOGIN_ADVICE}")
-    unreachable = hub_unreachable()
-    if unreachable:
-        raise ValueError(f"the Hub is unreachable ({unreachable}); check the network (or HF_ENDPOINT) and retry")
-    try:
-        sha = push_to_hub(model, args.repo_id, private=args.private)
-    except HfHubHTTPError as err:
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = f"; {_LOGIN_ADVICE} with a token that can write to {args.repo_id}" if status in (401, 403) else ""
-        raise ValueError(f"the Hub refused the upload to {args.repo_id}: {first}{hint}") from None
-    except OSError as err:  # network errors raised by the HTTP client
-        raise ValueError(f"uploading to {args.repo_id} failed: {type(err).__name__}: {err}") from None
+    check_hub_upload()  # offline, no token, unreachable: one line at once
+    sha = push_to_hub(model, args.repo_id, private=args.private)
     print(f"pushed {args.model_dir} to hf-hub:{args.repo_id} at revision {sha}")
     print(f"next: csap-zoo publish {args.model_dir} --name NAME --hf-repo {args.repo_id} --revision {sha}")
     return 0
@@ -351,7 +330,7 @@ def _add_hub_commands(sub) -> None:
         "push", help="upload a save_pretrained folder to a Hugging Face Hub model repository",
         description="Validate a save_pretrained folder, upload it to a Hub model repository (created if needed) "
                     "and print the commit sha that `csap-zoo publish --revision` pins. Needs a token: "
-                    + _LOGIN_ADVICE + ".")
+                    + LOGIN_ADVICE + ".")
     push.add_argument("model_dir", help="folder written by save_pretrained")
     push.add_argument("repo_id", help="Hub repository, org/name")
     push.add_argument("--private", action="store_true", help="create the repository as private")
@@ -575,8 +554,6 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one csap-zoo command; warnings print as ``warning: ...`` and known failures as one ``error: ...``
     line (exit status 1, or 2 for an option this machine cannot honour)."""
-    from .hub import CheckpointError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
@@ -593,7 +570,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError) as err:
+    except (CsapZooError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
