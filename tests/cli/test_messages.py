@@ -26,6 +26,16 @@ def _run(args, tmp_path, **env):
                           env=environment, cwd=tmp_path, timeout=120)
 
 
+def _seconds_to_fail_without_the_hub(tmp_path) -> float:
+    """How long a predict that fails before any Hub work takes on this machine right now (interpreter, torch and
+    csap_zoo start-up): "fails fast" is judged against it, so a loaded machine does not fail the tests."""
+    _image(tmp_path / "a.png")
+    start = time.perf_counter()
+    result = _run(["predict", "a.png", "--model", "no_such_architecture", "--out", "out", "--no-progress"], tmp_path)
+    assert result.returncode == 1
+    return time.perf_counter() - start
+
+
 def _image(path, h=24, w=28, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
@@ -90,7 +100,7 @@ def test_bench_without_psutil_fails_at_once_and_says_what_to_install(tmp_path):
     elapsed = time.perf_counter() - start
     _assert_one_line_error(result, "psutil", "csap-zoo[bench]", "--no-memory")
     assert result.stdout == ""  # failed before timing anything
-    assert elapsed < 30
+    assert elapsed < _seconds_to_fail_without_the_hub(tmp_path) + 20, elapsed
 
 
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "CSAP_ZOO_OFFLINE"])
@@ -101,7 +111,8 @@ def test_hf_hub_name_offline_fails_fast_naming_hf_hub_offline(tmp_path, variable
                   tmp_path, **{variable: "1"})
     elapsed = time.perf_counter() - start
     _assert_one_line_error(result, "hf-hub:someone/some-model", "not in the local cache", variable)
-    assert elapsed < 20, elapsed
+    baseline = _seconds_to_fail_without_the_hub(tmp_path)
+    assert elapsed < baseline + 10, (elapsed, baseline)  # huggingface_hub's retries took 24-36 s more
 
 
 def test_hf_hub_name_with_an_unreachable_hub_fails_fast(tmp_path):
@@ -112,7 +123,8 @@ def test_hf_hub_name_with_an_unreachable_hub_fails_fast(tmp_path):
                   tmp_path)
     elapsed = time.perf_counter() - start
     _assert_one_line_error(result, "hf-hub:someone/some-model", "unreachable", "HF_HUB_OFFLINE=1")
-    assert elapsed < 20, elapsed  # before: 27 s of huggingface_hub's retries
+    baseline = _seconds_to_fail_without_the_hub(tmp_path)
+    assert elapsed < baseline + 10, (elapsed, baseline)  # before: 27 s of huggingface_hub's retries
 
 
 # ---------------------------------------------------------------------- --model takes a saved folder
@@ -171,7 +183,7 @@ def test_push_with_an_unreachable_hub_is_one_line_at_once(tmp_path, shapes_folde
     result = _run(["push", str(shapes_folder), "someone/shapes"], tmp_path, HF_TOKEN="hf_not_a_real_token")
     elapsed = time.perf_counter() - start
     _assert_one_line_error(result, "unreachable", "HF_ENDPOINT")
-    assert elapsed < 20, elapsed
+    assert elapsed < _seconds_to_fail_without_the_hub(tmp_path) + 10, elapsed
 
 
 def test_push_offline_is_one_line(tmp_path, shapes_folder):
@@ -203,8 +215,9 @@ def test_hf_hub_name_with_an_unreachable_hub_uses_the_cached_copy(tmp_path, shap
                   tmp_path)
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
-    assert elapsed < 20, elapsed
+    reference_start = time.perf_counter()
     reference = _run(["predict", "a.png", "--model", str(shapes_folder), "--out", "ref", "--no-progress"], tmp_path)
     assert reference.returncode == 0, reference.stderr
+    assert elapsed < (time.perf_counter() - reference_start) + 10, elapsed  # the same predict from a local folder
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "labels" / "a.png")),
                           np.asarray(Image.open(tmp_path / "ref" / "labels" / "a.png")))
