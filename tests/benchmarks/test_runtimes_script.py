@@ -1,0 +1,137 @@
+"""benchmarks/runtimes.py: contender selection, targets, the shared post-processing, and tiny end-to-end runs."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from csap_zoo.tools.profiling import RuntimeCase, label_map, measure_interleaved
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "runtimes.py"
+ALL_CONTENDERS = ["csap_tiny|csap-zoo", "csap_tiny|onnxruntime", "csap_tiny|openvino", "segnext_tiny|csap-zoo",
+                  "segnext_tiny|onnxruntime", "segnext_tiny|openvino", "segformer_b0|torch",
+                  "segformer_b0|onnxruntime", "segformer_b0|openvino"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("runtimes_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory):
+    """ONNX exports shared by the end-to-end runs of this module (an export takes tens of seconds)."""
+    return tmp_path_factory.mktemp("onnx")
+
+
+def test_default_contenders_add_batched_torch_for_a_batch_and_skip_csap_zoo_for_segformer():
+    script = load_script()
+    assert [f"{m}|{r}" for m, r in script.contenders_for(script.DEFAULT_MODELS, None, 1)] == ALL_CONTENDERS
+    batched = script.contenders_for(["csap_tiny"], None, 8)
+    assert [r for _, r in batched] == ["csap-zoo", "torch", "onnxruntime", "openvino"]
+    chosen = script.contenders_for(["csap_tiny", "segformer_b0"], ["csap-zoo", "openvino"], 1)
+    assert chosen == [("csap_tiny", "csap-zoo"), ("csap_tiny", "openvino"), ("segformer_b0", "openvino")]
+
+
+def test_targets_from_medians():
+    script = load_script()
+
+    def row(model, runtime, ms, floor=10.0):
+        return {"key": f"{model}|{runtime}", "model": model, "runtime": runtime, "median_ms": ms, "floor_ms": floor}
+
+    rows = [row("csap_tiny", "csap-zoo", 40.0, floor=30.0), row("csap_tiny", "onnxruntime", 50.0),
+            row("csap_tiny", "openvino", 38.0), row("segnext_tiny", "csap-zoo", 60.0),
+            row("segnext_tiny", "openvino", 45.0), row("segformer_b0", "torch", 120.0),
+            row("segformer_b0", "openvino", 90.0)]
+    lines = script.target_lines(script.targets(rows))
+    assert lines == [
+        "- CSAP-T csap-zoo / CSAP-T onnxruntime (faster): 0.80x (target < 1.0x) met",
+        "- CSAP-T csap-zoo / CSAP-T OpenVINO (faster): 1.05x (target < 1.0x) NOT met",
+        "- CSAP-T csap-zoo / fastest SegNeXt-T: 0.89x (target <= 0.83x) NOT met",  # 40 / 45 (OpenVINO)
+        "- CSAP-T csap-zoo / fastest SegFormer-B0: 0.44x (target <= 0.4x) NOT met",  # 40 / 90
+        "- CSAP-T csap-zoo / its compute floor: 1.33x (target <= 1.4x) met",
+    ]
+    partial = script.targets([r for r in rows if r["model"] == "csap_tiny"])
+    assert partial[2]["met"] is None and "not evaluated" in script.target_lines(partial)[2]
+
+
+def test_cityscapes_windows_and_network_shapes():
+    case = RuntimeCase("csap_tiny", "csap-zoo", 1024, 2048, mode="slide", crop=1024, stride=768)
+    assert case.windows() == 3 and case.network_shapes() == [(3, 3, 1024, 1024)]
+    assert RuntimeCase("csap_tiny", "torch", 512, 512, batch=8).network_shapes() == [(8, 3, 512, 512)]
+    assert RuntimeCase("csap_tiny", "csap-zoo", 512, 512, batch=8).network_shapes() == [(1, 3, 512, 512)]
+    with pytest.raises(ValueError, match="divisible by 32"):
+        RuntimeCase("csap_tiny", "onnxruntime", 500, 512, onnx_path="x.onnx")
+    with pytest.raises(ValueError, match="csap_zoo models only"):
+        RuntimeCase("segformer_b0", "csap-zoo")
+
+
+def test_label_map_is_resize_then_argmax():
+    logits = torch.randn(2, 7, 8, 12, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False).argmax(1)
+    got = torch.from_numpy(label_map(logits, (64, 96))).long()
+    assert got.shape == (2, 64, 96) and (got == expected).float().mean() > 0.999  # float-rounding ties only
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_contender_and_the_targets(tmp_path, onnx_dir):
+    out = tmp_path / "r"
+    proc = run_script("--quick", "--threads", "1", "--onnx-dir", str(onnx_dir), "--json", f"{out}.json",
+                      "--md", f"{out}.md", "--png", f"{out}.png")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(Path(f"{out}.json").read_text())
+    assert [r["key"] for r in data["contenders"]] == ALL_CONTENDERS
+    assert {"date", "machine", "versions", "settings", "gemm", "gmacs", "targets"} <= set(data)
+    assert data["machine"]["cpu_model"] and data["versions"]["openvino"] and data["settings"]["threads"] == 1
+    assert data["gemm"]["gmac_per_s"] > 0 and data["post_processing"]["median_ms"] > 0
+    assert all(r["floor_ms"] > 0 and r["vs_fastest"] >= 1.0 for r in data["contenders"])
+    csap = {r["runtime"]: r for r in data["contenders"] if r["model"] == "csap_tiny"}
+    assert csap["onnxruntime"]["label_agreement"] > 0.99 and csap["openvino"]["label_agreement"] > 0.99
+    assert csap["openvino"]["setup"]["INFERENCE_NUM_THREADS"] == "1"
+    assert len(data["targets"]) == 5 and all(t["met"] in (True, False) for t in data["targets"])
+    md = Path(f"{out}.md").read_text()
+    for runtime, model in (("csap-zoo (Segmenter)", "CSAP-T"), ("onnxruntime", "SegNeXt-T"),
+                           ("OpenVINO", "SegFormer-B0"), ("torch", "SegFormer-B0")):
+        assert f"| {runtime} | {model} |" in md
+    assert "## Targets" in md and md.count("(target ") == 5
+    assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_quick_cityscapes_slide_reports_memory_per_contender(tmp_path, onnx_dir):
+    out = tmp_path / "c"
+    proc = run_script("--quick", "--cityscapes", "--threads", "1", "--models", "csap_tiny", "--onnx-dir",
+                      str(onnx_dir), "--json", f"{out}.json", "--md", f"{out}.md", "--png", f"{out}.png")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(Path(f"{out}.json").read_text())
+    assert data["settings"]["mode"] == "slide" and data["post_processing"] is None
+    rows = data["contenders"]
+    assert [r["runtime"] for r in rows] == ["csap-zoo", "onnxruntime", "openvino"]
+    for r in rows:
+        assert r["memory"]["process_peak_mb"] > 0 and r["memory"]["call_peak_mb"] >= 0
+        assert r["label_agreement"] > 0.99  # the same slide merge for every runtime
+    assert "not evaluated" in Path(f"{out}.md").read_text()  # no SegNeXt-T / SegFormer-B0 in this run
+
+
+def test_interleaved_pause_is_not_timed():
+    start = time.perf_counter()
+    stats = measure_interleaved({"a": lambda: None, "b": lambda: None}, warmup=0, repeats=3, pause_s=0.02)
+    assert time.perf_counter() - start >= 6 * 0.02  # one pause before each of the 6 timed calls
+    assert stats["a"].runs == 3 and stats["a"].median_ms < 20  # the pause itself is outside the timing
