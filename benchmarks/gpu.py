@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import re
 import statistics
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
+
+from csap_zoo.fileio import atomic_write
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -277,11 +278,8 @@ def device_info(device: torch.device) -> Dict[str, Any]:
 
 
 def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    """Through the package's atomic writer (a complete file or none, the usual permissions)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -51,6 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from csap_zoo.fileio import atomic_write
 from csap_zoo.tools.profiling import (
     RUNTIMES, LatencyStats, RuntimeCall, RuntimeCase, build_runtime_call, export_runtime_onnx, gemm_call, label_map,
     measure_interleaved, runtime_gmacs, runtime_peak_memory,
@@ -276,16 +277,13 @@ def plot(payload: Dict[str, Any], path: str) -> None:
                  f"fp32 - {payload['machine']['cpu_model']}", fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
 
 
 def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    """Through the package's atomic writer (a complete file or none, the usual permissions)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------- main
