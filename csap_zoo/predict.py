@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, label_palette, open_rows, write_png
+from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, label_palette, label_png_mode, open_rows, write_png
 from .data.metadata import DatasetInfo
 from .fileio import atomic_write_all
 from .inference import Segmenter
@@ -211,13 +211,8 @@ class _LabelStore:
         return [int(c) for c in np.flatnonzero(self._seen) if c != ignore_index]
 
     def png_mode(self, palette: bool = False) -> str:
-        """What ``save_png`` chooses for a label array: up to 255, 8-bit grayscale (``palette``: 8-bit palette
-        indices), else 16-bit grayscale."""
-        if self.max_label > 65535:
-            raise ValueError(f"label values must be in 0..65535 to be stored as PNG, got up to {self.max_label}")
-        if self.max_label > 255:
-            return "I;16"
-        return "P" if palette else "L"
+        """The mode ``save_png`` chooses for these labels (``csap_zoo.data.io.label_png_mode``)."""
+        return label_png_mode(0, self.max_label, palette)
 
     def palette(self, info: DatasetInfo) -> bytes:
         """The PLTE data ``save_png(labels, path, palette=info.palette)`` writes for this label map."""

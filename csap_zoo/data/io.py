@@ -426,6 +426,16 @@ def label_palette(colours: Sequence[Sequence[int]], count: int) -> bytes:
     return table.astype(np.uint8).tobytes()
 
 
+def label_png_mode(low: int, high: int, palette: bool = False) -> str:
+    """The PNG mode that stores class indices in ``low..high``: 8-bit ("L", or "P" with a ``palette``) up to 255,
+    16-bit grayscale ("I;16") up to 65535; anything else cannot be a label PNG (ValueError)."""
+    if low < 0 or high > 65535:
+        raise ValueError(f"label values must be in 0..65535 to be stored as PNG, got {low}..{high}")
+    if high > 255:
+        return "I;16"
+    return "P" if palette else "L"
+
+
 def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike],
              palette: Optional[Sequence[Sequence[int]]] = None) -> Path:
     """Write a PNG atomically (``csap_zoo.fileio.atomic_write``).
@@ -440,9 +450,8 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
-            if arr.size and (arr.min() < 0 or arr.max() > 65535):
-                raise ValueError(f"label values must be in 0..65535 to be stored as PNG, got {arr.min()}..{arr.max()}")
-            if not arr.size or arr.max() <= 255:
+            low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+            if label_png_mode(low, high) == "L":
                 image = Image.fromarray(arr.astype(np.uint8, copy=False), mode="L")
                 if palette is not None:
                     top = int(arr.max()) if arr.size else 0
