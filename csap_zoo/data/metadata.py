@@ -13,6 +13,7 @@ import colorsys
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..constants import IGNORE_INDEX
@@ -250,13 +251,14 @@ _COCOSTUFF_PALETTE = (
 
 # The benchmarks' test-time settings: ADE20K / COCO-Stuff resize (keeping the ratio) to fit 2048x512 and run
 # whole; Cityscapes runs 1024x1024 windows with stride 768 at native size.
-_WHOLE_2048x512: Mapping[str, Any] = dict(mode="whole", resize=(2048, 512))
+_WHOLE_2048x512: Mapping[str, Any] = MappingProxyType(dict(mode="whole", resize=(2048, 512)))  # read-only: shared
 _DATASETS: Dict[str, DatasetInfo] = {
     info.name: info for info in (
         DatasetInfo("ade20k", _ADE20K_CLASSES, _ADE20K_PALETTE, aliases=("ade", "ade20k-150", "adechallengedata2016"),
                     evaluation=_WHOLE_2048x512),
         DatasetInfo("cityscapes", _CITYSCAPES_CLASSES, _CITYSCAPES_PALETTE, aliases=("city",),
-                    evaluation=dict(mode="slide", crop_size=(1024, 1024), stride=(768, 768), resize=None)),
+                    evaluation=MappingProxyType(dict(mode="slide", crop_size=(1024, 1024), stride=(768, 768),
+                                                    resize=None))),
         DatasetInfo("cocostuff", _COCOSTUFF_CLASSES, _COCOSTUFF_PALETTE,
                     aliases=("coco-stuff", "coco_stuff", "cocostuff164k", "coco-stuff-164k", "coco_stuff164k"),
                     evaluation=_WHOLE_2048x512),

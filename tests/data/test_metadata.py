@@ -83,3 +83,11 @@ def test_models_package_does_not_import_data():
             if name == "csap_zoo.data" or name.startswith("csap_zoo.data."):
                 offenders.append(f"{path.relative_to(root)} imports {name}")
     assert not offenders
+
+
+def test_the_shipped_evaluation_protocols_cannot_be_changed_by_a_caller():
+    """ADE20K and COCO-Stuff share one protocol object: editing one dataset's must not silently edit both."""
+    ade = get_dataset_info("ade20k")
+    with pytest.raises(TypeError):
+        ade.evaluation["resize"] = (1024, 256)
+    assert dict(get_dataset_info("cocostuff").evaluation) == {"mode": "whole", "resize": (2048, 512)}
