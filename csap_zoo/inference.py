@@ -68,6 +68,8 @@ import torch.nn.functional as F
 from .data.io import ImageLike, decode_reduced, reduce_array
 from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
 from .data.transforms import keep_ratio_size as _keep_ratio_size  # the one keep-ratio rule (training's too)
+from .labelmap import ResizeStep, label_map_bands, resize_rows
+from .labelmap import label_dtype as _label_dtype
 from .models.fused import optimize_for_inference
 from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor, check_finite
 
@@ -168,85 +170,6 @@ class InferenceConfig:
         return cls(**args)
 
 
-def _linear_indices(out_size: int, in_size: int, device: torch.device
-                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices (i0, i1) and weights (w0, w1) of each output position of a linear resize from ``in_size`` to
-    ``out_size`` with align_corners=False (the rule of ``F.interpolate(mode="bilinear")``)."""
-    scale = torch.tensor(float(in_size), dtype=torch.float32, device=device) / float(out_size)
-    src = ((torch.arange(out_size, dtype=torch.float32, device=device) + 0.5) * scale - 0.5).clamp_(min=0)
-    i0 = src.floor().long().clamp_(max=in_size - 1)
-    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
-    w1 = (src - i0.float()).clamp_(0, 1)
-    return i0, i1, 1 - w1, w1
-
-
-def _lerp_columns(rows: torch.Tensor, j0: torch.Tensor, j1: torch.Tensor, b0: torch.Tensor,
-                  b1: torch.Tensor) -> torch.Tensor:
-    """``rows[:, :, j0] * b0 + rows[:, :, j1] * b1`` for (B, rows, w, K) rows, with one temporary fewer."""
-    left = rows[:, :, j0].mul_(b0)
-    return left.add_(rows[:, :, j1].mul_(b1))
-
-
-def resize_rows(
-        bands: Iterable[torch.Tensor],
-        in_size: Pair,
-        out_size: Pair,
-        keep: Optional[Pair] = None,
-        band_elements: int = _BAND_ELEMENTS,
-) -> Iterator[torch.Tensor]:
-    """Bilinear resize (align_corners=False) of a (B, K, in_h, in_w) map that arrives as consecutive bands of rows,
-    yielded as consecutive bands of output rows of about ``band_elements`` values each.
-
-    ``keep`` = (rows, cols) produces only the top-left part of the output (a crop of the resized map). Only the
-    source rows the current output band needs are kept, so the full output never exists at once. The bands are
-    (B, K, rows, W) views of channels-last memory (classes innermost), which is what an arg-max over classes wants.
-    """
-    in_h, in_w = in_size
-    out_h, out_w = out_size
-    keep_h, keep_w = keep or out_size
-    if (in_h, in_w) == (out_h, out_w):
-        done = 0
-        for band in bands:
-            if done >= keep_h:
-                break
-            band = band[:, :, :keep_h - done, :keep_w]
-            done += band.shape[2]
-            yield band
-        return
-    # The arithmetic runs with the classes innermost, (B, rows, W, K): the column gathers then copy whole class
-    # vectors and the caller's arg-max over classes reads contiguous memory (several times faster than in NCHW,
-    # where both stride over the rows). The same operations in the same order as before: the same values.
-    source = (band.permute(0, 2, 3, 1).contiguous() for band in bands)
-    buf = next(source)
-    lo = 0
-    i0, i1, a0, a1 = _linear_indices(out_h, in_h, buf.device)
-    j0, j1, b0, b1 = (t[:keep_w] for t in _linear_indices(out_w, in_w, buf.device))
-    a0, a1, b0, b1 = a0[:, None, None], a1[:, None, None], b0[:, None], b1[:, None]
-    step = max(1, band_elements // max(buf.shape[0] * buf.shape[3] * keep_w, 1))
-    for o in range(0, keep_h, step):
-        end = min(o + step, keep_h)
-        need = int(i1[end - 1]) + 1
-        while lo + buf.shape[1] < need:
-            buf = torch.cat([buf, next(source)], dim=1)
-        start = int(i0[o])
-        if start > lo:  # rows no later output row reads
-            buf = buf[:, start - lo:]
-            lo = start
-        if need - start <= 2 * (end - o):  # upsampling: interpolate each source row across once
-            rows = buf[:, :need - lo]
-            rows = _lerp_columns(rows, j0, j1, b0, b1)
-            top, bottom = rows[:, i0[o:end] - lo], rows[:, i1[o:end] - lo]
-        else:  # downsampling: only the source rows that are read
-            top = _lerp_columns(buf[:, i0[o:end] - lo], j0, j1, b0, b1)
-            bottom = _lerp_columns(buf[:, i1[o:end] - lo], j0, j1, b0, b1)
-        # gathered rows are fresh tensors: weigh them in place (the same products and sum as top*a0 + bottom*a1)
-        top.mul_(a0[o:end]).add_(bottom.mul_(a1[o:end]))
-        # a suspended generator keeps its locals: hand the band over without keeping a reference to it
-        box = [top.permute(0, 3, 1, 2)]
-        top = bottom = rows = None
-        yield box.pop()
-
-
 def _warn_caller(message: str) -> None:
     """Warn at the first frame outside csap_zoo and torch: the user's line (``seg.predict(...)``), however many
     package frames (predict, decode_raw, evaluate, torch's inference_mode wrapper) lie between."""
@@ -255,10 +178,6 @@ def _warn_caller(message: str) -> None:
         frame = frame.f_back
         level += 1
     warnings.warn(message, UserWarning, stacklevel=level)
-
-
-def _label_dtype(num_classes: int) -> np.dtype:
-    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
 
 
 def _chain_first(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -278,6 +197,25 @@ def _rows_of(bands: Iterable[torch.Tensor], rows: int) -> Iterator[torch.Tensor]
             yield box.pop()
     if buf is not None and buf.shape[2]:
         yield buf
+
+
+class _RowFeeder:
+    """Consecutive bands of rows handed out ``n`` rows at a time (as one or more pieces)."""
+
+    def __init__(self, bands: Iterable[torch.Tensor]) -> None:
+        self._bands = iter(bands)
+        self._left: Optional[torch.Tensor] = None
+
+    def take(self, n: int) -> List[torch.Tensor]:
+        pieces = []
+        while n > 0:
+            if self._left is None:
+                self._left = next(self._bands)
+            use = min(n, self._left.shape[2])
+            pieces.append(self._left[:, :, :use])
+            self._left = self._left[:, :, use:] if use < self._left.shape[2] else None
+            n -= use
+        return pieces
 
 
 class Segmenter:
@@ -549,15 +487,8 @@ class Segmenter:
         window row's top are final (no later window reaches them) and leave as soon as it starts, divided by their
         window counts: the same sums, in the same order, as one full-size accumulator.
         """
-        (crop_h, crop_w), (stride_h, stride_w) = self.config.crop_size, self.config.stride
         batch, _, height, width = x.shape
-        rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-        cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-        boxes = []
-        for r in range(rows):
-            for c in range(cols):
-                y2, x2 = min(r * stride_h + crop_h, height), min(c * stride_w + crop_w, width)
-                boxes.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+        boxes = self._slide_boxes(height, width)
         total: Optional[torch.Tensor] = None
         count = torch.zeros((1, 1, 0, width), device=x.device)
         top = 0  # image row of total[:, :, 0]
@@ -581,6 +512,70 @@ class Segmenter:
                 count[:, :, y1 - top:y2 - top, x1:x2] += 1
         assert total is not None and top + total.shape[2] == height and bool((count > 0).all())
         yield total / count
+
+    def _slide_boxes(self, height: int, width: int) -> List[Tuple[int, int, int, int]]:
+        """The slide windows (y1, y2, x1, x2) of an image, row-major: every ``stride`` pixels, the last of each row
+        and column moved back to end at the image edge, windows larger than the image shrunk to it."""
+        (crop_h, crop_w), (stride_h, stride_w) = self.config.crop_size, self.config.stride
+        rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+        cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+        boxes = []
+        for r in range(rows):
+            for c in range(cols):
+                y2, x2 = min(r * stride_h + crop_h, height), min(c * stride_w + crop_w, width)
+                boxes.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+        return boxes
+
+    def _slide_head_rows(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Slide-window logits of a raw 0-255 view ``x`` for a Segmentor, as consecutive bands of rows, without any
+        window's logits at full size: each window keeps its head's stride-8 logits, resized band by band
+        (:func:`resize_rows`) into the rows being summed; a band leaves once every window reaching it has been
+        added, divided by its window counts. The sums of :meth:`_slide_rows`, in the same order; for a
+        1024x2048 image and 150 classes the full-size accumulator of 1.2 GB becomes a band of 8 MiB."""
+        assert isinstance(self.model, Segmentor)
+        batch, _, height, width = x.shape
+        boxes = self._slide_boxes(height, width)
+        windows: List[Tuple[int, int, int, int, "_RowFeeder"]] = []  # computed, with rows still to add
+        done = 0  # boxes computed
+        top, step = 0, 1
+        num_classes: Optional[int] = None
+        while top < height:
+            end = min(top + step, height)
+            while done < len(boxes) and boxes[done][0] < end:  # every window that may reach this band
+                chunk = boxes[done:done + self.config.slide_batch_size]
+                done += len(chunk)
+                crops = self._normalize(torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk], dim=0))
+                with self._autocast():
+                    low = self.model(self._model_input(crops), upsample=False, crop=False).float()
+                crops = None
+                resized, covered = self.model.logit_geometry(chunk[0][1] - chunk[0][0], chunk[0][3] - chunk[0][2])
+                for i, box in enumerate(chunk):
+                    own = low[i * batch:(i + 1) * batch]
+                    windows.append(box + (_RowFeeder(resize_rows([own], tuple(own.shape[-2:]), resized,
+                                                                 keep=covered)),))
+                if num_classes is None:
+                    num_classes = low.shape[1]
+                    step = max(1, _BAND_ELEMENTS // max(batch * num_classes * width, 1))
+                    end = min(top + step, height)
+                low = None
+            assert num_classes is not None
+            rows = end - top
+            total = x.new_zeros((batch, rows, width, num_classes), dtype=torch.float32).permute(0, 3, 1, 2)
+            count = x.new_zeros((1, 1, rows, width), dtype=torch.float32)
+            for y1, y2, x1, x2, feeder in windows:  # row-major: the order of one full-size accumulator
+                lo, hi = max(y1, top), min(y2, end)
+                if lo >= hi:
+                    continue
+                at = lo - top
+                for part in feeder.take(hi - lo):
+                    total[:, :, at:at + part.shape[2], x1:x2] += part
+                    at += part.shape[2]
+                count[:, :, lo - top:hi - top, x1:x2] += 1
+            windows = [w for w in windows if w[1] > end]
+            box = [total / count]
+            total = None
+            yield box.pop()
+            top = end
 
     @torch.inference_mode()
     def inference(self, x: torch.Tensor) -> torch.Tensor:
@@ -642,6 +637,13 @@ class Segmenter:
                 f"(mode='slide', e.g. --mode slide --crop-size 1024 --stride 768), a resize (--resize LONG SHORT), "
                 f"or raise whole_max_pixels (0 = no limit)")
 
+    def _head_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, ResizeStep]:
+        """A Segmentor's raw (stride-8) logits for a normalised whole view, and the resize that maps them onto it."""
+        with self._autocast():
+            low = self.model(self._model_input(x), upsample=False, crop=False).float()
+        resized, covered = self.model.logit_geometry(x.shape[-2], x.shape[-1])
+        return low, ResizeStep(tuple(low.shape[-2:]), resized, covered)
+
     def _view_bands(self, raw: torch.Tensor, size: Pair, flip: bool) -> Iterator[torch.Tensor]:
         """The logits of one view (``raw`` resized to ``size``, mirrored with ``flip`` and mirrored back) as
         consecutive bands of rows at the view's size."""
@@ -653,16 +655,15 @@ class Segmenter:
         if height < self.min_size or width < self.min_size:
             bands: Iterable[torch.Tensor] = [self.inference(self._normalize(x))]
         elif self.config.mode == "slide":
-            bands = self._slide_rows(x, normalize=True)
+            bands = self._slide_head_rows(x) if isinstance(self.model, Segmentor) else self._slide_rows(
+                x, normalize=True)
         else:
             self._check_whole_size(height, width)
             x = self._normalize(x)
             if isinstance(self.model, Segmentor):  # the head's own logits, resized band by band
-                with self._autocast():
-                    low = self.model(self._model_input(x), upsample=False, crop=False).float()
+                low, step = self._head_logits(x)
                 x = None  # several views' generators may be alive at once: keep only their small logits
-                resized, covered = self.model.logit_geometry(height, width)
-                bands = resize_rows([low], tuple(low.shape[-2:]), resized, keep=covered)
+                bands = resize_rows([low], step.in_size, step.out_size, keep=step.keep)
             else:
                 bands = [self._whole(x)]
         for band in bands:
@@ -675,6 +676,17 @@ class Segmenter:
         integer dtype that holds the classes. Several views are merged band by band (their generators run side by
         side; the same sums in the same order as one full-size accumulator), so no full-size map is built."""
         height, width = size
+        view = self._view_size(height, width, self.config.ratios[0])
+        if (self.config.num_views == 1 and self.config.mode == "whole" and isinstance(self.model, Segmentor)
+                and min(view) >= self.min_size):
+            # one view: the label map straight from the head's logits, interpolating only classes that can win
+            x = raw if tuple(raw.shape[-2:]) == view else F.interpolate(raw.float(), size=view, mode="bilinear",
+                                                                        align_corners=False)
+            self._check_whole_size(*view)
+            low, step = self._head_logits(self._normalize(x))
+            x = None
+            yield from label_map_bands(low, [step, ResizeStep(view, size)], band_elements=_BAND_ELEMENTS)
+            return
         views = [resize_rows(self._view_bands(raw, view, flip), view, size)
                  for view in (self._view_size(height, width, r) for r in self.config.ratios)
                  for flip in ((False, True) if self.config.flip else (False,))]

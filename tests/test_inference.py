@@ -482,3 +482,100 @@ def test_several_views_merged_band_by_band_give_the_full_size_labels(tiny, monke
     np.testing.assert_array_equal(np.concatenate(bands), labels)
     np.testing.assert_array_equal(seg.predict(image), labels)
     assert len(np.unique(labels)) > 1
+
+
+# ---------------------------------------------------------------------- label map shortcut, banded slide windows
+def test_whole_mode_label_map_takes_the_shortcut_and_equals_resize_then_argmax(monkeypatch):
+    """The trained demo model on its example image, at its own size and through a resize (one and two resize
+    steps): the label map equals the head's logits resized band by band and arg-maxed. The shortcut is made to
+    run whatever its cost (with 6 classes the reference is cheap), and interpolated a small part of the classes x
+    pixels values."""
+    import csap_zoo.labelmap as labelmap
+    from csap_zoo.labelmap import resize_rows
+    from csap_zoo.models.segmentor import Segmentor
+
+    monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
+    monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
+    model = Segmentor.from_pretrained(csap_zoo.__path__[0] + "/assets/demo")
+    image = np.asarray(Image.open(csap_zoo.__path__[0] + "/assets/demo/example.png").convert("RGB"))
+    interpolated = []
+    original = labelmap._Plan._values
+
+    def counting(self, y, x, slot, width, classes):
+        values = original(self, y, x, slot, width, classes)
+        interpolated.append(values.numel())
+        return values
+
+    monkeypatch.setattr(labelmap._Plan, "_values", counting)
+    for resize in (None, (192, 160)):
+        seg = Segmenter(model, resize=resize)
+        raw, size = seg.decode_raw(image, seg.decode_target)
+        view = seg._view_size(*size, 1.0)
+        x = raw.float() if view == size else F.interpolate(raw.float(), size=view, mode="bilinear",
+                                                           align_corners=False)
+        with torch.inference_mode():
+            low = seg.model(seg._normalize(x), upsample=False, crop=False)
+            resized, covered = seg.model.logit_geometry(*view)
+            bands = list(resize_rows(resize_rows([low], tuple(low.shape[-2:]), resized, keep=covered), view, size))
+        expected = torch.cat(bands, dim=2).max(dim=1).indices[0].numpy()
+        np.testing.assert_array_equal(seg.predict(image), expected)
+        assert interpolated and sum(interpolated) < 0.25 * low.shape[1] * size[0] * size[1]
+        interpolated.clear()
+
+
+@pytest.mark.parametrize("size,crop,stride,batch", [((333, 517), 128, 96, 4), ((200, 150), 96, 40, 3),
+                                                    ((128, 300), 128, 100, 1), ((50, 70), 96, 64, 2)])
+def test_slide_windows_are_resized_band_by_band_into_the_same_sums(tiny, monkeypatch, size, crop, stride, batch):
+    """A Segmentor's slide windows keep their stride-8 logits and are resized into each band of rows: the merged
+    logits equal one full-size accumulator of full-size windows to float rounding, and so do the labels (but at
+    near-ties); the bands are small."""
+    import csap_zoo.inference as inference
+
+    monkeypatch.setattr(inference, "_BAND_ELEMENTS", 4 * 4096)
+    seg = Segmenter(tiny, mode="slide", crop_size=crop, stride=stride, slide_batch_size=batch, resize=None)
+    raw = torch.from_numpy(_image(*size, seed=3)).permute(2, 0, 1)[None].float()
+    with torch.inference_mode():
+        expected = _old_slide(seg, seg._normalize(raw))
+        bands = list(seg._view_bands(raw, size, flip=False))
+    rows = 4 * 4096 // (4 * size[1])  # a band holds about _BAND_ELEMENTS values (4 classes)
+    assert [b.shape[2] for b in bands[:-1]] == [rows] * (len(bands) - 1) and len(bands) == -(-size[0] // rows)
+    merged = torch.cat(bands, dim=2)
+    torch.testing.assert_close(merged, expected, atol=1e-4, rtol=0)
+    top2 = expected.topk(2, dim=1).values
+    clear = ((top2[:, 0] - top2[:, 1]) > 1e-3)[0].numpy()
+    labels = seg.predict(_image(*size, seed=3))
+    np.testing.assert_array_equal(labels[clear], expected.max(1).indices[0].numpy()[clear])
+
+
+_SLIDE_MEMORY_CHILD = r"""
+import resource, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+import csap_zoo
+from csap_zoo.inference import Segmenter
+torch.manual_seed(0)
+model = csap_zoo.create_model("csap_tiny", num_classes=256).eval()
+seg = Segmenter(model, mode="slide", crop_size=512, stride=384, slide_batch_size=1, resize=None)
+seg.predict(np.zeros((96, 96, 3), np.uint8))  # warm up kernels and allocator
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = np.random.default_rng(0).integers(0, 256, (640, 1280, 3), dtype=np.uint8)
+labels = seg.predict(image)
+assert labels.shape == (640, 1280)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_of_slide_inference_does_not_hold_full_size_logits():
+    """256 classes, a 640x1280 image, 512 windows every 384, in a fresh child: one full-size accumulator would be
+    800 MiB (and each full-size window's logits 256 MiB); the windows' stride-8 logits and one band are small."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _SLIDE_MEMORY_CHILD], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth_mib = int(out.stdout.strip().splitlines()[-1])
+    assert growth_mib < 450, f"peak RSS grew by {growth_mib} MiB"  # 1898 MiB before, 231 after

@@ -25,16 +25,20 @@ ALLOWED: Dict[str, Set[str]] = {
     "manifest": {"errors", "fileio"},
     "models": FOUNDATION | {"manifest"},
     "data": FOUNDATION,
+    "labelmap": set(),  # logits -> label maps: torch and numpy only
     "evaluation": FOUNDATION | {"data"},
     "visualize": FOUNDATION | {"data"},
-    "inference": FOUNDATION | {"data", "models"},
-    "predict": FOUNDATION | {"data", "models", "inference", "visualize"},
+    "inference": FOUNDATION | {"data", "models", "labelmap"},
+    "predict": FOUNDATION | {"data", "models", "labelmap", "inference", "visualize"},
     "hub": FOUNDATION | {"manifest", "models", "data"},  # data: the shipped class names a checkpoint carries
-    "training": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "hub"},
-    "tools": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "predict", "hub"},
-    "cli": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "predict", "hub",
-                         "training", "tools", "face"},
-    "face": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize", "inference", "hub", "training"},
+    "training": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference",
+                              "hub"},
+    "tools": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference",
+                           "predict", "hub"},
+    "cli": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference",
+                         "predict", "hub", "training", "tools", "face"},
+    "face": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference", "hub",
+                          "training"},
 }
 # Old import paths kept as aliases of the modules that replaced them; nothing inside the package may use them.
 COMPAT = {

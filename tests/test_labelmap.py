@@ -1,0 +1,123 @@
+"""Label maps from low-resolution logits: the shortcut equals resize + arg-max exactly, and skips the work it can."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import csap_zoo.labelmap as labelmap
+from csap_zoo.labelmap import ResizeStep, label_map_bands, resize_rows
+
+
+def _reference(low, steps):
+    """resize_rows through the chain at full size, then the arg-max (ties to the lower class index)."""
+    bands = [low]
+    for step in steps:
+        bands = [torch.cat(list(resize_rows(bands, step.in_size, step.out_size, keep=step.keep,
+                                            band_elements=10 ** 9)), dim=2)]
+    return bands[0].max(dim=1).indices[0].numpy()
+
+
+def _labels(low, steps, band_elements=labelmap.BAND_ELEMENTS):
+    return np.concatenate(list(label_map_bands(low, steps, band_elements=band_elements)))
+
+
+def _smooth(classes, h, w, seed, scale=4.0, noise=0.0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, classes, max(h // 6, 2), max(w // 6, 2), generator=g)
+    low = F.interpolate(base, size=(h, w), mode="bicubic", align_corners=False) * scale
+    return low + noise * torch.randn(1, classes, h, w, generator=g)
+
+
+def _confident(classes, h, w, seed, regions=12):
+    """Logits of a sure model: a few regions, each with one class well ahead, plus mild noise."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(regions, 2, generator=g) * torch.tensor([h, w])
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    region = ((yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2).argmin(0)
+    owner = torch.randint(0, classes, (regions,), generator=g)[region]
+    low = torch.randn(1, classes, h, w, generator=g)
+    low[0].scatter_add_(0, owner[None], torch.full((1, h, w), 8.0))
+    return low
+
+
+CHAINS = {
+    "x8": ((64, 64), [ResizeStep((64, 64), (512, 512))]),
+    "x8 crop": ((64, 86), [ResizeStep((64, 86), (512, 688), (509, 683))]),
+    "odd scale": ((13, 17), [ResizeStep((13, 17), (100, 133))]),
+    "one row": ((1, 9), [ResizeStep((1, 9), (7, 70))]),
+    "down": ((40, 50), [ResizeStep((40, 50), (23, 31))]),
+    "two steps up": ((32, 43), [ResizeStep((32, 43), (256, 344), (256, 341)), ResizeStep((256, 341), (384, 512))]),
+    "two steps down": ((40, 50), [ResizeStep((40, 50), (320, 400), (317, 399)), ResizeStep((317, 399), (150, 190))]),
+}
+
+
+@pytest.fixture
+def always_shortcut(monkeypatch):
+    """Take the shortcut whatever it costs, so that its arithmetic is what the test checks."""
+    monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
+    monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+@pytest.mark.parametrize("kind", ["smooth", "noisy", "confident"])
+def test_label_map_equals_resize_then_argmax(always_shortcut, chain, kind):
+    (h, w), steps = CHAINS[chain]
+    for classes in (2, 19, 150):
+        low = {"smooth": lambda: _smooth(classes, h, w, seed=classes),
+               "noisy": lambda: _smooth(classes, h, w, seed=classes, noise=2.0),
+               "confident": lambda: _confident(classes, h, w, seed=classes)}[kind]()
+        np.testing.assert_array_equal(_labels(low, steps), _reference(low, steps))
+        np.testing.assert_array_equal(_labels(low, steps, band_elements=500), _reference(low, steps))
+
+
+def test_ties_and_near_ties_resolve_as_the_arg_max_does(always_shortcut):
+    (h, w), steps = CHAINS["x8 crop"]
+    low = _smooth(6, h, w, seed=3, scale=2000.0)  # large values: rounding is coarse
+    low[:, 4] = low[:, 1]  # exact ties everywhere between classes 1 and 4
+    low[:, 5] = low[:, 2] + torch.finfo(torch.float32).eps * low[:, 2].abs()  # one ulp apart
+    low[:, :, 10:20, 10:30] = 7.0  # a constant patch: every class tied
+    labels = _labels(low, steps)
+    np.testing.assert_array_equal(labels, _reference(low, steps))
+    assert not (labels == 4).any()  # the lower index wins an exact tie
+    (h, w), steps = CHAINS["two steps up"]
+    low = _smooth(6, h, w, seed=4, scale=2000.0)
+    low[:, 3] = low[:, 0]
+    np.testing.assert_array_equal(_labels(low, steps), _reference(low, steps))
+
+
+def test_a_sure_model_has_few_classes_interpolated(monkeypatch):
+    """Where one class is well ahead the label is taken without arithmetic; elsewhere only the classes that can
+    win are interpolated: a small part of the reference's classes x pixels values."""
+    (h, w), steps = CHAINS["x8"]
+    low = _confident(150, h, w, seed=0)
+    interpolated = []
+    original = labelmap._Plan._values
+
+    def counting(self, y, x, slot, width, classes):
+        values = original(self, y, x, slot, width, classes)
+        interpolated.append(values.numel())
+        return values
+
+    monkeypatch.setattr(labelmap._Plan, "_values", counting)
+    labels = _labels(low, steps)
+    np.testing.assert_array_equal(labels, _reference(low, steps))
+    assert interpolated, "the shortcut was not taken"
+    assert sum(interpolated) < 0.02 * 150 * 512 * 512
+
+
+def test_noise_and_non_finite_logits_fall_back_to_the_reference():
+    (h, w), steps = CHAINS["x8"]
+    noise = torch.randn(1, 150, h, w, generator=torch.Generator().manual_seed(0))
+    assert labelmap._Plan.build(noise, steps) is None  # near-ties everywhere: the shortcut would cost more
+    np.testing.assert_array_equal(_labels(noise, steps), _reference(noise, steps))
+    broken = noise.clone()
+    broken[0, 3, 5, 5] = float("inf")
+    assert labelmap._Plan.build(broken, steps) is None
+    np.testing.assert_array_equal(_labels(broken, steps), _reference(broken, steps))
+
+
+def test_label_map_bands_refuses_a_batch():
+    with pytest.raises(ValueError, match=r"one image's logits \(1, K, h, w\)"):
+        next(label_map_bands(torch.zeros(2, 3, 4, 4), [ResizeStep((4, 4), (8, 8))]))
