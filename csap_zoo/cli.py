@@ -112,7 +112,8 @@ def _segmenter(args: argparse.Namespace, model, dataset: Optional[str], info=Non
     """The Segmenter that predict and eval run (the model's test size unless a dataset or --resize says else)."""
     from .inference import Segmenter
 
-    return Segmenter(model, _inference_config(args, dataset), device=args.device, amp=args.amp, dataset_info=info)
+    return Segmenter(model, _inference_config(args, dataset), device=args.device, amp=args.amp, dataset_info=info,
+                     backend=getattr(args, "backend", "torch"))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -180,6 +181,9 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
                              "2**28; 0 = no limit)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16: CUDA only)")
+    parser.add_argument("--backend", choices=("torch", "openvino"), default="torch",
+                        help="where the network runs: torch (default) or openvino (CPU; needs the openvino package; "
+                             "converted once per input size and cached under $CSAP_ZOO_CACHE)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

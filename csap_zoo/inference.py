@@ -65,6 +65,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backends import OpenVINONetwork, check_backend
 from .data.io import ImageLike, decode_reduced, reduce_array
 from .data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
 from .data.transforms import keep_ratio_size as _keep_ratio_size  # the one keep-ratio rule (training's too)
@@ -240,6 +241,11 @@ class Segmenter:
             mapped linearly onto 0-255 before normalisation: (0, 255) by default, ``(0, 1)`` for
             ``torchvision.transforms.ToTensor``-style inputs. Integer inputs (uint8, uint16, ...) keep their own
             scale.
+        backend: where a Segmentor's network runs: ``"torch"`` (default: no extra package, any device, autocast)
+            or ``"openvino"`` (CPU; converted once per input shape and cached on disk, see
+            :mod:`csap_zoo.backends`). Pre- and post-processing are the same for both.
+        backend_cache_dir: the cache root for the OpenVINO backend's converted models (default ``CSAP_ZOO_CACHE``
+            or ``~/.cache/csap_zoo``; False: memory only).
     """
 
     def __init__(
@@ -254,6 +260,8 @@ class Segmenter:
             dataset_info: Optional[DatasetInfo] = None,
             optimize: Union[bool, str] = "auto",
             input_range: Sequence[float] = DEFAULT_INPUT_RANGE,
+            backend: str = "torch",
+            backend_cache_dir: Any = None,
             **config_overrides: Any,
     ) -> None:
         config = config or InferenceConfig()
@@ -262,7 +270,8 @@ class Segmenter:
             unknown = sorted(set(config_overrides) - valid)
             if unknown:
                 raise TypeError(f"unknown Segmenter option(s) {unknown}; valid ones are {sorted(valid)} "
-                                f"plus mean, std, device, amp, dataset_info, optimize, input_range")
+                                f"plus mean, std, device, amp, dataset_info, optimize, input_range, backend, "
+                                f"backend_cache_dir")
             config = dataclasses.replace(config, **config_overrides)
         data_config = getattr(model, "data_config", None)
         if config.resize == AUTO_RESIZE:  # the checkpoint's own evaluation size, the one the CLI uses
@@ -275,6 +284,17 @@ class Segmenter:
             device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.backend = check_backend(backend)
+        self.network: Optional[OpenVINONetwork] = None
+        if self.backend == "openvino":
+            if not isinstance(model, Segmentor):
+                raise ValueError(f"backend='openvino' runs a csap_zoo Segmentor's network; got a "
+                                 f"{type(model).__name__} (use backend='torch')")
+            if self.device.type != "cpu" or amp is not None:
+                raise ValueError("backend='openvino' runs on the CPU in float32: leave device and amp unset, or use "
+                                 "backend='torch'")
+            self.network = OpenVINONetwork(self.model, cache_dir=backend_cache_dir)
+            optimize = False  # OpenVINO fuses on its own; the PyTorch model stays as given
         if optimize not in (True, False, "auto"):
             raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
         if isinstance(model, Segmentor) and (
@@ -465,7 +485,16 @@ class Segmenter:
     def _model_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.amp_dtype is not None or x.dtype == self.param_dtype else x.to(self.param_dtype)
 
+    def _native(self, x: torch.Tensor) -> torch.Tensor:
+        """A Segmentor's raw (stride-8) logits of a normalised batch, on the configured backend, in float32."""
+        if self.network is not None:
+            return self.network(x.float())
+        with self._autocast():
+            return self.model(self._model_input(x), upsample=False, crop=False).float()
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.network is not None:
+            return self.model.logits_at_input(self._native(x), x.shape[-2], x.shape[-1]).contiguous()
         with self._autocast():
             out = self.model(self._model_input(x))
         if out.shape[-2:] != x.shape[-2:]:
@@ -545,8 +574,7 @@ class Segmenter:
                 chunk = boxes[done:done + self.config.slide_batch_size]
                 done += len(chunk)
                 crops = self._normalize(torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk], dim=0))
-                with self._autocast():
-                    low = self.model(self._model_input(crops), upsample=False, crop=False).float()
+                low = self._native(crops)
                 crops = None
                 resized, covered = self.model.logit_geometry(chunk[0][1] - chunk[0][0], chunk[0][3] - chunk[0][2])
                 for i, box in enumerate(chunk):
@@ -639,8 +667,7 @@ class Segmenter:
 
     def _head_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, ResizeStep]:
         """A Segmentor's raw (stride-8) logits for a normalised whole view, and the resize that maps them onto it."""
-        with self._autocast():
-            low = self.model(self._model_input(x), upsample=False, crop=False).float()
+        low = self._native(x)
         resized, covered = self.model.logit_geometry(x.shape[-2], x.shape[-1])
         return low, ResizeStep(tuple(low.shape[-2:]), resized, covered)
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import csap_zoo.labelmap as labelmap
+from csap_zoo.data.synthetic import region_logits
 from csap_zoo.labelmap import ResizeStep, label_map_bands, resize_rows
 
 
@@ -31,15 +32,8 @@ def _smooth(classes, h, w, seed, scale=4.0, noise=0.0):
 
 
 def _confident(classes, h, w, seed, regions=12):
-    """Logits of a sure model: a few regions, each with one class well ahead, plus mild noise."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.rand(regions, 2, generator=g) * torch.tensor([h, w])
-    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
-    region = ((yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2).argmin(0)
-    owner = torch.randint(0, classes, (regions,), generator=g)[region]
-    low = torch.randn(1, classes, h, w, generator=g)
-    low[0].scatter_add_(0, owner[None], torch.full((1, h, w), 8.0))
-    return low
+    """Logits of a sure model: a few regions, each with one class well ahead, plus unit noise."""
+    return torch.from_numpy(region_logits(classes, h, w, regions=regions, seed=seed))[None]
 
 
 CHAINS = {

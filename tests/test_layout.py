@@ -26,19 +26,20 @@ ALLOWED: Dict[str, Set[str]] = {
     "models": FOUNDATION | {"manifest"},
     "data": FOUNDATION,
     "labelmap": set(),  # logits -> label maps: torch and numpy only
+    "backends": FOUNDATION,  # where a network runs (OpenVINO); knows nothing of the model's classes
     "evaluation": FOUNDATION | {"data"},
     "visualize": FOUNDATION | {"data"},
-    "inference": FOUNDATION | {"data", "models", "labelmap"},
-    "predict": FOUNDATION | {"data", "models", "labelmap", "inference", "visualize"},
+    "inference": FOUNDATION | {"data", "models", "labelmap", "backends"},
+    "predict": FOUNDATION | {"data", "models", "labelmap", "backends", "inference", "visualize"},
     "hub": FOUNDATION | {"manifest", "models", "data"},  # data: the shipped class names a checkpoint carries
-    "training": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference",
-                              "hub"},
-    "tools": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference",
-                           "predict", "hub"},
-    "cli": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference",
-                         "predict", "hub", "training", "tools", "face"},
-    "face": FOUNDATION | {"manifest", "models", "data", "labelmap", "evaluation", "visualize", "inference", "hub",
-                          "training"},
+    "training": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+                              "inference", "hub"},
+    "tools": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+                           "inference", "predict", "hub"},
+    "cli": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+                         "inference", "predict", "hub", "training", "tools", "face"},
+    "face": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+                          "inference", "hub", "training"},
 }
 # Old import paths kept as aliases of the modules that replaced them; nothing inside the package may use them.
 COMPAT = {

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from .io import save_png
 from .metadata import SHAPES_CLASSES, SHAPES_PALETTE, DatasetInfo, get_dataset_info, write_classes_file
 
-__all__ = ["SHAPES_CLASSES", "SHAPES_PALETTE", "generate_shapes_dataset", "render_shapes_sample",
+__all__ = ["SHAPES_CLASSES", "SHAPES_PALETTE", "generate_shapes_dataset", "region_logits", "render_shapes_sample",
            "shapes_dataset_info", "write_classes_file"]
 
 # per foreground class: (texture, hue centre in [0, 1))
@@ -35,6 +35,21 @@ _STYLE = {1: ("stripes", 0.0), 2: ("checks", 0.58), 3: ("dots", 0.14), 4: ("wave
 def shapes_dataset_info() -> DatasetInfo:
     """Class names and palette of the generated dataset."""
     return get_dataset_info("shapes")
+
+
+def region_logits(num_classes: int, height: int, width: int, regions: int = 12, margin: float = 8.0,
+                  seed: int = 0) -> np.ndarray:
+    """Float32 (num_classes, height, width) logits shaped like a sure model's: the map is cut into ``regions``
+    Voronoi cells, each owned by one random class that is ``margin`` ahead; every value carries unit Gaussian noise.
+    For measuring and testing label-map post-processing without trained weights."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((regions, 2)) * (height, width)
+    yy, xx = np.mgrid[0:height, 0:width]
+    cell = ((yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2).argmin(0)
+    owner = rng.integers(0, num_classes, regions)[cell]
+    logits = rng.standard_normal((num_classes, height, width)).astype(np.float32)
+    np.put_along_axis(logits, owner[None], np.take_along_axis(logits, owner[None], 0) + np.float32(margin), 0)
+    return logits
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:

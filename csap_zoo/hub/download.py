@@ -80,7 +80,7 @@ from ..fileio import (
     atomic_write, clean_stale_partials, fsync_dir, locked_partial, same_file, temp_name, try_lock, unlink_if_same,
 )
 from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
-from ..settings import is_offline
+from ..settings import cache_dir, is_offline
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "VerifiedFile", "cache_path",
@@ -109,7 +109,7 @@ class VerifiedFile:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CSAP_ZOO_CACHE") or Path.home() / ".cache" / "csap_zoo")
+    return cache_dir()
 
 
 def sha256_of(path: PathLike) -> str:

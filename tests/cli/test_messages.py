@@ -221,3 +221,24 @@ def test_hf_hub_name_with_an_unreachable_hub_uses_the_cached_copy(tmp_path, shap
     assert elapsed < (time.perf_counter() - reference_start) + 10, elapsed  # the same predict from a local folder
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "labels" / "a.png")),
                           np.asarray(Image.open(tmp_path / "ref" / "labels" / "a.png")))
+
+
+def test_backend_openvino_predicts_and_without_openvino_is_one_line(tmp_path):
+    """``--backend openvino`` runs the network in OpenVINO (converted model cached under $CSAP_ZOO_CACHE); with
+    the package missing, one line says what to install."""
+    pytest.importorskip("openvino")
+    _image(tmp_path / "a.png", h=40, w=48)
+    cache = tmp_path / "cache"
+    result = _run(["predict", "a.png", "--model", "csap_tiny.shapes", "--pretrained", "--out", "out",
+                   "--backend", "openvino", "--no-progress"], tmp_path, CSAP_ZOO_CACHE=str(cache))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "labels" / "a.png").is_file()
+    assert list((cache / "openvino").glob("*/model.xml"))
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "openvino.py").write_text("raise ImportError('blocked for the test')\n")
+    result = _run(["predict", "a.png", "--model", "csap_tiny.shapes", "--pretrained", "--out", "out2",
+                   "--backend", "openvino", "--no-progress"], tmp_path, PYTHONPATH=str(shim),
+                  CSAP_ZOO_CACHE=str(cache))
+    _assert_one_line_error(result, "needs the openvino package", "pip install openvino", code=2)
+    assert not (tmp_path / "out2").exists()

@@ -1,0 +1,80 @@
+"""Segmenter's OpenVINO backend: the torch model's logits and labels, converted models cached on disk per
+weights and shape, one clear error for each misuse."""
+import copy
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import csap_zoo
+from csap_zoo.backends import OpenVINONetwork
+from csap_zoo.errors import UsageError
+from csap_zoo.inference import Segmenter
+
+openvino = pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return csap_zoo.create_model("csap_tiny", num_classes=5).eval()
+
+
+def _image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_openvino_backend_gives_the_torch_logits_and_labels(tiny, tmp_path):
+    image = _image(72, 100)
+    reference = Segmenter(tiny, resize=None, optimize=False)
+    seg = Segmenter(tiny, resize=None, backend="openvino", backend_cache_dir=tmp_path)
+    x = reference._normalize(torch.from_numpy(image).permute(2, 0, 1)[None])
+    with torch.inference_mode():
+        expected, got = reference._native(x), seg._native(x)
+        torch.testing.assert_close(got, expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
+        full = reference.inference(x)
+        torch.testing.assert_close(seg.inference(x), full, atol=1e-4 * float(full.abs().max()), rtol=0)
+    top2 = full.topk(2, dim=1).values[0]
+    clear = ((top2[0] - top2[1]) > 1e-3).numpy()
+    np.testing.assert_array_equal(seg.predict(image)[clear], reference.predict(image)[clear])
+    slide = dict(mode="slide", crop_size=64, stride=48, resize=None)
+    agree = (Segmenter(tiny, backend="openvino", backend_cache_dir=tmp_path, **slide).predict(image)
+             == Segmenter(tiny, **slide).predict(image)).mean()
+    assert agree > 0.99
+
+
+def test_converted_models_are_cached_on_disk_per_weights_and_shape(tiny, tmp_path, monkeypatch):
+    x = torch.randn(1, 3, 64, 64)
+    first = OpenVINONetwork(tiny, cache_dir=tmp_path)
+    out = first(x)
+    assert first.conversions == 1 and len(list((tmp_path / "openvino").glob("*/model.xml"))) == 1
+    assert first(x) is not out and first.conversions == 1  # compiled once per shape, kept in memory
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the cache holds this model and shape")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    second = OpenVINONetwork(tiny, cache_dir=tmp_path)  # a new process would start like this
+    assert torch.equal(second(x), out) and second.conversions == 0
+    changed = copy.deepcopy(tiny)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1.0)
+    keys = {second.cache_key(x.shape), OpenVINONetwork(changed, cache_dir=tmp_path).cache_key(x.shape),
+            second.cache_key((1, 3, 64, 96))}
+    assert len(keys) == 3  # other weights or another shape never read this graph
+    assert not list(tmp_path.rglob("*.tmp*")) and not [p for p in (tmp_path / "openvino").iterdir()
+                                                        if p.name.startswith(".")]
+
+
+def test_backend_misuse_gets_one_clear_error(tiny, monkeypatch):
+    with pytest.raises(UsageError, match=r"backend must be one of \['torch', 'openvino'\], got 'onnx'"):
+        Segmenter(tiny, backend="onnx")
+    with pytest.raises(ValueError, match="runs a csap_zoo Segmentor's network; got a Conv2d"):
+        Segmenter(nn.Conv2d(3, 4, 1), backend="openvino")
+    with pytest.raises(ValueError, match="on the CPU in float32"):
+        Segmenter(tiny, backend="openvino", amp="bf16")
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(UsageError, match=r"needs the openvino package: pip install openvino"):
+        Segmenter(tiny, backend="openvino")
