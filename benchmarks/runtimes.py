@@ -3,14 +3,18 @@ random weights) eager and in both runtimes, timed from image to label map in ONE
 
 What one timed call does, alike for every contender: a fixed random uint8 image batch -> ImageNet normalisation ->
 the network -> bilinear resize of its logits to the image size -> arg-max, band of rows by band. The post-processing
-is the same code for all (``csap_zoo.tools.profiling.label_map``, i.e. ``csap_zoo.inference.resize_rows``, the code
-``Segmenter`` runs on a Segmentor's stride-8 logits), done in torch outside the exported graphs: the exported
+is the same code for all runtime contenders (``csap_zoo.tools.profiling.label_map``: ``csap_zoo.labelmap.resize_rows``
+and the arg-max), done in torch outside the exported graphs (csap-zoo's own contender runs ``Segmenter``, whose
+label map takes ``csap_zoo.labelmap.label_map_bands``' exact shortcut where it pays; with random weights the
+logits are near-ties everywhere and it falls back to the same resize + arg-max). The exported
 graphs return native logits (CSAP/SegNeXt stride 8, SegFormer stride 4), so the runtimes are compared on the
 network alone and the post-processing is not a second variable. Contenders:
 
 * ``csap-zoo``: ``Segmenter(model, resize=None).predict(uint8 tensor)``, the library's default path
   (``optimize_for_inference``: folded BatchNorms, fused oneDNN convolutions, channels_last); a batch is predicted
   one image at a time, as ``predict`` does;
+* ``csap-zoo-openvino``: ``Segmenter(model, resize=None, backend="openvino").predict``: the same pre- and
+  post-processing, the network converted to OpenVINO by the library (latency hint, f32, threads pinned);
 * ``torch``: the PyTorch module on the whole batch (csap_zoo models optimized as above; SegFormer as transformers
   builds it, eager): default for SegFormer, and for the csap_zoo models when ``--batch`` > 1;
 * ``onnxruntime``: the ONNX export (``csap_zoo.tools.export.export_onnx``; SegFormer: ``torch.onnx.export``), CPU
@@ -60,8 +64,8 @@ from csap_zoo.tools.profiling import (
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MODELS = ("csap_tiny", "segnext_tiny", "segformer_b0")
 MODEL_LABELS = {"csap_tiny": "CSAP-T", "segnext_tiny": "SegNeXt-T", "segformer_b0": "SegFormer-B0"}
-RUNTIME_LABELS = {"csap-zoo": "csap-zoo (Segmenter)", "torch": "torch", "onnxruntime": "onnxruntime",
-                  "openvino": "OpenVINO"}
+RUNTIME_LABELS = {"csap-zoo": "csap-zoo (Segmenter)", "csap-zoo-openvino": "csap-zoo (Segmenter, OpenVINO backend)",
+                  "torch": "torch", "onnxruntime": "onnxruntime", "openvino": "OpenVINO"}
 GEMM_KEY, POST_KEY = "gemm", "post-processing"
 
 
@@ -73,11 +77,12 @@ def contenders_for(models: Sequence[str], runtimes: Optional[Sequence[str]], bat
     pairs = []
     for model in models:
         if runtimes:
-            chosen = [r for r in runtimes if not (r == "csap-zoo" and model == "segformer_b0")]
+            chosen = [r for r in runtimes if not (r.startswith("csap-zoo") and model == "segformer_b0")]
         elif model == "segformer_b0":
             chosen = ["torch", "onnxruntime", "openvino"]
         else:
-            chosen = ["csap-zoo"] + (["torch"] if batch > 1 else []) + ["onnxruntime", "openvino"]
+            chosen = ["csap-zoo", "csap-zoo-openvino"] + (["torch"] if batch > 1 else []) + ["onnxruntime",
+                                                                                              "openvino"]
         pairs.extend((model, runtime) for runtime in chosen)
     return pairs
 
@@ -155,11 +160,13 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     ours = by.get("csap_tiny|csap-zoo")
     out: List[Dict[str, Any]] = []
 
-    def check(label: str, other: Optional[float], limit: float, strict: bool, missing: str) -> None:
-        if ours is None or other is None:
+    def check(label: str, other: Optional[float], limit: float, strict: bool, missing: str,
+              subject: Optional[Dict[str, Any]] = None) -> None:
+        subject = subject or ours
+        if subject is None or other is None:
             out.append({"label": label, "met": None, "note": f"not evaluated (needs {missing})"})
             return
-        ratio = ours["median_ms"] / other
+        ratio = subject["median_ms"] / other
         out.append({"label": label, "ratio": ratio, "limit": limit, "op": "<" if strict else "<=",
                     "met": ratio < limit if strict else ratio <= limit})
 
@@ -178,6 +185,16 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     check("CSAP-T csap-zoo / fastest SegFormer-B0", fastest("segformer_b0"), 0.4, False, "segformer_b0")
     check("CSAP-T csap-zoo / its compute floor", ours["floor_ms"] if ours else None, 1.4, False,
           "csap_tiny in csap-zoo")
+    backend = by.get("csap_tiny|csap-zoo-openvino")  # the same targets for Segmenter's OpenVINO backend
+    if backend is not None:
+        label = "CSAP-T csap-zoo backend=openvino"
+        check(f"{label} / CSAP-T onnxruntime (faster)", median("csap_tiny|onnxruntime"), 1.0, True,
+              "csap_tiny in onnxruntime", backend)
+        check(f"{label} / CSAP-T OpenVINO (faster)", median("csap_tiny|openvino"), 1.0, True,
+              "csap_tiny in openvino", backend)
+        check(f"{label} / fastest SegNeXt-T", fastest("segnext_tiny"), 0.83, False, "segnext_tiny", backend)
+        check(f"{label} / fastest SegFormer-B0", fastest("segformer_b0"), 0.4, False, "segformer_b0", backend)
+        check(f"{label} / its compute floor", backend["floor_ms"], 1.4, False, "", backend)
     return out
 
 
@@ -252,7 +269,8 @@ def plot(payload: Dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = payload["contenders"]
-    colors = {"csap-zoo": "tab:blue", "torch": "tab:gray", "onnxruntime": "tab:orange", "openvino": "tab:purple"}
+    colors = {"csap-zoo": "tab:blue", "csap-zoo-openvino": "tab:cyan",
+              "torch": "tab:gray", "onnxruntime": "tab:orange", "openvino": "tab:purple"}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4.5))
     x, ticks, position = 0.0, [], []
     for model in dict.fromkeys(r["model"] for r in rows):

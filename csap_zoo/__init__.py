@@ -23,7 +23,9 @@ from .models.serialization import push_to_hub, save_pretrained
 from .hub import PretrainedInfo, create_model, from_pretrained, list_models, list_pretrained
 from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datasets
 from .evaluation import EvalResult, Evaluator, evaluate
+from .backends import OpenVINONetwork
 from .inference import InferenceConfig, Segmenter
+from .labelmap import label_map_bands
 from .visualize import colorize, overlay
 
 _TRAINING_API = ("TrainConfig", "TrainResult", "train")
@@ -42,8 +44,8 @@ __all__ = [
     "Architecture", "CSAPHead", "CSAPHeadConfig", "CheckpointError", "CheckpointIntegrityError",
     "CheckpointUnavailableError", "ConfigError", "ConversionError", "CsapZooError", "DataConfig", "DatasetError",
     "DatasetInfo", "EvalResult", "Evaluator", "HamHeadConfig", "ImageTooLargeError", "InferenceConfig", "LightHamHead",
-    "MSCAN", "ManifestError", "PretrainedInfo", "Segmenter", "Segmentor", "SegmentorConfig", "TrainConfig",
+    "MSCAN", "ManifestError", "OpenVINONetwork", "PretrainedInfo", "Segmenter", "Segmentor", "SegmentorConfig", "TrainConfig",
     "TrainResult", "__version__", "build_model", "colorize", "create_model", "custom_dataset_info", "evaluate",
-    "from_pretrained", "get_dataset_info", "list_datasets", "list_models", "list_pretrained",
+    "from_pretrained", "get_dataset_info", "label_map_bands", "list_datasets", "list_models", "list_pretrained",
     "optimize_for_inference", "overlay", "push_to_hub", "register_architecture", "save_pretrained", "train",
 ]

@@ -38,10 +38,13 @@ Memory (``predict``): an image larger than twice the largest view the model runs
 factor while decoding (JPEG: DCT scaling; other files, PIL images, arrays and tensors: box averaging a band of rows
 at a time), so the float image handed to the model is never built at full size when the model runs smaller. The
 view's logits are resized back and arg-maxed a band of rows at a time (bilinear, align_corners=False, computed by
-index arithmetic that matches ``F.interpolate`` to float rounding), slide windows are summed a window row at a time
-and each finished row band is averaged and passed on (the same sums in the same order as one full-size
-accumulator), and for Segmentors the whole-image pass resizes the head's stride-8 logits band by band. Several
-views (multi-scale / flip) are merged a band of rows at a time. So a (K, H, W) float logit map of the full image
+index arithmetic that matches ``F.interpolate`` to float rounding; :mod:`csap_zoo.labelmap`). For Segmentors the
+whole-image pass resizes the head's stride-8 logits band by band, and a single view's label map comes straight
+from them by :func:`csap_zoo.labelmap.label_map_bands` (the same labels, interpolating only the classes that can
+still win a pixel); slide windows keep their stride-8 logits too and are resized into each band of rows, which
+leaves once every window reaching it is added (the same sums in the same order as one full-size accumulator of
+full-size windows). Other models' slide windows are summed a window row at a time. Several views (multi-scale /
+flip) are merged a band of rows at a time. So a (K, H, W) float logit map of the full image
 never exists, except with ``return_probs`` (the returned probabilities, averaged at full size for several views).
 ``predict_paths`` goes further: its label maps never exist at full size either, and both PNGs are written by a
 streaming encoder, so its peak is the decoded image plus a constant. Files above ``max_pixels`` (default 2**28,

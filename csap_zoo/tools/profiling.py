@@ -478,7 +478,8 @@ def bench_cuda_throughput(
 
 # ----------------------------------------------------------------------------------------------- runtimes
 # benchmarks/runtimes.py: one model in several runtimes, each timed from a uint8 image to its label map.
-RUNTIMES = ("csap-zoo", "torch", "onnxruntime", "openvino")
+RUNTIMES = ("csap-zoo", "csap-zoo-openvino", "torch", "onnxruntime", "openvino")
+_SEGMENTER_RUNTIMES = ("csap-zoo", "csap-zoo-openvino")
 _EXPORT_MULTIPLE = 32  # exported graphs return the cropped stride-8 cells: sizes must not need padding
 
 
@@ -493,7 +494,9 @@ class RuntimeCase:
     (``mode="slide"``, ``slide_batch`` windows per call), from the image to its label map; see
     :func:`build_runtime_call`. Plain data, so that a fresh process can rebuild it (:func:`runtime_peak_memory`).
 
-    Runtimes: ``csap-zoo`` (``Segmenter``: what ``Segmenter(model)`` runs on the CPU), ``torch`` (the PyTorch
+    Runtimes: ``csap-zoo`` (``Segmenter``: what ``Segmenter(model)`` runs on the CPU), ``csap-zoo-openvino``
+    (``Segmenter(model, backend="openvino")``: the same pre- and post-processing, the network in OpenVINO),
+    ``torch`` (the PyTorch
     module on the whole batch: csap_zoo models through ``optimize_for_inference``, SegFormer as ``transformers``
     builds it), ``onnxruntime`` and ``openvino`` (the ONNX file ``onnx_path``, native logits)."""
 
@@ -516,8 +519,8 @@ class RuntimeCase:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose from {RUNTIMES}")
         if self.mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {self.mode!r}")
-        if self.runtime == "csap-zoo" and self.model == "segformer_b0":
-            raise ValueError("the csap-zoo runtime (Segmenter with optimize_for_inference) runs csap_zoo models only")
+        if self.runtime in _SEGMENTER_RUNTIMES and self.model == "segformer_b0":
+            raise ValueError(f"the {self.runtime} runtime (Segmenter) runs csap_zoo models only")
         if self.runtime in ("onnxruntime", "openvino"):
             if self.onnx_path is None:
                 raise ValueError(f"the {self.runtime} contender needs onnx_path")
@@ -549,7 +552,7 @@ class RuntimeCase:
         """The distinct input shapes the network sees (a single one lets the runtimes compile for it)."""
         h, w = self.window()
         if self.mode == "whole":
-            return [(1 if self.runtime == "csap-zoo" else self.batch, 3, h, w)]
+            return [(1 if self.runtime in _SEGMENTER_RUNTIMES else self.batch, 3, h, w)]
         n = self.windows()
         sizes = {self.slide_batch} if n >= self.slide_batch else set()
         if n % self.slide_batch:
@@ -583,10 +586,11 @@ def label_map(low: torch.Tensor, out_size: Tuple[int, int],
               geometry: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None) -> Any:
     """Label maps (B, H, W) of native logits ``low`` (B, K, h, w): bilinearly resized to ``geometry[0]`` (default
     ``out_size``) and cropped to ``geometry[1]``, band of rows by band, then arg-maxed -- what ``Segmenter`` runs
-    on a Segmentor's stride-8 logits (:func:`csap_zoo.inference.resize_rows`), so every contender shares it."""
+    on a Segmentor's stride-8 logits without its label-map shortcut (:func:`csap_zoo.labelmap.resize_rows`, then the
+    arg-max): the post-processing a runtime's user writes, the same for every runtime contender."""
     import numpy as np
 
-    from ..inference import resize_rows
+    from ..labelmap import resize_rows
 
     resized, covered = geometry or (out_size, out_size)
     dtype = torch.uint8 if low.shape[1] <= 256 else torch.int32
@@ -728,6 +732,12 @@ def build_runtime_call(case: RuntimeCase) -> RuntimeCall:
     if case.runtime == "csap-zoo":
         seg = Segmenter(_seeded_model(case), resize=None, **(slide if case.mode == "slide" else {}))
         return RuntimeCall(case, lambda: seg.predict(one), {"variant": "Segmenter (optimize_for_inference)"})
+    if case.runtime == "csap-zoo-openvino":
+        seg = Segmenter(_seeded_model(case), resize=None, backend="openvino", backend_cache_dir=False,
+                        **(slide if case.mode == "slide" else {}))
+        seg.predict(one)  # setup: convert and compile every input shape (what a cached conversion saves later)
+        return RuntimeCall(case, lambda: seg.predict(one), {"variant": "Segmenter(backend='openvino')",
+                                                             "threads": seg.network.threads})
     native, geometry, info = _native_runner(case)
     if case.mode == "slide":
         seg = Segmenter(_WindowLogits(native, geometry), resize=None, optimize=False, mean=IMAGENET_MEAN_255,

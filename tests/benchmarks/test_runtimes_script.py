@@ -15,9 +15,9 @@ from csap_zoo.tools.profiling import RuntimeCase, label_map, measure_interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "runtimes.py"
-ALL_CONTENDERS = ["csap_tiny|csap-zoo", "csap_tiny|onnxruntime", "csap_tiny|openvino", "segnext_tiny|csap-zoo",
-                  "segnext_tiny|onnxruntime", "segnext_tiny|openvino", "segformer_b0|torch",
-                  "segformer_b0|onnxruntime", "segformer_b0|openvino"]
+ALL_CONTENDERS = ["csap_tiny|csap-zoo", "csap_tiny|csap-zoo-openvino", "csap_tiny|onnxruntime", "csap_tiny|openvino",
+                  "segnext_tiny|csap-zoo", "segnext_tiny|csap-zoo-openvino", "segnext_tiny|onnxruntime",
+                  "segnext_tiny|openvino", "segformer_b0|torch", "segformer_b0|onnxruntime", "segformer_b0|openvino"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,7 +45,7 @@ def test_default_contenders_add_batched_torch_for_a_batch_and_skip_csap_zoo_for_
     script = load_script()
     assert [f"{m}|{r}" for m, r in script.contenders_for(script.DEFAULT_MODELS, None, 1)] == ALL_CONTENDERS
     batched = script.contenders_for(["csap_tiny"], None, 8)
-    assert [r for _, r in batched] == ["csap-zoo", "torch", "onnxruntime", "openvino"]
+    assert [r for _, r in batched] == ["csap-zoo", "csap-zoo-openvino", "torch", "onnxruntime", "openvino"]
     chosen = script.contenders_for(["csap_tiny", "segformer_b0"], ["csap-zoo", "openvino"], 1)
     assert chosen == [("csap_tiny", "csap-zoo"), ("csap_tiny", "openvino"), ("segformer_b0", "openvino")]
 
@@ -70,6 +70,14 @@ def test_targets_from_medians():
     ]
     partial = script.targets([r for r in rows if r["model"] == "csap_tiny"])
     assert partial[2]["met"] is None and "not evaluated" in script.target_lines(partial)[2]
+    with_backend = script.target_lines(script.targets(rows + [row("csap_tiny", "csap-zoo-openvino", 36.0, 30.0)]))
+    assert with_backend[5:] == [  # the same targets for Segmenter's OpenVINO backend
+        "- CSAP-T csap-zoo backend=openvino / CSAP-T onnxruntime (faster): 0.72x (target < 1.0x) met",
+        "- CSAP-T csap-zoo backend=openvino / CSAP-T OpenVINO (faster): 0.95x (target < 1.0x) met",
+        "- CSAP-T csap-zoo backend=openvino / fastest SegNeXt-T: 0.80x (target <= 0.83x) met",
+        "- CSAP-T csap-zoo backend=openvino / fastest SegFormer-B0: 0.40x (target <= 0.4x) met",
+        "- CSAP-T csap-zoo backend=openvino / its compute floor: 1.20x (target <= 1.4x) met",
+    ]
 
 
 def test_cityscapes_windows_and_network_shapes():
@@ -104,13 +112,15 @@ def test_quick_run_writes_every_contender_and_the_targets(tmp_path, onnx_dir):
     assert all(r["floor_ms"] > 0 and r["vs_fastest"] >= 1.0 for r in data["contenders"])
     csap = {r["runtime"]: r for r in data["contenders"] if r["model"] == "csap_tiny"}
     assert csap["onnxruntime"]["label_agreement"] > 0.99 and csap["openvino"]["label_agreement"] > 0.99
+    assert csap["csap-zoo-openvino"]["label_agreement"] > 0.99
     assert csap["openvino"]["setup"]["INFERENCE_NUM_THREADS"] == "1"
-    assert len(data["targets"]) == 5 and all(t["met"] in (True, False) for t in data["targets"])
+    assert len(data["targets"]) == 10 and all(t["met"] in (True, False) for t in data["targets"])
     md = Path(f"{out}.md").read_text()
-    for runtime, model in (("csap-zoo (Segmenter)", "CSAP-T"), ("onnxruntime", "SegNeXt-T"),
+    for runtime, model in (("csap-zoo (Segmenter)", "CSAP-T"), ("csap-zoo (Segmenter, OpenVINO backend)", "CSAP-T"),
+                           ("onnxruntime", "SegNeXt-T"),
                            ("OpenVINO", "SegFormer-B0"), ("torch", "SegFormer-B0")):
         assert f"| {runtime} | {model} |" in md
-    assert "## Targets" in md and md.count("(target ") == 5
+    assert "## Targets" in md and md.count("(target ") == 10
     assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -123,7 +133,7 @@ def test_quick_cityscapes_slide_reports_memory_per_contender(tmp_path, onnx_dir)
     data = json.loads(Path(f"{out}.json").read_text())
     assert data["settings"]["mode"] == "slide" and data["post_processing"] is None
     rows = data["contenders"]
-    assert [r["runtime"] for r in rows] == ["csap-zoo", "onnxruntime", "openvino"]
+    assert [r["runtime"] for r in rows] == ["csap-zoo", "csap-zoo-openvino", "onnxruntime", "openvino"]
     for r in rows:
         assert r["memory"]["process_peak_mb"] > 0 and r["memory"]["call_peak_mb"] >= 0
         assert r["label_agreement"] > 0.99  # the same slide merge for every runtime
