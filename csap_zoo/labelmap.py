@@ -230,7 +230,7 @@ def _block_extremes(logits: torch.Tensor, block_h: int, block_w: int
 _SUBSETS = torch.tensor([[1.0 / bin(m).count("1") if m >> j & 1 else 0.0 for j in range(4)] for m in range(1, 16)])
 
 
-def _corner_mix_floor(logits: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
+def _corner_mix_floor(logits: torch.Tensor, padded: torch.Tensor, tops: torch.Tensor) -> torch.Tensor:
     """A lower bound of the best class's value anywhere in each 2x2 block, sharper than the best block-minimum
     where two regions meet (each region's class is low on the other side).
 
@@ -239,8 +239,9 @@ def _corner_mix_floor(logits: torch.Tensor, padded: torch.Tensor) -> torch.Tenso
     classes. The bound is reached by some class of T on some corner, so a class always stays possible."""
     _, height, width = logits.shape
     shifted = [padded[:, dy:dy + height, dx:dx + width] for dy in (0, 1) for dx in (0, 1)]
-    tops = [corner.argmax(dim=0, keepdim=True) for corner in shifted]  # each corner's top class, (1, h, w)
-    values = torch.stack([torch.cat([corner.gather(0, top) for corner in shifted]) for top in tops])  # (4, 4, h, w)
+    corner_tops = [tops[None, dy:dy + height, dx:dx + width] for dy in (0, 1) for dx in (0, 1)]  # (1, h, w) each
+    values = torch.stack([torch.cat([corner.gather(0, top) for corner in shifted])
+                          for top in corner_tops])  # (class of corner j, value at corner i, h, w)
     means = torch.einsum("sj,jihw->sihw", _SUBSETS.to(logits.device), values)  # (subset, corner, h, w)
     return means.amin(dim=1).amax(dim=0)
 
@@ -272,6 +273,8 @@ class _Plan:
     def build(cls, low: torch.Tensor, steps: Sequence[ResizeStep]) -> Optional["_Plan"]:
         logits = low[0].float()
         num_classes, height, width = logits.shape
+        if num_classes <= 2 * _PIXEL_COST:  # the labels' own gathers would cost what the reference does
+            return None
         largest = float(logits.abs().amax())
         if not np.isfinite(largest):
             return None
@@ -282,10 +285,11 @@ class _Plan:
             return None
         block_h, block_w = max(block_h, 2), max(block_w, 2)  # (a superset of a block changes nothing)
         block_max, block_min, padded = _block_extremes(logits, block_h, block_w)
+        tops = padded.permute(1, 2, 0).contiguous().argmax(dim=-1)  # each source pixel's top class (classes inner)
         tolerance = 2 * len(steps) * _STEP_ROUNDING * largest
         floor = block_min.amax(dim=0)  # no pixel of the block has a best value below this
         if len(steps) == 1:
-            floor = torch.maximum(floor, _corner_mix_floor(logits, padded))
+            floor = torch.maximum(floor, _corner_mix_floor(logits, padded, tops))
         possible = block_max >= (floor - tolerance)  # (K, h, w); never empty (see _corner_mix_floor)
         counts = possible.sum(dim=0)
         several = counts > 1
@@ -297,7 +301,9 @@ class _Plan:
         if len(steps) not in _VALUE_COST or work > out_pixels * num_classes:
             return None
         slots = several.nonzero(as_tuple=True)
-        code = possible.to(torch.uint8).argmax(dim=0).long()  # the first (for single blocks: the only) candidate
+        # the top class of a block's first pixel is always possible (it reaches every lower bound used), so for a
+        # block with one possible class it is that class
+        code = tops[:height, :width].clone()
         code[slots] = -1 - torch.arange(slots[0].numel(), device=device)
         widest = int(counts[slots].max()) if slots[0].numel() else 1
         order = torch.where(possible[:, slots[0], slots[1]].t(), torch.arange(num_classes, device=device),
