@@ -40,6 +40,9 @@ _MAX_BLOCK = 4  # source block side beyond which (a downsampling step) the refer
 # candidate value, by number of resize steps, and per output pixel (the label gathers); measured on the CPU.
 _VALUE_COST = {1: 12.0, 2: 48.0}
 _PIXEL_COST = 4.0
+# Share of blocks whose top class changes inside them above which the logits are noise-like (every such block needs
+# several classes interpolated, usually dozens): the reference is used without building the rest of the plan.
+_MAX_CHANGING = 0.9
 
 
 def label_dtype(num_classes: int) -> np.dtype:
@@ -284,8 +287,15 @@ class _Plan:
         if max(block_h, block_w) > _MAX_BLOCK:
             return None
         block_h, block_w = max(block_h, 2), max(block_w, 2)  # (a superset of a block changes nothing)
+        tops = logits.permute(1, 2, 0).contiguous().argmax(dim=-1)  # each source pixel's top class (classes inner)
+        tops = torch.cat([tops, tops[-1:].expand(block_h - 1, -1)])  # padded as the blocks read it
+        tops = torch.cat([tops, tops[:, -1:].expand(-1, block_w - 1)], dim=1)
+        corner = tops[:height, :width]
+        changing = (corner != tops[1:height + 1, :width]) | (corner != tops[:height, 1:width + 1]) | (
+            corner != tops[1:height + 1, 1:width + 1])
+        if float(changing.float().mean()) > _MAX_CHANGING:  # noise-like logits: the reference at once
+            return None
         block_max, block_min, padded = _block_extremes(logits, block_h, block_w)
-        tops = padded.permute(1, 2, 0).contiguous().argmax(dim=-1)  # each source pixel's top class (classes inner)
         tolerance = 2 * len(steps) * _STEP_ROUNDING * largest
         floor = block_min.amax(dim=0)  # no pixel of the block has a best value below this
         if len(steps) == 1:

@@ -496,6 +496,7 @@ def test_whole_mode_label_map_takes_the_shortcut_and_equals_resize_then_argmax(m
 
     monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
     monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
+    monkeypatch.setattr(labelmap, "_MAX_CHANGING", 1.0)
     model = Segmentor.from_pretrained(csap_zoo.__path__[0] + "/assets/demo")
     image = np.asarray(Image.open(csap_zoo.__path__[0] + "/assets/demo/example.png").convert("RGB"))
     interpolated = []

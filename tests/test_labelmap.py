@@ -52,6 +52,7 @@ def always_shortcut(monkeypatch):
     """Take the shortcut whatever it costs, so that its arithmetic is what the test checks."""
     monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
     monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
+    monkeypatch.setattr(labelmap, "_MAX_CHANGING", 1.0)
 
 
 @pytest.mark.parametrize("chain", sorted(CHAINS))
