@@ -485,29 +485,18 @@ def test_several_views_merged_band_by_band_give_the_full_size_labels(tiny, monke
 
 
 # ---------------------------------------------------------------------- label map shortcut, banded slide windows
-def test_whole_mode_label_map_takes_the_shortcut_and_equals_resize_then_argmax(monkeypatch):
+def test_whole_mode_label_map_takes_the_shortcut_and_equals_resize_then_argmax(always_shortcut,
+                                                                              interpolated_values):
     """The trained demo model on its example image, at its own size and through a resize (one and two resize
     steps): the label map equals the head's logits resized band by band and arg-maxed. The shortcut is made to
     run whatever its cost (with 6 classes the reference is cheap), and interpolated a small part of the classes x
     pixels values."""
-    import csap_zoo.labelmap as labelmap
     from csap_zoo.labelmap import resize_rows
     from csap_zoo.models.segmentor import Segmentor
 
-    monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
-    monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
-    monkeypatch.setattr(labelmap, "_MAX_CHANGING", 1.0)
     model = Segmentor.from_pretrained(csap_zoo.__path__[0] + "/assets/demo")
     image = np.asarray(Image.open(csap_zoo.__path__[0] + "/assets/demo/example.png").convert("RGB"))
-    interpolated = []
-    original = labelmap._Plan._values
-
-    def counting(self, y, x, slot, width, classes):
-        values = original(self, y, x, slot, width, classes)
-        interpolated.append(values.numel())
-        return values
-
-    monkeypatch.setattr(labelmap._Plan, "_values", counting)
+    interpolated = interpolated_values
     for resize in (None, (192, 160)):
         seg = Segmenter(model, resize=resize)
         raw, size = seg.decode_raw(image, seg.decode_target)

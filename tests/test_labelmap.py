@@ -47,14 +47,6 @@ CHAINS = {
 }
 
 
-@pytest.fixture
-def always_shortcut(monkeypatch):
-    """Take the shortcut whatever it costs, so that its arithmetic is what the test checks."""
-    monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
-    monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
-    monkeypatch.setattr(labelmap, "_MAX_CHANGING", 1.0)
-
-
 @pytest.mark.parametrize("chain", sorted(CHAINS))
 @pytest.mark.parametrize("kind", ["smooth", "noisy", "confident"])
 def test_label_map_equals_resize_then_argmax(always_shortcut, chain, kind):
@@ -82,20 +74,12 @@ def test_ties_and_near_ties_resolve_as_the_arg_max_does(always_shortcut):
     np.testing.assert_array_equal(_labels(low, steps), _reference(low, steps))
 
 
-def test_a_sure_model_has_few_classes_interpolated(monkeypatch):
+def test_a_sure_model_has_few_classes_interpolated(interpolated_values):
     """Where one class is well ahead the label is taken without arithmetic; elsewhere only the classes that can
     win are interpolated: a small part of the reference's classes x pixels values."""
     (h, w), steps = CHAINS["x8"]
     low = _confident(150, h, w, seed=0)
-    interpolated = []
-    original = labelmap._Plan._values
-
-    def counting(self, y, x, slot, width, classes):
-        values = original(self, y, x, slot, width, classes)
-        interpolated.append(values.numel())
-        return values
-
-    monkeypatch.setattr(labelmap._Plan, "_values", counting)
+    interpolated = interpolated_values
     labels = _labels(low, steps)
     np.testing.assert_array_equal(labels, _reference(low, steps))
     assert interpolated, "the shortcut was not taken"
