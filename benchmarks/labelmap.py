@@ -37,18 +37,14 @@ import csap_zoo  # noqa: E402
 import csap_zoo.labelmap as labelmap  # noqa: E402
 from csap_zoo.data.synthetic import region_logits  # noqa: E402
 from csap_zoo.fileio import atomic_write  # noqa: E402
-from csap_zoo.labelmap import ResizeStep, label_map_bands, resize_rows  # noqa: E402
+from csap_zoo.labelmap import ResizeStep, label_map_bands  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def reference(low: torch.Tensor, steps: Sequence[ResizeStep]) -> np.ndarray:
-    """Resize every class through the steps band by band, then arg-max: Segmenter's path without the shortcut."""
-    bands: Any = [low]
-    for step in steps:
-        bands = resize_rows(bands, step.in_size, step.out_size, keep=step.keep)
-    return np.concatenate([band.max(dim=1).indices[0].numpy().astype(labelmap.label_dtype(low.shape[1]))
-                           for band in bands])
+    """Resize every class through the steps band by band, then arg-max: what the shortcut falls back to."""
+    return np.concatenate(list(labelmap._reference_bands(low, steps, labelmap.BAND_ELEMENTS)))
 
 
 def shortcut(low: torch.Tensor, steps: Sequence[ResizeStep]) -> np.ndarray:

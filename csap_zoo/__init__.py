@@ -44,8 +44,9 @@ __all__ = [
     "Architecture", "CSAPHead", "CSAPHeadConfig", "CheckpointError", "CheckpointIntegrityError",
     "CheckpointUnavailableError", "ConfigError", "ConversionError", "CsapZooError", "DataConfig", "DatasetError",
     "DatasetInfo", "EvalResult", "Evaluator", "HamHeadConfig", "ImageTooLargeError", "InferenceConfig", "LightHamHead",
-    "MSCAN", "ManifestError", "OpenVINONetwork", "PretrainedInfo", "Segmenter", "Segmentor", "SegmentorConfig", "TrainConfig",
-    "TrainResult", "__version__", "build_model", "colorize", "create_model", "custom_dataset_info", "evaluate",
-    "from_pretrained", "get_dataset_info", "label_map_bands", "list_datasets", "list_models", "list_pretrained",
-    "optimize_for_inference", "overlay", "push_to_hub", "register_architecture", "save_pretrained", "train",
+    "MSCAN", "ManifestError", "OpenVINONetwork", "PretrainedInfo", "Segmenter", "Segmentor", "SegmentorConfig",
+    "TrainConfig", "TrainResult", "__version__", "build_model", "colorize", "create_model", "custom_dataset_info",
+    "evaluate", "from_pretrained", "get_dataset_info", "label_map_bands", "list_datasets", "list_models",
+    "list_pretrained", "optimize_for_inference", "overlay", "push_to_hub", "register_architecture", "save_pretrained",
+    "train",
 ]

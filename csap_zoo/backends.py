@@ -33,9 +33,11 @@ from .fileio import atomic_folder
 from .settings import cache_dir as default_cache_dir
 from .version import __version__
 
-__all__ = ["BACKENDS", "OpenVINONetwork", "check_backend"]
+__all__ = ["BACKENDS", "OPENVINO_CPU_CONFIG", "OpenVINONetwork", "check_backend"]
 
 BACKENDS = ("torch", "openvino")
+# How OpenVINO compiles for the CPU here: one latency-oriented stream, no down-casting below f32
+OPENVINO_CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -88,11 +90,11 @@ class OpenVINONetwork:
 
     def __init__(self, model: nn.Module, threads: Optional[int] = None,
                  cache_dir: Union[PathLike, None, bool] = None, max_shapes: int = 8) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise UsageError(f"threads must be a positive integer, got {threads!r}")
         self._ov = _import_openvino()
         self.model = model.eval()
-        self.threads = int(threads or torch.get_num_threads())
-        if threads is not None and self.threads < 1:
-            raise UsageError(f"threads must be a positive integer, got {threads!r}")
+        self.threads = threads or torch.get_num_threads()
         self.cache_root = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / "openvino"
         self.max_shapes = max(1, int(max_shapes))
         self._core = self._ov.Core()
@@ -138,8 +140,7 @@ class OpenVINONetwork:
         shape = tuple(int(s) for s in shape)
         found = self._compiled.get(shape)
         if found is None:
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                      "INFERENCE_NUM_THREADS": self.threads}
+            config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": self.threads}
             found = self._core.compile_model(self._model_for(shape), "CPU", config)
             self._compiled[shape] = found
             while len(self._compiled) > self.max_shapes:

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import torch
 
+from .backends import BACKENDS
 from .data.datasets import DATASET_LAYOUTS
 from .errors import CsapZooError, UsageError
 from .models.serialization import LOGIN_ADVICE
@@ -181,7 +182,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
                              "2**28; 0 = no limit)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16: CUDA only)")
-    parser.add_argument("--backend", choices=("torch", "openvino"), default="torch",
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="where the network runs: torch (default) or openvino (CPU; needs the openvino package; "
                              "converted once per input size and cached under $CSAP_ZOO_CACHE)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

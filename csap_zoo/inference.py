@@ -674,11 +674,17 @@ class Segmenter:
         resized, covered = self.model.logit_geometry(x.shape[-2], x.shape[-1])
         return low, ResizeStep(tuple(low.shape[-2:]), resized, covered)
 
+    @staticmethod
+    def _view_input(raw: torch.Tensor, size: Pair) -> torch.Tensor:
+        """The raw image resized (bilinear) to a view's ``size``, or as it is when it has that size."""
+        if tuple(raw.shape[-2:]) == size:
+            return raw
+        return F.interpolate(raw.float(), size=size, mode="bilinear", align_corners=False)
+
     def _view_bands(self, raw: torch.Tensor, size: Pair, flip: bool) -> Iterator[torch.Tensor]:
         """The logits of one view (``raw`` resized to ``size``, mirrored with ``flip`` and mirrored back) as
         consecutive bands of rows at the view's size."""
-        x = raw if tuple(raw.shape[-2:]) == size else F.interpolate(raw.float(), size=size, mode="bilinear",
-                                                                    align_corners=False)
+        x = self._view_input(raw, size)
         if flip:
             x = x.flip(-1)
         height, width = size
@@ -710,11 +716,8 @@ class Segmenter:
         if (self.config.num_views == 1 and self.config.mode == "whole" and isinstance(self.model, Segmentor)
                 and min(view) >= self.min_size):
             # one view: the label map straight from the head's logits, interpolating only classes that can win
-            x = raw if tuple(raw.shape[-2:]) == view else F.interpolate(raw.float(), size=view, mode="bilinear",
-                                                                        align_corners=False)
             self._check_whole_size(*view)
-            low, step = self._head_logits(self._normalize(x))
-            x = None
+            low, step = self._head_logits(self._normalize(self._view_input(raw, view)))
             yield from label_map_bands(low, [step, ResizeStep(view, size)], band_elements=_BAND_ELEMENTS)
             return
         views = [resize_rows(self._view_bands(raw, view, flip), view, size)

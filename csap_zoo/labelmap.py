@@ -10,8 +10,9 @@ own work for a 150-class model at 512x512. Two tools here:
   the image's size), equal to ``resize_rows`` + arg-max bit for bit, but computed only where it can differ from a
   constant. Each output pixel is a convex combination of a small block of source pixels (2x2 for one resize, 3x3
   for two), computed by float operations that are monotone in every source value. So a class whose largest value
-  on the block is below the best block-minimum of another class (by more than the operations' rounding bound)
-  can never win there; where a single class survives, the pixel takes it without arithmetic; elsewhere only the
+  on the block is below a lower bound of the best class's value anywhere in it (the best block-minimum, or for one
+  step the corner means of the corners' top classes), by more than the operations' rounding bound, can never win
+  there; where a single class survives, the pixel takes it without arithmetic; elsewhere only the
   surviving classes are interpolated, by the same operations in the same order as ``resize_rows`` (the same
   float values, so the same arg-max, ties going to the lower class index). Inside regions where a trained model
   is sure, that is most pixels; where it is not (noise, near-ties everywhere) the function falls back to the

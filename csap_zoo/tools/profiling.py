@@ -44,6 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..backends import OPENVINO_CPU_CONFIG
+
 __all__ = [
     "BenchResult", "LatencyStats", "RUNTIMES", "RuntimeCall", "RuntimeCase", "ThroughputResult",
     "bench_cuda_throughput", "bench_head", "bench_model", "bench_models", "build_bench_model", "build_runtime_call",
@@ -496,9 +498,9 @@ class RuntimeCase:
 
     Runtimes: ``csap-zoo`` (``Segmenter``: what ``Segmenter(model)`` runs on the CPU), ``csap-zoo-openvino``
     (``Segmenter(model, backend="openvino")``: the same pre- and post-processing, the network in OpenVINO),
-    ``torch`` (the PyTorch
-    module on the whole batch: csap_zoo models through ``optimize_for_inference``, SegFormer as ``transformers``
-    builds it), ``onnxruntime`` and ``openvino`` (the ONNX file ``onnx_path``, native logits)."""
+    ``torch`` (the PyTorch module on the whole batch: csap_zoo models through ``optimize_for_inference``,
+    SegFormer as ``transformers`` builds it), ``onnxruntime`` and ``openvino`` (the ONNX file ``onnx_path``, native
+    logits)."""
 
     model: str
     runtime: str
@@ -658,7 +660,7 @@ def ort_session(path: str, threads: int, shape: Optional[Sequence[int]] = None):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-OPENVINO_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+OPENVINO_CONFIG = OPENVINO_CPU_CONFIG  # the same compilation as Segmenter's OpenVINO backend
 
 
 def openvino_model(path: str, threads: int, shape: Optional[Sequence[int]] = None):
