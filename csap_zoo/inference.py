@@ -717,7 +717,16 @@ class Segmenter:
                 and min(view) >= self.min_size):
             # one view: the label map straight from the head's logits, interpolating only classes that can win
             self._check_whole_size(*view)
-            low, step = self._head_logits(self._normalize(self._view_input(raw, view)))
+            x = self._normalize(self._view_input(raw, view))
+            if self.network is not None:  # resize + arg-max inside OpenVINO where the scores fit
+                low_hw = self.network.native_shape(tuple(x.shape))[-2:]
+                resized, covered = self.model.logit_geometry(x.shape[-2], x.shape[-1])
+                steps = [ResizeStep(tuple(low_hw), resized, covered), ResizeStep(view, size)]
+                if self.network.fits_label_graph(tuple(x.shape), steps):
+                    yield self.network.label_map(x, steps)[0]
+                    return
+            low, step = self._head_logits(x)
+            x = None
             yield from label_map_bands(low, [step, ResizeStep(view, size)], band_elements=_BAND_ELEMENTS)
             return
         views = [resize_rows(self._view_bands(raw, view, flip), view, size)

@@ -26,7 +26,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "models": FOUNDATION | {"manifest"},
     "data": FOUNDATION,
     "labelmap": set(),  # logits -> label maps: torch and numpy only
-    "backends": FOUNDATION,  # where a network runs (OpenVINO); knows nothing of the model's classes
+    "backends": FOUNDATION | {"labelmap"},  # where a network runs (OpenVINO); knows nothing of the model's classes
     "evaluation": FOUNDATION | {"data"},
     "visualize": FOUNDATION | {"data"},
     "inference": FOUNDATION | {"data", "models", "labelmap", "backends"},
