@@ -25,6 +25,7 @@ views and autocast work the same on every device. OpenVINO is the faster CPU net
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -42,7 +43,8 @@ from .labelmap import ResizeStep, label_dtype
 from .settings import cache_dir as default_cache_dir
 from .version import __version__
 
-__all__ = ["BACKENDS", "LABEL_GRAPH_MAX_BYTES", "OPENVINO_CPU_CONFIG", "OpenVINONetwork", "check_backend"]
+__all__ = ["BACKENDS", "LABEL_GRAPH_MAX_BYTES", "OPENVINO_CPU_CONFIG", "OpenVINONetwork", "check_backend",
+           "label_map_graph"]
 
 BACKENDS = ("torch", "openvino")
 # How OpenVINO compiles for the CPU here: one latency-oriented stream, no down-casting below f32
@@ -90,15 +92,11 @@ def _weights_digest(model: nn.Module) -> str:
 
 
 def _onnx_exporter_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether torch's dynamo ONNX exporter can run (it needs onnx and onnxscript)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 
 
-def _label_graph(ov: Any, network: Any, steps: Sequence[ResizeStep], num_classes: int) -> Any:
+def label_map_graph(ov: Any, network: Any, steps: Sequence[ResizeStep], num_classes: int) -> Any:
     """``network`` (native logits; modified in place: pass a clone) followed by the resizes of ``steps`` and the
     arg-max over classes, its output now the (B, H, W) label map."""
     ops = ov.opset13
@@ -250,7 +248,7 @@ class OpenVINONetwork:
         steps = tuple(ResizeStep(tuple(s.in_size), tuple(s.out_size), s.keep and tuple(s.keep)) for s in steps)
         classes = self.native_shape(shape)[1]
         compiled = self._compile(
-            (shape, steps), lambda: _label_graph(self._ov, self._network_model(shape).clone(), steps, classes))
+            (shape, steps), lambda: label_map_graph(self._ov, self._network_model(shape).clone(), steps, classes))
         result = compiled(np.ascontiguousarray(x.detach().float().numpy()))[0]
         self.label_maps += 1
         return np.array(result, copy=True)

@@ -480,7 +480,7 @@ def bench_cuda_throughput(
 
 # ----------------------------------------------------------------------------------------------- runtimes
 # benchmarks/runtimes.py: one model in several runtimes, each timed from a uint8 image to its label map.
-RUNTIMES = ("csap-zoo", "csap-zoo-openvino", "torch", "onnxruntime", "openvino")
+RUNTIMES = ("csap-zoo", "csap-zoo-openvino", "torch", "onnxruntime", "openvino", "openvino-labels")
 _SEGMENTER_RUNTIMES = ("csap-zoo", "csap-zoo-openvino")
 _EXPORT_MULTIPLE = 32  # exported graphs return the cropped stride-8 cells: sizes must not need padding
 
@@ -500,7 +500,8 @@ class RuntimeCase:
     (``Segmenter(model, backend="openvino")``: the same pre- and post-processing, the network in OpenVINO),
     ``torch`` (the PyTorch module on the whole batch: csap_zoo models through ``optimize_for_inference``,
     SegFormer as ``transformers`` builds it), ``onnxruntime`` and ``openvino`` (the ONNX file ``onnx_path``, native
-    logits)."""
+    logits), ``openvino-labels`` (that file in OpenVINO with the resize and the arg-max appended to its graph, as
+    ``Segmenter``'s OpenVINO backend builds them; whole images, batch 1)."""
 
     model: str
     runtime: str
@@ -523,7 +524,9 @@ class RuntimeCase:
             raise ValueError(f"mode must be 'whole' or 'slide', got {self.mode!r}")
         if self.runtime in _SEGMENTER_RUNTIMES and self.model == "segformer_b0":
             raise ValueError(f"the {self.runtime} runtime (Segmenter) runs csap_zoo models only")
-        if self.runtime in ("onnxruntime", "openvino"):
+        if self.runtime == "openvino-labels" and (self.mode != "whole" or self.batch != 1):
+            raise ValueError("the openvino-labels contender runs whole images one at a time (batch 1)")
+        if self.runtime in ("onnxruntime", "openvino", "openvino-labels"):
             if self.onnx_path is None:
                 raise ValueError(f"the {self.runtime} contender needs onnx_path")
             h, w = self.window()
@@ -740,6 +743,8 @@ def build_runtime_call(case: RuntimeCase) -> RuntimeCall:
         seg.predict(one)  # setup: convert and compile every input shape (what a cached conversion saves later)
         return RuntimeCall(case, lambda: seg.predict(one), {"variant": "Segmenter(backend='openvino')",
                                                              "threads": seg.network.threads})
+    if case.runtime == "openvino-labels":
+        return _openvino_labels_call(case, image)
     native, geometry, info = _native_runner(case)
     if case.mode == "slide":
         seg = Segmenter(_WindowLogits(native, geometry), resize=None, optimize=False, mean=IMAGENET_MEAN_255,
@@ -753,6 +758,34 @@ def build_runtime_call(case: RuntimeCase) -> RuntimeCall:
         return label_map(native((image.float() - mean) / std), size, geometry(*size))
 
     return RuntimeCall(case, call, info)
+
+
+def _openvino_labels_call(case: RuntimeCase, image: torch.Tensor) -> RuntimeCall:
+    """The ONNX file in OpenVINO with the bilinear resize of its logits and the arg-max appended to the graph
+    (``csap_zoo.backends``' label-map graph), so that one OpenVINO call maps the normalised image to its labels."""
+    import openvino as ov
+
+    from ..backends import label_map_graph
+    from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
+    from ..labelmap import ResizeStep
+
+    shape = case.network_shapes()[0]
+    core = ov.Core()
+    network = core.read_model(str(case.onnx_path))
+    network.reshape(list(shape))
+    low = tuple(int(d) for d in network.output(0).get_shape())
+    resized, covered = _seeded_model(case).logit_geometry(case.height, case.width)
+    graph = label_map_graph(ov, network, [ResizeStep(low[-2:], resized, covered)], low[1])
+    compiled = core.compile_model(graph, "CPU", {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": case.threads})
+    request = compiled.create_infer_request()
+    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
+
+    def call() -> Any:
+        request.infer({0: ((image.float() - mean) / std).numpy()}, share_inputs=True)
+        return request.get_output_tensor(0).data.copy()
+
+    return RuntimeCall(case, call, {"variant": "resize + arg-max in the OpenVINO graph", "static_shape": list(shape)})
 
 
 def export_runtime_onnx(name: str, path: str, num_classes: int = 150, height: int = 512, width: int = 512) -> str:
@@ -856,7 +889,7 @@ def _preload(runtime: str, model: str) -> None:
     if runtime == "onnxruntime":
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
-    elif runtime == "openvino":
+    elif runtime in ("openvino", "openvino-labels"):
         import openvino  # noqa: F401
     elif model == "segformer_b0":
         import transformers  # noqa: F401

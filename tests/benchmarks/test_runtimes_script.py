@@ -16,8 +16,8 @@ from csap_zoo.tools.profiling import RuntimeCase, label_map, measure_interleaved
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "runtimes.py"
 ALL_CONTENDERS = ["csap_tiny|csap-zoo", "csap_tiny|csap-zoo-openvino", "csap_tiny|onnxruntime", "csap_tiny|openvino",
-                  "segnext_tiny|csap-zoo", "segnext_tiny|csap-zoo-openvino", "segnext_tiny|onnxruntime",
-                  "segnext_tiny|openvino", "segformer_b0|torch", "segformer_b0|onnxruntime", "segformer_b0|openvino"]
+                  "csap_tiny|openvino-labels", "segnext_tiny|csap-zoo", "segnext_tiny|csap-zoo-openvino",
+                  "segnext_tiny|onnxruntime", "segnext_tiny|openvino", "segnext_tiny|openvino-labels", "segformer_b0|torch", "segformer_b0|onnxruntime", "segformer_b0|openvino"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,6 +46,7 @@ def test_default_contenders_add_batched_torch_for_a_batch_and_skip_csap_zoo_for_
     assert [f"{m}|{r}" for m, r in script.contenders_for(script.DEFAULT_MODELS, None, 1)] == ALL_CONTENDERS
     batched = script.contenders_for(["csap_tiny"], None, 8)
     assert [r for _, r in batched] == ["csap-zoo", "csap-zoo-openvino", "torch", "onnxruntime", "openvino"]
+    assert "openvino-labels" not in [r for _, r in script.contenders_for(["csap_tiny"], None, 1, whole=False)]
     chosen = script.contenders_for(["csap_tiny", "segformer_b0"], ["csap-zoo", "openvino"], 1)
     assert chosen == [("csap_tiny", "csap-zoo"), ("csap_tiny", "openvino"), ("segformer_b0", "openvino")]
 
@@ -78,6 +79,12 @@ def test_targets_from_medians():
         "- CSAP-T csap-zoo backend=openvino / fastest SegFormer-B0: 0.40x (target <= 0.4x) met",
         "- CSAP-T csap-zoo backend=openvino / its compute floor: 1.20x (target <= 1.4x) met",
     ]
+    with_labels = script.target_lines(script.targets(rows + [row("csap_tiny", "csap-zoo-openvino", 36.0, 30.0),
+                                                              row("csap_tiny", "openvino-labels", 32.0)]))
+    assert with_labels[2] == ("- CSAP-T csap-zoo / CSAP-T OpenVINO, labels in its graph (faster): 1.25x "
+                              "(target < 1.0x) NOT met")
+    assert with_labels[8] == ("- CSAP-T csap-zoo backend=openvino / CSAP-T OpenVINO, labels in its graph (faster): "
+                              "1.12x (target < 1.0x) NOT met")
 
 
 def test_cityscapes_windows_and_network_shapes():
@@ -89,6 +96,8 @@ def test_cityscapes_windows_and_network_shapes():
         RuntimeCase("csap_tiny", "onnxruntime", 500, 512, onnx_path="x.onnx")
     with pytest.raises(ValueError, match="csap_zoo models only"):
         RuntimeCase("segformer_b0", "csap-zoo")
+    with pytest.raises(ValueError, match="whole images one at a time"):
+        RuntimeCase("csap_tiny", "openvino-labels", batch=8, onnx_path="x.onnx")
 
 
 def test_label_map_is_resize_then_argmax():
@@ -112,15 +121,15 @@ def test_quick_run_writes_every_contender_and_the_targets(tmp_path, onnx_dir):
     assert all(r["floor_ms"] > 0 and r["vs_fastest"] >= 1.0 for r in data["contenders"])
     csap = {r["runtime"]: r for r in data["contenders"] if r["model"] == "csap_tiny"}
     assert csap["onnxruntime"]["label_agreement"] > 0.99 and csap["openvino"]["label_agreement"] > 0.99
-    assert csap["csap-zoo-openvino"]["label_agreement"] > 0.99
+    assert csap["csap-zoo-openvino"]["label_agreement"] > 0.99 and csap["openvino-labels"]["label_agreement"] > 0.99
     assert csap["openvino"]["setup"]["INFERENCE_NUM_THREADS"] == "1"
-    assert len(data["targets"]) == 10 and all(t["met"] in (True, False) for t in data["targets"])
+    assert len(data["targets"]) == 12 and all(t["met"] in (True, False) for t in data["targets"])
     md = Path(f"{out}.md").read_text()
     for runtime, model in (("csap-zoo (Segmenter)", "CSAP-T"), ("csap-zoo (Segmenter, OpenVINO backend)", "CSAP-T"),
-                           ("onnxruntime", "SegNeXt-T"),
+                           ("onnxruntime", "SegNeXt-T"), ("OpenVINO, resize + arg-max in its graph", "CSAP-T"),
                            ("OpenVINO", "SegFormer-B0"), ("torch", "SegFormer-B0")):
         assert f"| {runtime} | {model} |" in md
-    assert "## Targets" in md and md.count("(target ") == 10
+    assert "## Targets" in md and md.count("(target ") == 12
     assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
 
 
