@@ -246,7 +246,9 @@ class Segmenter:
             scale.
         backend: where a Segmentor's network runs: ``"torch"`` (default: no extra package, any device, autocast)
             or ``"openvino"`` (CPU; converted once per input shape and cached on disk, see
-            :mod:`csap_zoo.backends`). Pre- and post-processing are the same for both.
+            :mod:`csap_zoo.backends`). Pre-processing is the same for both; a whole-image label map is resized
+            and arg-maxed inside OpenVINO where the full-size scores fit its limit (the same labels up to float
+            rounding ties), by the torch code otherwise.
         backend_cache_dir: the cache root for the OpenVINO backend's converted models (default ``CSAP_ZOO_CACHE``
             or ``~/.cache/csap_zoo``; False: memory only).
     """

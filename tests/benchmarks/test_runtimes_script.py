@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "runtimes.py"
 ALL_CONTENDERS = ["csap_tiny|csap-zoo", "csap_tiny|csap-zoo-openvino", "csap_tiny|onnxruntime", "csap_tiny|openvino",
                   "csap_tiny|openvino-labels", "segnext_tiny|csap-zoo", "segnext_tiny|csap-zoo-openvino",
-                  "segnext_tiny|onnxruntime", "segnext_tiny|openvino", "segnext_tiny|openvino-labels", "segformer_b0|torch", "segformer_b0|onnxruntime", "segformer_b0|openvino"]
+                  "segnext_tiny|onnxruntime", "segnext_tiny|openvino", "segnext_tiny|openvino-labels",
+                  "segformer_b0|torch", "segformer_b0|onnxruntime", "segformer_b0|openvino"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
