@@ -8,19 +8,26 @@ and the arg-max), done in torch outside the exported graphs (csap-zoo's own cont
 label map takes ``csap_zoo.labelmap.label_map_bands``' exact shortcut where it pays; with random weights the
 logits are near-ties everywhere and it falls back to the same resize + arg-max). The exported
 graphs return native logits (CSAP/SegNeXt stride 8, SegFormer stride 4), so the runtimes are compared on the
-network alone and the post-processing is not a second variable. Contenders:
+network alone and the post-processing is not a second variable -- except for the two contenders that append the
+resize and the arg-max to the OpenVINO graph (whole images): csap-zoo's OpenVINO backend, and ``openvino-labels``,
+the same thing done by hand to our ONNX file, so that the backend is also compared with the best a user of OpenVINO
+can do. Contenders:
 
 * ``csap-zoo``: ``Segmenter(model, resize=None).predict(uint8 tensor)``, the library's default path
   (``optimize_for_inference``: folded BatchNorms, fused oneDNN convolutions, channels_last); a batch is predicted
   one image at a time, as ``predict`` does;
-* ``csap-zoo-openvino``: ``Segmenter(model, resize=None, backend="openvino").predict``: the same pre- and
-  post-processing, the network converted to OpenVINO by the library (latency hint, f32, threads pinned);
+* ``csap-zoo-openvino``: ``Segmenter(model, resize=None, backend="openvino").predict``: the same pre-processing,
+  the network converted to OpenVINO by the library (latency hint, f32, threads pinned), whole-image label maps
+  resized and arg-maxed inside OpenVINO;
 * ``torch``: the PyTorch module on the whole batch (csap_zoo models optimized as above; SegFormer as transformers
   builds it, eager): default for SegFormer, and for the csap_zoo models when ``--batch`` > 1;
 * ``onnxruntime``: the ONNX export (``csap_zoo.tools.export.export_onnx``; SegFormer: ``torch.onnx.export``), CPU
   provider, intra-op threads = --threads, one inter-op thread, no spinning, input shape fixed;
 * ``openvino``: the same ONNX file, ``compile_model(..., "CPU", PERFORMANCE_HINT=LATENCY,
-  INFERENCE_PRECISION_HINT=f32, INFERENCE_NUM_THREADS=--threads)``, input reshaped to the static shape.
+  INFERENCE_PRECISION_HINT=f32, INFERENCE_NUM_THREADS=--threads)``, input reshaped to the static shape;
+* ``openvino-labels``: that compiled model with the bilinear resize and the arg-max appended to its graph
+  (``csap_zoo.backends.label_map_graph``), one call from normalised image to labels (csap_zoo models, batch 1,
+  whole images).
 
 Also timed in the same rounds: an fp32 GEMM (--gemm, default 2048^3, torch) whose MAC rate turns each model's
 GMACs (fvcore for csap_zoo models, ``torch.utils.flop_counter`` for SegFormer-B0; up to the native logits) into a
@@ -252,7 +259,10 @@ def format_markdown(payload: Dict[str, Any]) -> str:
                 if s["mode"] == "slide" else "")
              + f", {s['classes']} classes, fp32, {s['threads']} threads everywhere; median / p90 of {s['repeats']} "
                f"round-robin rounds after {s['warmup']} warm-up calls each. Post-processing (bilinear resize of the "
-               "native logits to the image, arg-max) is the same torch code for every contender. The compute floor "
+               "native logits to the image, arg-max) is the same banded torch code for every contender except "
+               "csap-zoo's (its exact label-map shortcut, falling back to that code), its OpenVINO backend and "
+               "'OpenVINO, resize + arg-max in its graph' (both: resize and arg-max appended to the OpenVINO graph "
+               "for whole images). The compute floor "
                "is the model's GMACs (fvcore; SegFormer: torch.utils.flop_counter) over the GEMM's rate. Memory: a "
                "fresh process per contender; call peak = peak RSS growth during its first call, process peak = peak "
                "RSS above the imported libraries. Labels: share of pixels equal to the model's first contender "
