@@ -132,7 +132,9 @@ class OpenVINONetwork:
         threads: inference threads (default: ``torch.get_num_threads()``).
         cache_dir: the cache root for converted models (default ``CSAP_ZOO_CACHE`` or ``~/.cache/csap_zoo``);
             ``False`` converts in memory only.
-        max_shapes: compiled graphs (input shape, and resizes for label maps) kept in memory.
+        max_shapes: compiled networks (one per input shape) kept in memory.
+        max_label_graphs: compiled label-map graphs (input shape and resizes) kept in memory; each holds its
+            full-size scores (up to ``LABEL_GRAPH_MAX_BYTES``) while it lives.
         route: how the module becomes an OpenVINO graph: ``"onnx"`` (torch's ONNX exporter, then OpenVINO's ONNX
             frontend: the faster graph), ``"trace"`` (``openvino.convert_model``), or ``None`` (onnx where onnx and
             onnxscript are installed, else trace).
@@ -142,7 +144,7 @@ class OpenVINONetwork:
 
     def __init__(self, model: nn.Module, threads: Optional[int] = None,
                  cache_dir: Union[PathLike, None, bool] = None, max_shapes: int = 8,
-                 route: Optional[str] = None) -> None:
+                 route: Optional[str] = None, max_label_graphs: int = 2) -> None:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise UsageError(f"threads must be a positive integer, got {threads!r}")
         if route is not None and route not in self.ROUTES:
@@ -155,6 +157,8 @@ class OpenVINONetwork:
         self.route = route or ("onnx" if _onnx_exporter_available() else "trace")
         self._core = self._ov.Core()
         self._compiled: "OrderedDict[tuple, Any]" = OrderedDict()
+        self._label_graphs: "OrderedDict[tuple, Any]" = OrderedDict()
+        self.max_label_graphs = max(1, int(max_label_graphs))
         self._networks: "OrderedDict[tuple, Any]" = OrderedDict()
         self._digest: Optional[str] = None
         self.conversions = 0  # how many shapes were converted here (not read from the cache)
@@ -213,21 +217,26 @@ class OpenVINONetwork:
             self._networks.move_to_end(shape)
         return found
 
-    def _compile(self, key: tuple, build: Any) -> Any:
-        found = self._compiled.get(key)
+    def _compile(self, key: tuple, build: Any, kept: "OrderedDict[tuple, Any]", limit: int) -> Any:
+        found = kept.get(key)
         if found is None:
             config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": self.threads}
-            found = self._compiled[key] = self._core.compile_model(build(), "CPU", config)
-            while len(self._compiled) > self.max_shapes:
-                self._compiled.popitem(last=False)
+            found = kept[key] = self._core.compile_model(build(), "CPU", config)
+            while len(kept) > limit:
+                kept.popitem(last=False)
         else:
-            self._compiled.move_to_end(key)
+            kept.move_to_end(key)
         return found
 
     def compiled(self, shape: tuple) -> Any:
         """The compiled network for an input shape (B, C, H, W), converting or reading it from the cache once."""
         shape = tuple(int(s) for s in shape)
-        return self._compile(shape, lambda: self._network_model(shape))
+        return self._compile(shape, lambda: self._network_model(shape), self._compiled, self.max_shapes)
+
+    @property
+    def compiled_label_graphs(self) -> int:
+        """How many compiled label-map graphs are held in memory now (at most ``max_label_graphs``)."""
+        return len(self._label_graphs)
 
     def native_shape(self, shape: tuple) -> Tuple[int, ...]:
         """The shape of the native logits for an input shape (B, C, H, W)."""
@@ -249,7 +258,8 @@ class OpenVINONetwork:
         steps = tuple(ResizeStep(tuple(s.in_size), tuple(s.out_size), s.keep and tuple(s.keep)) for s in steps)
         classes = self.native_shape(shape)[1]
         compiled = self._compile(
-            (shape, steps), lambda: label_map_graph(self._ov, self._network_model(shape).clone(), steps, classes))
+            (shape, steps), lambda: label_map_graph(self._ov, self._network_model(shape).clone(), steps, classes),
+            self._label_graphs, self.max_label_graphs)
         result = compiled(np.ascontiguousarray(x.detach().float().numpy()))[0]
         self.label_maps += 1
         return np.array(result, copy=True)

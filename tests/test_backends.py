@@ -158,3 +158,17 @@ def test_both_conversion_routes_give_the_torch_logits(tiny):
     assert onnx_route.cache_key(x.shape) != trace_route.cache_key(x.shape)
     with pytest.raises(UsageError, match=r"route must be one of \['onnx', 'trace'\] or None, got 'tflite'"):
         OpenVINONetwork(tiny, route="tflite")
+
+
+def test_label_map_graphs_held_in_memory_are_bounded(tiny):
+    """Each label-map graph keeps its full-size scores while compiled: a folder of images of many sizes keeps only
+    the most recent ``max_label_graphs`` of them (and stays correct when an evicted size comes back)."""
+    seg = Segmenter(tiny, resize=None, backend="openvino", backend_cache_dir=False)
+    sizes = [(64, 64), (64, 96), (96, 64), (64, 64)]
+    for h, w in sizes:
+        image = _image(h, w, seed=h + w)
+        got = seg.predict(image)
+        clear = _clear_pixels(tiny, image, None)
+        np.testing.assert_array_equal(got[clear], Segmenter(tiny, resize=None).predict(image)[clear])
+        assert seg.network.compiled_label_graphs <= 2
+    assert seg.network.label_maps == 4 and seg.network.compiled_label_graphs == 2
