@@ -100,7 +100,8 @@ def label_map_graph(ov: Any, network: Any, steps: Sequence[ResizeStep], num_clas
     """``network`` (native logits; modified in place: pass a clone) followed by the resizes of ``steps`` and the
     arg-max over classes, its output now the (B, H, W) label map."""
     ops = ov.opset13
-    node = network.get_results()[0].input_value(0)
+    logits = network.get_results()[0]
+    node = logits.input_value(0)
     for step in steps:
         if tuple(step.in_size) != tuple(step.out_size):
             node = ops.interpolate(
@@ -116,7 +117,6 @@ def label_map_graph(ov: Any, network: Any, steps: Sequence[ResizeStep], num_clas
                              index_element_type="i32", stable=True).output(1)
     labels = ops.squeeze(labels, np.array([1], dtype=np.int64))
     labels = ops.convert(labels, "u8" if label_dtype(num_classes) == np.uint8 else "i32")
-    logits = network.get_results()[0]
     network.add_results([ops.result(labels)])
     network.remove_result(logits)  # the graph's only output is now the label map
     network.validate_nodes_and_infer_types()

@@ -673,8 +673,12 @@ class Segmenter:
     def _head_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, ResizeStep]:
         """A Segmentor's raw (stride-8) logits for a normalised whole view, and the resize that maps them onto it."""
         low = self._native(x)
+        return low, self._logit_step(tuple(low.shape[-2:]), x)
+
+    def _logit_step(self, low_size: Pair, x: torch.Tensor) -> ResizeStep:
+        """The resize that maps a Segmentor's raw logits of size ``low_size`` onto its normalised input ``x``."""
         resized, covered = self.model.logit_geometry(x.shape[-2], x.shape[-1])
-        return low, ResizeStep(tuple(low.shape[-2:]), resized, covered)
+        return ResizeStep(tuple(low_size), resized, covered)
 
     @staticmethod
     def _view_input(raw: torch.Tensor, size: Pair) -> torch.Tensor:
@@ -721,9 +725,7 @@ class Segmenter:
             self._check_whole_size(*view)
             x = self._normalize(self._view_input(raw, view))
             if self.network is not None:  # resize + arg-max inside OpenVINO where the scores fit
-                low_hw = self.network.native_shape(tuple(x.shape))[-2:]
-                resized, covered = self.model.logit_geometry(x.shape[-2], x.shape[-1])
-                steps = [ResizeStep(tuple(low_hw), resized, covered), ResizeStep(view, size)]
+                steps = [self._logit_step(self.network.native_shape(tuple(x.shape))[-2:], x), ResizeStep(view, size)]
                 if self.network.fits_label_graph(tuple(x.shape), steps):
                     yield self.network.label_map(x, steps)[0]
                     return

@@ -743,30 +743,34 @@ def build_runtime_call(case: RuntimeCase) -> RuntimeCall:
         seg.predict(one)  # setup: convert and compile every input shape (what a cached conversion saves later)
         return RuntimeCall(case, lambda: seg.predict(one), {"variant": "Segmenter(backend='openvino')",
                                                              "threads": seg.network.threads})
+    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
+
+    def normalized() -> torch.Tensor:
+        return (image.float() - mean) / std
+
     if case.runtime == "openvino-labels":
-        return _openvino_labels_call(case, image)
+        return _openvino_labels_call(case, normalized)
     native, geometry, info = _native_runner(case)
     if case.mode == "slide":
         seg = Segmenter(_WindowLogits(native, geometry), resize=None, optimize=False, mean=IMAGENET_MEAN_255,
                         std=IMAGENET_STD_255, **slide)
         return RuntimeCall(case, lambda: seg.predict(one), info)
-    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
     size = (case.height, case.width)
 
     def call() -> Any:
-        return label_map(native((image.float() - mean) / std), size, geometry(*size))
+        return label_map(native(normalized()), size, geometry(*size))
 
     return RuntimeCall(case, call, info)
 
 
-def _openvino_labels_call(case: RuntimeCase, image: torch.Tensor) -> RuntimeCall:
-    """The ONNX file in OpenVINO with the bilinear resize of its logits and the arg-max appended to the graph
-    (``csap_zoo.backends``' label-map graph), so that one OpenVINO call maps the normalised image to its labels."""
+def _openvino_labels_call(case: RuntimeCase, normalized: Callable[[], torch.Tensor]) -> RuntimeCall:
+    """The ONNX file in OpenVINO with the bilinear resize of its logits to the image (what :func:`label_map` does
+    for the ``openvino`` contender) and the arg-max appended to the graph (``csap_zoo.backends.label_map_graph``),
+    so that one OpenVINO call maps the ``normalized()`` image to its labels."""
     import openvino as ov
 
     from ..backends import label_map_graph
-    from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
     from ..labelmap import ResizeStep
 
     shape = case.network_shapes()[0]
@@ -774,15 +778,13 @@ def _openvino_labels_call(case: RuntimeCase, image: torch.Tensor) -> RuntimeCall
     network = core.read_model(str(case.onnx_path))
     network.reshape(list(shape))
     low = tuple(int(d) for d in network.output(0).get_shape())
-    resized, covered = _seeded_model(case).logit_geometry(case.height, case.width)
+    resized, covered = _same_size(case.height, case.width)
     graph = label_map_graph(ov, network, [ResizeStep(low[-2:], resized, covered)], low[1])
     compiled = core.compile_model(graph, "CPU", {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": case.threads})
     request = compiled.create_infer_request()
-    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
 
     def call() -> Any:
-        request.infer({0: ((image.float() - mean) / std).numpy()}, share_inputs=True)
+        request.infer({0: normalized().numpy()}, share_inputs=True)
         return request.get_output_tensor(0).data.copy()
 
     return RuntimeCall(case, call, {"variant": "resize + arg-max in the OpenVINO graph", "static_shape": list(shape)})
