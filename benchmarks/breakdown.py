@@ -2,7 +2,9 @@
 
 Times, round-robin on one input, the shared MSCAN-T backbone and each decoder on its features, as built (eager,
 contiguous) and optimized (``csap_zoo.optimize_for_inference``: fused blocks, channels_last, heads projecting before
-the resize), then prints the torch.profiler operators that dominate the optimized CSAP-T forward.
+the resize), then prints the torch.profiler operators that dominate the CSAP-T forward before (as built) and after
+optimizing, and OpenVINO's own node counters for what the OpenVINO backend runs per image (network, resize and
+arg-max in one graph) where openvino is installed.
 
 Since both models share the backbone (B ms), CSAP-T / SegNeXt-T = (B + csap_head) / (B + ham_head); the script
 prints that decomposition and the best ratio any decoder could reach (a free one: B / (B + ham_head)).
@@ -13,6 +15,7 @@ prints that decomposition and the best ratio any decoder could reach (a free one
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import Any, Callable, Dict, List
 
@@ -48,13 +51,16 @@ def _decompose(threads: int, height: int, width: int, warmup: int, repeats: int)
     return {key: value.median_ms for key, value in stats.items()}
 
 
-def _top_ops(threads: int, height: int, width: int, top: int) -> List[str]:
+def _top_ops(threads: int, height: int, width: int, top: int, optimized: bool) -> List[str]:
+    """The torch.profiler operators that dominate the CSAP-T forward, as built (before) or optimized (after)."""
     from torch.profiler import ProfilerActivity, profile
 
     from csap_zoo.models import build_model, optimize_for_inference
 
     torch.manual_seed(0)
-    model = optimize_for_inference(build_model("csap_tiny", num_classes=150))
+    model = build_model("csap_tiny", num_classes=150).eval()
+    if optimized:
+        model = optimize_for_inference(model)
     x = torch.randn(1, 3, height, width)
     runs = 5
     before = torch.get_num_threads()
@@ -70,12 +76,52 @@ def _top_ops(threads: int, height: int, width: int, top: int) -> List[str]:
         torch.set_num_threads(before)
     events = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in events) / runs / 1000
-    lines = [f"optimized csap_tiny under torch.profiler: {total:.1f} ms self CPU time per forward; top operators:",
+    mode = "optimized" if optimized else "eager (as built)"
+    lines = [f"{mode} csap_tiny under torch.profiler: {total:.1f} ms self CPU time per forward; top operators:",
              "| ms / forward | calls | operator | input shapes |", "|---|---|---|---|"]
     for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
         shapes = str([s for s in event.input_shapes if s][:3])
         lines.append(f"| {event.self_cpu_time_total / runs / 1000:.2f} | {event.count // runs} | {event.key} "
                      f"| {shapes} |")
+    return lines
+
+
+def _openvino_ops(threads: int, height: int, width: int, top: int) -> List[str]:
+    """OpenVINO's own per-node timings (``PERF_COUNT``) of what ``Segmenter(model, backend="openvino")`` runs for
+    one whole image: the CSAP-T network with the resize to the image and the arg-max in its graph, grouped by node
+    type and kernel."""
+    import numpy as np
+    import openvino as ov
+
+    from csap_zoo.backends import OPENVINO_CPU_CONFIG, OpenVINONetwork, label_map_graph
+    from csap_zoo.labelmap import ResizeStep
+    from csap_zoo.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("csap_tiny", num_classes=150).eval()
+    network = OpenVINONetwork(model, threads=threads, cache_dir=False)
+    shape = (1, 3, height, width)
+    native = network.native_shape(shape)
+    steps = (ResizeStep(tuple(native[2:]), (height, width), None),)
+    graph = label_map_graph(ov, network.network_model(shape).clone(), steps, native[1])
+    config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}
+    request = ov.Core().compile_model(graph, "CPU", config).create_infer_request()
+    image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(2):
+        request.infer({0: image})
+    runs = 5
+    by_kind: Dict[str, float] = {}
+    for _ in range(runs):
+        request.infer({0: image})
+        for node in request.profiling_info:
+            kind = f"{node.node_type} [{node.exec_type}]"
+            by_kind[kind] = by_kind.get(kind, 0.0) + node.real_time.total_seconds() * 1000 / runs
+    total = sum(by_kind.values())
+    lines = [f"csap_tiny in the OpenVINO backend (network + resize to {height}x{width} + arg-max in one graph), "
+             f"OpenVINO's per-node counters: {total:.1f} ms per image; top node kinds:",
+             "| ms / image | share | node type [kernel] |", "|---|---|---|"]
+    for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"| {ms:.2f} | {ms / total:.0%} | {kind} |")
     return lines
 
 
@@ -86,6 +132,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--top", type=int, default=15, help="profiler operators to list (0: none)")
+    parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO backend's node profile")
     args = parser.parse_args(argv)
     height, width = args.size
     ms = _decompose(args.threads, height, width, args.warmup, args.repeats)
@@ -102,8 +149,12 @@ def main(argv: List[str] | None = None) -> int:
               f"the backbone is {backbone / (backbone + csap_head):.0%} of CSAP-T; a zero-cost decoder would give "
               f"{backbone / (backbone + ham_head):.2f}x; csap head / ham head {csap_head / ham_head:.2f}x")
     if args.top:
-        print()
-        print("\n".join(_top_ops(args.threads, height, width, args.top)))
+        for optimized in (False, True):
+            print()
+            print("\n".join(_top_ops(args.threads, height, width, args.top, optimized)))
+        if not args.no_openvino and importlib.util.find_spec("openvino") is not None:
+            print()
+            print("\n".join(_openvino_ops(args.threads, height, width, args.top)))
     return 0
 
 

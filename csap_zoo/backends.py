@@ -206,8 +206,9 @@ class OpenVINONetwork:
             pass
         return converted
 
-    def _network_model(self, shape: tuple) -> Any:
-        """The (uncompiled) network graph for an input shape: converted, or read from the cache, once."""
+    def network_model(self, shape: tuple) -> Any:
+        """The uncompiled OpenVINO model of the network for an input shape (B, C, H, W): converted, or read from
+        the cache, once (the most recent ``max_shapes`` are kept). Clone it before changing it."""
         found = self._networks.get(shape)
         if found is None:
             found = self._networks[shape] = self._model_for(shape)
@@ -231,7 +232,7 @@ class OpenVINONetwork:
     def compiled(self, shape: tuple) -> Any:
         """The compiled network for an input shape (B, C, H, W), converting or reading it from the cache once."""
         shape = tuple(int(s) for s in shape)
-        return self._compile(shape, lambda: self._network_model(shape), self._compiled, self.max_shapes)
+        return self._compile(shape, lambda: self.network_model(shape), self._compiled, self.max_shapes)
 
     @property
     def compiled_label_graphs(self) -> int:
@@ -240,7 +241,7 @@ class OpenVINONetwork:
 
     def native_shape(self, shape: tuple) -> Tuple[int, ...]:
         """The shape of the native logits for an input shape (B, C, H, W)."""
-        return tuple(int(d) for d in self._network_model(tuple(int(s) for s in shape)).output(0).get_shape())
+        return tuple(int(d) for d in self.network_model(tuple(int(s) for s in shape)).output(0).get_shape())
 
     def fits_label_graph(self, shape: tuple, steps: Sequence[ResizeStep]) -> bool:
         """Whether :meth:`label_map` computes these resizes inside OpenVINO: batch 1 and every full-size score map
@@ -258,7 +259,7 @@ class OpenVINONetwork:
         steps = tuple(ResizeStep(tuple(s.in_size), tuple(s.out_size), s.keep and tuple(s.keep)) for s in steps)
         classes = self.native_shape(shape)[1]
         compiled = self._compile(
-            (shape, steps), lambda: label_map_graph(self._ov, self._network_model(shape).clone(), steps, classes),
+            (shape, steps), lambda: label_map_graph(self._ov, self.network_model(shape).clone(), steps, classes),
             self._label_graphs, self.max_label_graphs)
         result = compiled(np.ascontiguousarray(x.detach().float().numpy()))[0]
         self.label_maps += 1
