@@ -140,13 +140,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             num_classes = info.num_classes
     elif not _is_saved_model(args.model) and "." not in args.model:
         num_classes = get_dataset_info(args.dataset).num_classes
+    # a wrong --data fails here, before weights are loaded (or downloaded); only a folder dataset without a classes
+    # file waits for the model, whose classes it takes
+    dataset = None
+    if args.dataset != "folder" or info is not None:
+        dataset = open_dataset(args.dataset, args.data, split=args.split, info=info)
+    elif not os.path.isdir(args.data):
+        raise UsageError(f"--data {args.data}: no such folder (a folder dataset: <root>/images and <root>/masks, "
+                         "or <root>/<split>/...)")
     # loaded weights keep their own classes: evaluating a re-initialised classifier would be meaningless, so a
     # class-count mismatch with the dataset is reported by evaluate() instead
     model = _load_model(args, None if (args.checkpoint or args.pretrained) else num_classes)
     seg = _segmenter(args, model, None if args.dataset == "folder" else args.dataset, info)
-    if args.dataset == "folder" and info is None:
-        info = seg.dataset_info
-    dataset = open_dataset(args.dataset, args.data, split=args.split, info=info)
+    if dataset is None:
+        dataset = open_dataset(args.dataset, args.data, split=args.split, info=seg.dataset_info)
     print(f"evaluating {args.model} on {dataset!r}", file=sys.stderr)
     result = evaluate(seg, dataset, limit=args.limit, progress=not args.no_progress)
     print(result.table())

@@ -275,3 +275,23 @@ def test_written_label_maps_and_overlays_equal_the_full_size_rendering(tmp_path,
             np.testing.assert_array_equal(np.asarray(written), overlay, err_msg=stem)
     if setup == "many_classes":
         assert max(int(np.asarray(Image.open(p)).max()) for p in (tmp_path / "out" / "labels").iterdir()) > 255
+
+
+def test_eval_checks_data_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import csap_zoo.cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --data was checked")
+
+    monkeypatch.setattr(csap_zoo.cli, "_load_model", no_model)
+    # a benchmark layout, a folder with a classes file, and a folder without one (its classes come from the model)
+    assert main(["eval", "--model", "csap_tiny.ade20k", "--pretrained", "--dataset", "ade20k",
+                 "--data", str(tmp_path / "missing")]) == 1
+    assert "ADE20K images folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--model", "csap_tiny", "--dataset", "folder", "--data", str(tmp_path / "empty"),
+                 "--classes", str(_classes(tmp_path, 3))]) == 1
+    assert "images" in capsys.readouterr().err
+    assert main(["eval", "--model", "csap_tiny", "--dataset", "folder", "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "no such folder" in err
