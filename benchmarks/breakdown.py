@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import time
 from typing import Any, Callable, Dict, List
 
 import torch
@@ -86,16 +87,43 @@ def _top_ops(threads: int, height: int, width: int, top: int, optimized: bool) -
     return lines
 
 
+def _conv_gmacs(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, float]:
+    """GMACs of the model's convolutions and linear layers by the node kind OpenVINO runs them as: 1x1
+    (``Convolution`` 1x1), depthwise (``GroupConvolution``), other dense convolutions, linear layers."""
+    totals = {"1x1": 0.0, "depthwise": 0.0, "dense kxk": 0.0, "linear": 0.0}
+
+    def count(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Linear):
+            totals["linear"] += output.numel() * module.in_features / 1e9
+            return
+        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        kind = ("depthwise" if module.groups > 1 else "1x1" if tuple(module.kernel_size) == (1, 1)
+                else "dense kxk")
+        totals[kind] += output.numel() * per_output / 1e9
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.inference_mode():
+            model(x, upsample=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return totals
+
+
 def _openvino_ops(threads: int, height: int, width: int, top: int) -> List[str]:
     """OpenVINO's own per-node timings (``PERF_COUNT``) of what ``Segmenter(model, backend="openvino")`` runs for
     one whole image: the CSAP-T network with the resize to the image and the arg-max in its graph, grouped by node
-    type and kernel."""
+    type and kernel; then the convolutions' MAC rates against an fp32 GEMM timed alongside (the compute floor's
+    yardstick)."""
     import numpy as np
     import openvino as ov
 
     from csap_zoo.backends import OPENVINO_CPU_CONFIG, OpenVINONetwork, label_map_graph
     from csap_zoo.labelmap import ResizeStep
     from csap_zoo.models import build_model
+    from csap_zoo.tools.profiling import gemm_call, threads as torch_threads
 
     torch.manual_seed(0)
     model = build_model("csap_tiny", num_classes=150).eval()
@@ -107,21 +135,41 @@ def _openvino_ops(threads: int, height: int, width: int, top: int) -> List[str]:
     config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}
     request = ov.Core().compile_model(graph, "CPU", config).create_infer_request()
     image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(2):
-        request.infer({0: image})
-    runs = 5
-    by_kind: Dict[str, float] = {}
-    for _ in range(runs):
-        request.infer({0: image})
-        for node in request.profiling_info:
-            kind = f"{node.node_type} [{node.exec_type}]"
-            by_kind[kind] = by_kind.get(kind, 0.0) + node.real_time.total_seconds() * 1000 / runs
+    gemm, gemm_gmacs = gemm_call()
+    with torch_threads(threads):
+        for _ in range(2):
+            request.infer({0: image})
+            gemm()
+        runs = 5
+        by_kind: Dict[str, float] = {}
+        gemm_ms: List[float] = []
+        for _ in range(runs):  # interleaved with the GEMM, so both see the same machine
+            request.infer({0: image})
+            for node in request.profiling_info:
+                kind = f"{node.node_type} [{node.exec_type}]"
+                by_kind[kind] = by_kind.get(kind, 0.0) + node.real_time.total_seconds() * 1000 / runs
+            start = time.perf_counter()
+            gemm()
+            gemm_ms.append((time.perf_counter() - start) * 1000)
+    gemm_rate = gemm_gmacs / (sorted(gemm_ms)[len(gemm_ms) // 2] / 1000)
     total = sum(by_kind.values())
     lines = [f"csap_tiny in the OpenVINO backend (network + resize to {height}x{width} + arg-max in one graph), "
              f"OpenVINO's per-node counters: {total:.1f} ms per image; top node kinds:",
              "| ms / image | share | node type [kernel] |", "|---|---|---|"]
     for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])[:top]:
         lines.append(f"| {ms:.2f} | {ms / total:.0%} | {kind} |")
+    gmacs = _conv_gmacs(model, torch.randn(shape))
+    pointwise_ms = sum(ms for kind, ms in by_kind.items() if kind.startswith("Convolution [") and "1x1" in kind)
+    depthwise_ms = sum(ms for kind, ms in by_kind.items() if kind.startswith("GroupConvolution"))
+    lines.append("")
+    lines.append(f"fp32 GEMM alongside: {gemm_rate:.0f} GMAC/s. 1x1 convolutions: {gmacs['1x1']:.2f} GMAC in "
+                 f"{pointwise_ms:.1f} ms = {gmacs['1x1'] / pointwise_ms * 1000:.0f} GMAC/s "
+                 f"({gmacs['1x1'] / pointwise_ms * 1000 / gemm_rate:.0%} of the GEMM); depthwise convolutions: "
+                 f"{gmacs['depthwise']:.2f} GMAC in {depthwise_ms:.1f} ms = "
+                 f"{gmacs['depthwise'] / max(depthwise_ms, 1e-9) * 1000:.0f} GMAC/s "
+                 f"({gmacs['depthwise'] / max(depthwise_ms, 1e-9) * 1000 / gemm_rate:.0%}: memory-bound); "
+                 f"all convolutions and linear layers {sum(gmacs.values()):.2f} GMAC, a floor of "
+                 f"{sum(gmacs.values()) / gemm_rate * 1000:.1f} ms at the GEMM's rate")
     return lines
 
 

@@ -32,10 +32,36 @@ def test_profile_script_lists_openvino_backend_nodes(capsys):
     spec.loader.exec_module(module)
     lines = module._openvino_ops(1, 64, 64, 40)
     assert "OpenVINO backend" in lines[0]
-    kinds = [line.split("|")[3].strip() for line in lines[3:]]
+    kinds = [line.split("|")[3].strip() for line in lines[3:] if line.startswith("|")]
     # the backend's one graph holds the network, the resize to the image and the arg-max
     assert any(kind.startswith("Convolution") for kind in kinds)
     assert any(kind.startswith("Interpolate") for kind in kinds)
     assert any(kind.startswith("TopK") for kind in kinds)
-    shares = [float(line.split("|")[2].strip().rstrip("%")) for line in lines[3:]]
+    table = [line for line in lines[3:] if line.startswith("|")]
+    shares = [float(line.split("|")[2].strip().rstrip("%")) for line in table]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 101
+    rates = lines[-1]
+    assert "GEMM alongside" in rates and "1x1 convolutions" in rates and "depthwise convolutions" in rates
+
+
+def test_conv_gmacs_split_by_kind():
+    spec = importlib.util.spec_from_file_location("breakdown_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pw = torch.nn.Conv2d(4, 8, 1)
+            self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.kxk = torch.nn.Conv2d(8, 2, 3, padding=1)
+
+        def forward(self, x, upsample=True):
+            return self.kxk(self.dw(self.pw(x)))
+
+    gmacs = module._conv_gmacs(Net(), torch.zeros(1, 4, 10, 10))
+    assert gmacs["1x1"] * 1e9 == pytest.approx(100 * 8 * 4)
+    assert gmacs["depthwise"] * 1e9 == pytest.approx(100 * 8 * 9)
+    assert gmacs["dense kxk"] * 1e9 == pytest.approx(100 * 2 * 8 * 9)
+    assert gmacs["linear"] == 0
