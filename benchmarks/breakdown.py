@@ -169,10 +169,11 @@ def _openvino_ops(threads: int, height: int, width: int, top: int) -> List[str]:
                 f"({gmacs[kind] / ms * 1000 / gemm_rate:.0%}{share})")
 
     lines.append("")
-    lines.append(f"fp32 GEMM alongside: {gemm_rate:.0f} GMAC/s. 1x1 convolutions: {rate('1x1', pointwise_ms, ' of the GEMM')}; "
-                 f"depthwise convolutions: {rate('depthwise', depthwise_ms, ': memory-bound')}; all convolutions and linear layers "
-                 f"{sum(gmacs.values()):.2f} GMAC, a floor of {sum(gmacs.values()) / gemm_rate * 1000:.1f} ms at "
-                 f"the GEMM's rate")
+    lines.append(f"fp32 GEMM alongside: {gemm_rate:.0f} GMAC/s. "
+                 f"1x1 convolutions: {rate('1x1', pointwise_ms, ' of the GEMM')}; "
+                 f"depthwise convolutions: {rate('depthwise', depthwise_ms, ': memory-bound')}; "
+                 f"all convolutions and linear layers {sum(gmacs.values()):.2f} GMAC, a floor of "
+                 f"{sum(gmacs.values()) / gemm_rate * 1000:.1f} ms at the GEMM's rate")
     return lines
 
 

@@ -413,8 +413,7 @@ EXPECTED: Dict[str, Expect] = {
     "python benchmarks/flops.py": Expect(check=_flops_table, slow=True),
     "csap-zoo predict photos/ --model segnext_tiny.ade20k --pretrained --out out/ [--mode slide] [--tta]":
         Expect(error=DOWNLOAD_ERROR, network=True),
-    # the model is loaded first: its download is the error this line meets here
-    # The dataset opens before the weights are fetched: a missing /data/ade fails without touching the network.
+    # the dataset opens before the weights are fetched: a missing /data/ade fails without touching the network.
     "csap-zoo eval --model segnext_tiny.ade20k --pretrained --data /data/ade --dataset ade20k":
         Expect(error=MISSING_DATA),
     "csap-zoo eval --model csap_tiny --checkpoint run/final --data my_data --dataset folder --classes classes.txt":

@@ -32,12 +32,12 @@ def test_profile_script_lists_openvino_backend_nodes(capsys):
     spec.loader.exec_module(module)
     lines = module._openvino_ops(1, 64, 64, 40)
     assert "OpenVINO backend" in lines[0]
-    kinds = [line.split("|")[3].strip() for line in lines[3:] if line.startswith("|")]
+    table = [line for line in lines[3:] if line.startswith("|")]
+    kinds = [line.split("|")[3].strip() for line in table]
     # the backend's one graph holds the network, the resize to the image and the arg-max
     assert any(kind.startswith("Convolution") for kind in kinds)
     assert any(kind.startswith("Interpolate") for kind in kinds)
     assert any(kind.startswith("TopK") for kind in kinds)
-    table = [line for line in lines[3:] if line.startswith("|")]
     shares = [float(line.split("|")[2].strip().rstrip("%")) for line in table]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 101
     rates = lines[-1]
