@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "ConfigError", "ConversionError",
-    "CsapZooError", "DatasetError", "HubError", "ImageTooLargeError", "ManifestError", "UsageError",
+    "CsapZooError", "DatasetError", "HubError", "ImageTooLargeError", "ManifestError", "UnsafePathError", "UsageError",
 ]
 
 _MAX_LISTED = 20
@@ -44,6 +44,11 @@ class ManifestError(CsapZooError, ValueError):
     """The manifest file is malformed, or a name is not in it."""
 
 
+class UnsafePathError(CsapZooError, ValueError):
+    """A name that becomes part of a path (a manifest field, a Hub file name) would leave the folder it belongs in:
+    ``..``, an absolute path, an empty segment, a backslash or a NUL; or a folder on the way is a link elsewhere."""
+
+
 class CheckpointError(CsapZooError, RuntimeError):
     """A checkpoint could not be obtained; the message names it and says what to do."""
 
@@ -63,6 +68,10 @@ def listing(items: Sequence[object], limit: int = _MAX_LISTED) -> str:
     if len(items) > limit:
         lines.append(f"  ... and {len(items) - limit} more")
     return "\n".join(lines)
+
+
+HUB_LOGIN_ADVICE = "log in with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN"
+"""What a Hub error that needs a token tells the user to do."""
 
 
 class HubError(CsapZooError, RuntimeError):

@@ -28,13 +28,16 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .errors import UnsafePathError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no locks (see try_lock)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "atomic_write_all", "clean_stale_partials", "clean_stale_temp",
-           "fsync_dir", "is_stale_temp", "locked_partial", "same_file", "temp_name", "try_lock", "unlink_if_same"]
+__all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "atomic_write_all", "check_relative_path",
+           "clean_stale_partials", "clean_stale_temp", "contained_path", "fsync_dir", "is_stale_temp", "locked_partial",
+           "same_file", "temp_name", "try_lock", "unlink_if_same"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,6 +48,39 @@ _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<owner>[0-9a-f]{8})-(?P<pid>\d+)-[0-
 # what mkstemp / mkdtemp made before: ".<name>.<8 random>.tmp[<suffix>]" (only the age rule applies to these)
 _LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]+)?$")
 _OWNER: Optional[str] = None
+
+
+def check_relative_path(relative: str, what: str = "path") -> str:
+    """``relative`` if it is a relative POSIX path made of plain segments, else :class:`UnsafePathError`.
+
+    Refused: an empty string, a leading ``/``, empty, ``.`` or ``..`` segments, backslashes (a separator on
+    Windows), NUL and other control characters. Used on every name from a file or a server before it is joined to a
+    folder of ours."""
+    if not isinstance(relative, str) or not relative:
+        raise UnsafePathError(f"{what} {relative!r} is empty or not a string; give a relative path such as "
+                              f"'model.safetensors' or 'weights/model.safetensors'")
+    bad = next((c for c in relative if c == "\\" or ord(c) < 32 or c == "\x7f"), None)
+    if relative.startswith("/") or bad is not None or any(part in ("", ".", "..") for part in relative.split("/")):
+        raise UnsafePathError(f"{what} {relative!r} is not a plain relative path (no leading '/', no empty, '.' or "
+                              f"'..' segments, no backslashes or control characters): it could point outside its "
+                              f"folder")
+    return relative
+
+
+def contained_path(root: PathLike, relative: str, what: str = "path") -> Path:
+    """``root / relative``, proven to stay inside ``root``: ``relative`` passes :func:`check_relative_path`, and
+    the folder that would hold the result, with every link on the way resolved, is ``root`` or below it (a link
+    inside ``root`` that points elsewhere is refused). The last segment itself is not resolved: callers replace or
+    read it, which never writes through it."""
+    check_relative_path(relative, what)
+    root = Path(root)
+    path = root.joinpath(*relative.split("/"))
+    real_root = os.path.realpath(root)
+    real_parent = os.path.realpath(path.parent)
+    if os.path.commonpath([real_root, real_parent]) != real_root:
+        raise UnsafePathError(f"{what} {relative!r} leads out of {root} (a folder on the way resolves to "
+                              f"{real_parent}); remove that link or use another cache folder")
+    return path
 
 
 def _read(path: str) -> str:

@@ -8,14 +8,15 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
-from .errors import ManifestError
-from .fileio import atomic_write
+from .errors import ManifestError, UnsafePathError
+from .fileio import atomic_write, check_relative_path, contained_path
 
 __all__ = [
     "Checkpoint", "HfSource", "Manifest", "ManifestError", "PackageSource", "UrlSource", "default_manifest", "load_manifest",
@@ -27,13 +28,35 @@ MANIFEST_PATH = _HERE / "weights_manifest.json"
 SCHEMA_PATH = _HERE / "weights_manifest.schema.json"
 
 
+# the schema's patterns for the fields of an HF source (weights_manifest.schema.json holds the same ones)
+HF_REPO_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+HF_REVISION_PATTERN = r"^[0-9a-f]{40}$"
+HF_FILENAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*$"
+
+
 @dataclass(frozen=True)
 class HfSource:
-    """A file in a Hugging Face Hub model repository, pinned to a commit."""
+    """A file in a Hugging Face Hub model repository, pinned to a commit.
+
+    All three fields become parts of a cache path (``models--<org>--<name>/snapshots/<revision>/<filename>``), so each
+    is checked here as the schema checks it: a built-in ``HfSource`` with ``..`` in its file name cannot exist."""
 
     repo_id: str
     revision: str
     filename: str
+
+    def __post_init__(self) -> None:
+        for field_name, pattern, example in (("repo_id", HF_REPO_ID_PATTERN, "org/name"),
+                                             ("revision", HF_REVISION_PATTERN, "a 40-digit commit sha"),
+                                             ("filename", HF_FILENAME_PATTERN, "weights/model.safetensors")):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not re.fullmatch(pattern, value):
+                raise ManifestError(f"HF source {field_name} {value!r} is not allowed (expected {example}: plain "
+                                    f"segments of letters, digits, '_', '-', '.', '+', none of them '.' or '..')")
+        try:
+            check_relative_path(self.filename, "HF source filename")
+        except UnsafePathError as err:
+            raise ManifestError(str(err)) from None
 
     def describe(self) -> str:
         return f"hf://{self.repo_id}@{self.revision[:12]}/{self.filename}"
@@ -68,12 +91,21 @@ class PackageSource:
 
     path: str
 
+    def __post_init__(self) -> None:
+        try:
+            check_relative_path(self.path, "package source")
+        except UnsafePathError as err:
+            raise ManifestError(str(err)) from None
+
     @property
     def filename(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
+        return self.path.rsplit("/", 1)[-1]
 
     def resolve(self) -> Path:
-        return (_HERE / self.path).resolve()
+        try:
+            return contained_path(_HERE, self.path, "package source").resolve()
+        except UnsafePathError as err:
+            raise ManifestError(str(err)) from None
 
     def describe(self) -> str:
         return f"package:csap_zoo/{self.path}"

@@ -20,7 +20,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "errors": set(),
     "constants": set(),
     "settings": set(),
-    "fileio": set(),
+    "fileio": {"errors"},  # UnsafePathError for names that would leave their folder
     "validation": {"errors"},
     "manifest": {"errors", "fileio"},
     "models": FOUNDATION | {"manifest"},

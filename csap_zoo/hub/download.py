@@ -77,7 +77,8 @@ from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError
 from ..fileio import (
-    atomic_write, clean_stale_partials, fsync_dir, locked_partial, same_file, temp_name, try_lock, unlink_if_same,
+    atomic_write, clean_stale_partials, contained_path, fsync_dir, locked_partial, same_file, temp_name, try_lock,
+    unlink_if_same,
 )
 from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
 from ..settings import cache_dir, is_offline
@@ -139,7 +140,8 @@ def url_cache_path(checkpoint: Checkpoint, cache_dir: Optional[PathLike] = None)
         raise TypeError(f"checkpoint {checkpoint.name!r} does not have a URL source")
     identity = f"{source.url}\n{checkpoint.sha256 or checkpoint.sha256_prefix or ''}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return Path(cache_dir or default_cache_dir()) / "checkpoints" / key / source.filename
+    return contained_path(Path(cache_dir or default_cache_dir()) / "checkpoints", f"{key}/{source.filename}",
+                          f"checkpoint {checkpoint.name!r}: URL file name")
 
 
 def fetch_checkpoint(
@@ -221,7 +223,8 @@ def cache_path(checkpoint: Checkpoint, cache_dir: Optional[PathLike] = None) -> 
     if isinstance(source, UrlSource):
         return url_cache_path(checkpoint, cache_dir)
     if isinstance(source, HfSource):
-        return _hf_storage(source, cache_dir) / "snapshots" / source.revision / source.filename
+        return contained_path(_hf_storage(source, cache_dir), f"snapshots/{source.revision}/{source.filename}",
+                              f"checkpoint {checkpoint.name!r}: HF revision and filename")
     if isinstance(source, PackageSource):
         return source.resolve()
     raise CheckpointUnavailableError(f"checkpoint {checkpoint.name!r} has no source")
@@ -296,7 +299,8 @@ def _place_hf(checkpoint: Checkpoint, file: Path, pointer: Path, cache_dir: Opti
     """huggingface_hub's layout: ``blobs/<sha256>`` (an LFS file's blob is named by its sha256) and the snapshot
     path linking to it; with only a hash prefix known, or without symlinks, the snapshot path holds the file."""
     if checkpoint.sha256 and isinstance(checkpoint.source, HfSource):
-        blob = _hf_storage(checkpoint.source, cache_dir) / "blobs" / checkpoint.sha256
+        blob = contained_path(_hf_storage(checkpoint.source, cache_dir), f"blobs/{checkpoint.sha256}",
+                              f"checkpoint {checkpoint.name!r}: sha256")
         blob.parent.mkdir(parents=True, exist_ok=True)
         got = _read(blob)
         if got is None or not _hash_matches(got.digest, checkpoint):
@@ -336,7 +340,10 @@ def torch_hub_path(checkpoint: Checkpoint) -> Optional[Path]:
         return None
     import torch.hub
 
-    return Path(torch.hub.get_dir()) / "checkpoints" / _url_basename(source.url)
+    try:
+        return contained_path(Path(torch.hub.get_dir()) / "checkpoints", _url_basename(source.url))
+    except ValueError:  # a name torch.hub could not cache either: nothing to share
+        return None
 
 
 def _from_torch_hub(checkpoint: Checkpoint) -> Optional[VerifiedFile]:
