@@ -4,41 +4,65 @@
     model = csap_zoo.create_model("csap_tiny.ade20k")      # MSCAN-T + CSAP head, 150 classes
     logits = model(images)                                  # (B, 150, H, W) for any H, W
 
-Importing the package registers the MSCAN backbones (``mscan_tiny`` ... ``mscan_large``) with timm. The training
-API (``train``, ``TrainConfig``, ``TrainResult``) loads on first use, so that importing the package and starting the
-command line stay cheap.
+``import csap_zoo`` is cheap: it loads the version and the error classes, nothing of torch. Every other public name
+is imported from its module on first use (``csap_zoo.create_model`` loads the models and the hub), so that the
+command line starts at once and scripts pay only for what they use. ``import csap_zoo.models`` (or the first use of
+any model API) registers the MSCAN backbones (``mscan_tiny`` ... ``mscan_large``) with timm.
 """
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Dict, List
 
-from .version import __version__
 from .errors import (
     CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, ConfigError, ConversionError, CsapZooError,
     DatasetError, ImageTooLargeError, ManifestError,
 )
-from .models import (
-    MSCAN, Architecture, CSAPHead, CSAPHeadConfig, DataConfig, HamHeadConfig, LightHamHead, Segmentor,
-    SegmentorConfig, build_model, optimize_for_inference, register_architecture,
-)
-from .models.serialization import push_to_hub, save_pretrained
-from .hub import PretrainedInfo, create_model, from_pretrained, list_models, list_pretrained
-from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datasets
-from .evaluation import EvalResult, Evaluator, evaluate
-from .backends import OpenVINONetwork
-from .inference import InferenceConfig, Segmenter
-from .labelmap import label_map_bands
-from .visualize import colorize, overlay
+from .version import __version__
 
-_TRAINING_API = ("TrainConfig", "TrainResult", "train")
+# public name -> the module that defines it (imported on first access)
+_LAZY: Dict[str, str] = {
+    **dict.fromkeys(("MSCAN", "Architecture", "CSAPHead", "CSAPHeadConfig", "DataConfig", "HamHeadConfig",
+                     "LightHamHead", "Segmentor", "SegmentorConfig", "build_model", "optimize_for_inference",
+                     "register_architecture"), ".models"),
+    **dict.fromkeys(("push_to_hub", "save_pretrained"), ".models.serialization"),
+    **dict.fromkeys(("PretrainedInfo", "create_model", "from_pretrained", "list_models", "list_pretrained"), ".hub"),
+    **dict.fromkeys(("DatasetInfo", "custom_dataset_info", "get_dataset_info", "list_datasets"), ".data"),
+    **dict.fromkeys(("EvalResult", "Evaluator", "evaluate"), ".evaluation"),
+    "OpenVINONetwork": ".backends",
+    **dict.fromkeys(("InferenceConfig", "Segmenter"), ".inference"),
+    "label_map_bands": ".labelmap",
+    **dict.fromkeys(("colorize", "overlay"), ".visualize"),
+    **dict.fromkeys(("TrainConfig", "TrainResult", "train"), ".training"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    """The training API, imported on first use (it pulls in torch.distributed and the data loaders)."""
-    if name in _TRAINING_API:
-        from . import training
+    """A public name, imported from its module on first use and kept in the package namespace after that."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
-        return getattr(training, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # what static checkers and IDEs see: the same names, imported eagerly
+    from .backends import OpenVINONetwork
+    from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datasets
+    from .evaluation import EvalResult, Evaluator, evaluate
+    from .hub import PretrainedInfo, create_model, from_pretrained, list_models, list_pretrained
+    from .inference import InferenceConfig, Segmenter
+    from .labelmap import label_map_bands
+    from .models import (
+        MSCAN, Architecture, CSAPHead, CSAPHeadConfig, DataConfig, HamHeadConfig, LightHamHead, Segmentor,
+        SegmentorConfig, build_model, optimize_for_inference, register_architecture,
+    )
+    from .models.serialization import push_to_hub, save_pretrained
+    from .training import TrainConfig, TrainResult, train
+    from .visualize import colorize, overlay
 
 __all__ = [
     "Architecture", "CSAPHead", "CSAPHeadConfig", "CheckpointError", "CheckpointIntegrityError",

@@ -37,16 +37,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .constants import BACKENDS
 from .errors import UsageError
 from .fileio import atomic_folder
 from .labelmap import ResizeStep, label_dtype
 from .settings import cache_dir as default_cache_dir
 from .version import __version__
 
-__all__ = ["BACKENDS", "LABEL_GRAPH_MAX_BYTES", "OPENVINO_CPU_CONFIG", "OpenVINONetwork", "check_backend",
+__all__ = ["LABEL_GRAPH_MAX_BYTES", "OPENVINO_CPU_CONFIG", "OpenVINONetwork", "check_backend",
            "label_map_graph"]
 
-BACKENDS = ("torch", "openvino")
 # How OpenVINO compiles for the CPU here: one latency-oriented stream, no down-casting below f32
 OPENVINO_CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 # Largest full-size float32 score map (classes x H x W) a label-map graph may hold inside OpenVINO (which keeps its

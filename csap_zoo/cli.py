@@ -1,4 +1,9 @@
-"""The ``csap-zoo`` command line: parses arguments, calls the public API, prints."""
+"""The ``csap-zoo`` command line: parses arguments, calls the public API, prints.
+
+The parser is built from the standard library and the package's light modules only (constants, errors, version):
+``csap-zoo --help`` and ``csap-zoo COMMAND --help`` never import torch, timm or torchvision. Each command imports
+what it runs when it runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,13 +12,12 @@ import sys
 import warnings
 from typing import List, Optional
 
-import torch
-
-from .backends import BACKENDS
-from .data.datasets import DATASET_LAYOUTS
-from .errors import CsapZooError, UsageError
-from .models.serialization import LOGIN_ADVICE
+from .constants import BACKENDS, DATASET_LAYOUTS
+from .errors import HUB_LOGIN_ADVICE, CsapZooError, UsageError
 from .version import __version__
+
+# the training presets (csap_zoo.training.config.PRESETS; a test checks that the two agree)
+PRESET_NAMES = ("ade20k", "cityscapes", "cocostuff", "shapes-demo")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -74,6 +78,8 @@ def _check_device(device: Optional[str]) -> None:
     """Refuse a --device this machine does not have, before any model is built."""
     if device is None or device == "auto":
         return
+    import torch
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
@@ -342,7 +348,7 @@ def _add_hub_commands(sub) -> None:
         "push", help="upload a save_pretrained folder to a Hugging Face Hub model repository",
         description="Validate a save_pretrained folder, upload it to a Hub model repository (created if needed) "
                     "and print the commit sha that `csap-zoo publish --revision` pins. Needs a token: "
-                    + LOGIN_ADVICE + ".")
+                    + HUB_LOGIN_ADVICE + ".")
     push.add_argument("model_dir", help="folder written by save_pretrained")
     push.add_argument("repo_id", help="Hub repository, org/name")
     push.add_argument("--private", action="store_true", help="create the repository as private")
@@ -398,8 +404,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from .training.config import list_presets
-
     train = sub.add_parser(
         "train", help="train or fine-tune a model (the paper's recipe; DDP under torchrun)",
         description="Train from a preset or a YAML/JSON config; options below and --set KEY=VALUE override it. "
@@ -407,7 +411,7 @@ def _add_train(sub) -> None:
                     "OUT/config.yaml, OUT/log.jsonl, OUT/checkpoints/, OUT/best/ and OUT/final/ (save_pretrained).",
     )
     train.add_argument("--config", metavar="FILE", help="YAML/JSON config (a 'preset: NAME' key fills in the rest)")
-    train.add_argument("--preset", choices=list_presets(), help="start from a preset (default: shapes-demo)")
+    train.add_argument("--preset", choices=PRESET_NAMES, help="start from a preset (default: shapes-demo)")
     train.add_argument("--data-root", dest="data_root", metavar="DIR", help="dataset root")
     train.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder")
     train.add_argument("--model", help="architecture, e.g. csap_tiny")

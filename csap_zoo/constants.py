@@ -1,6 +1,6 @@
 """Facts every floor of the package may read (kept here so that models, data and inference need not import each
 other for them)."""
-from typing import Dict
+from typing import Dict, Tuple
 
 # ImageNet mean / std per RGB channel on the 0-255 scale: the normalisation of the MSCAN backbones' pretraining.
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
@@ -14,3 +14,16 @@ IGNORE_INDEX = 255
 DATASET_NUM_CLASSES: Dict[str, int] = {"ade20k": 150, "cityscapes": 19, "cocostuff": 171}
 # Tags of the bundled demo checkpoints (generated data, ``csap_zoo.data.synthetic``); not benchmark datasets.
 DEMO_DATASET_NUM_CLASSES: Dict[str, int] = {"shapes": 6}
+
+# (training split, evaluation split) of each dataset layout ``open_dataset`` reads, used when no split is named; the
+# layouts themselves are what training configs and the command line offer.
+DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
+    "ade20k": ("training", "validation"),
+    "cityscapes": ("train", "val"),
+    "cocostuff": ("train2017", "val2017"),
+    "folder": ("train", "val"),
+}
+DATASET_LAYOUTS: Tuple[str, ...] = tuple(DEFAULT_SPLITS)
+
+# Where a Segmenter's network can run (``csap_zoo.backends``).
+BACKENDS: Tuple[str, ...] = ("torch", "openvino")

@@ -1,6 +1,7 @@
 """Data: dataset metadata (class names, palettes), image/mask I/O and dataset readers."""
+from ..constants import DATASET_LAYOUTS, DEFAULT_SPLITS
 from .datasets import (
-    DATASET_LAYOUTS, DEFAULT_SPLITS, ADE20KDataset, CityscapesDataset, COCOStuffDataset, DatasetError, FolderDataset,
+    ADE20KDataset, CityscapesDataset, COCOStuffDataset, DatasetError, FolderDataset,
     Sample, SegmentationDataset, check_dataset, folder_dataset_info, open_dataset, open_train_val, validate_dataset,
 )
 from .io import read_image, read_mask, save_png, to_rgb_array

@@ -30,13 +30,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..constants import IGNORE_INDEX
+from ..constants import DATASET_LAYOUTS, DEFAULT_SPLITS, IGNORE_INDEX
 from ..errors import DatasetError, listing
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
 from .metadata import CLASSES_FILE_GRAMMAR, DatasetInfo, classes_file_info, get_dataset_info
 
 __all__ = [
-    "ADE20KDataset", "CityscapesDataset", "COCOStuffDataset", "DATASET_LAYOUTS", "DEFAULT_SPLITS", "DatasetError",
+    "ADE20KDataset", "CityscapesDataset", "COCOStuffDataset", "DatasetError",
     "FolderDataset", "Sample", "SegmentationDataset", "check_dataset", "folder_dataset_info", "open_dataset",
     "open_train_val", "validate_dataset",
 ]
@@ -44,15 +44,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 _MAX_LISTED = 20
 
-# (training split, evaluation split) of each layout, used when no split is named.
-DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
-    "ade20k": ("training", "validation"),
-    "cityscapes": ("train", "val"),
-    "cocostuff": ("train2017", "val2017"),
-    "folder": ("train", "val"),
-}
-# The layouts open_dataset reads (training configs and the CLI offer these).
-DATASET_LAYOUTS: Tuple[str, ...] = tuple(DEFAULT_SPLITS)
 
 
 @dataclass(frozen=True)

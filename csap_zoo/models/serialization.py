@@ -31,7 +31,7 @@ import torch.nn as nn
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointUnavailableError, ConfigError, ConversionError, HubError, ManifestError
+from ..errors import HUB_LOGIN_ADVICE, CheckpointUnavailableError, ConfigError, ConversionError, HubError, ManifestError
 from ..fileio import atomic_folder, atomic_write, clean_stale_temp
 from ..manifest import default_manifest
 from ..settings import is_offline
@@ -43,7 +43,7 @@ from .flops import estimate_gmacs
 from .fused import is_fused
 
 __all__ = [
-    "CONFIG_NAME", "FORMAT_VERSION", "LOGIN_ADVICE", "MODEL_CARD_NAME", "ModelFolder", "PretrainedMixin", "WEIGHTS_NAME",
+    "CONFIG_NAME", "FORMAT_VERSION", "MODEL_CARD_NAME", "ModelFolder", "PretrainedMixin", "WEIGHTS_NAME",
     "check_hub_upload", "hub_unreachable", "load_checkpoint_into", "model_config_dict", "push_to_hub", "read_model_folder",
     "read_state_dict", "render_model_card", "save_pretrained",
 ]
@@ -330,7 +330,6 @@ def save_pretrained(
     return target
 
 
-LOGIN_ADVICE = "log in with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN"
 
 
 def check_hub_upload(token: Optional[str] = None) -> None:
@@ -343,7 +342,7 @@ def check_hub_upload(token: Optional[str] = None) -> None:
         raise HubError("pushing to the Hub needs the network, and offline mode is on (unset HF_HUB_OFFLINE / "
                        "CSAP_ZOO_OFFLINE)")
     if not (token or get_token()):
-        raise HubError(f"pushing to the Hub needs a Hugging Face token: {LOGIN_ADVICE}")
+        raise HubError(f"pushing to the Hub needs a Hugging Face token: {HUB_LOGIN_ADVICE}")
     unreachable = hub_unreachable()
     if unreachable:
         raise HubError(f"the Hub is unreachable ({unreachable}); check the network (or HF_ENDPOINT) and retry")
@@ -383,9 +382,9 @@ def push_to_hub(
             if is_offline():
                 advice = "offline mode is on (unset HF_HUB_OFFLINE / CSAP_ZOO_OFFLINE)"
             elif not (token or get_token()):
-                advice = f"no Hugging Face token is set: {LOGIN_ADVICE}"
+                advice = f"no Hugging Face token is set: {HUB_LOGIN_ADVICE}"
             elif status in (401, 403):
-                advice = f"{LOGIN_ADVICE} with a token that can write to {repo_id}"
+                advice = f"{HUB_LOGIN_ADVICE} with a token that can write to {repo_id}"
             elif isinstance(err, HfHubHTTPError):
                 advice = "the Hub refused it"
             else:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..data.datasets import DATASET_LAYOUTS
+from ..constants import DATASET_LAYOUTS
 from ..data.metadata import read_classes_file  # its old home; the parser lives in data.metadata
 from ..fileio import atomic_write
 from ..models.registry import apply_head_overrides, get_architecture
