@@ -5,7 +5,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["cache_dir", "is_offline"]
+__all__ = ["DEFAULT_MAX_DOWNLOAD_BYTES", "cache_dir", "is_offline", "max_download_bytes"]
+
+DEFAULT_MAX_DOWNLOAD_BYTES = 4 << 30
+"""The most a download of an entry without ``size_bytes`` may bring (4 GiB: the largest segmentor is ~0.2 GB)."""
 
 
 def _truthy(value: Optional[str]) -> bool:
@@ -21,3 +24,18 @@ def is_offline() -> bool:
 def cache_dir() -> Path:
     """csap-zoo's cache root: ``CSAP_ZOO_CACHE``, else ``~/.cache/csap_zoo`` (downloads, converted models)."""
     return Path(os.environ.get("CSAP_ZOO_CACHE") or Path.home() / ".cache" / "csap_zoo")
+
+
+def max_download_bytes() -> int:
+    """The most bytes a URL download of a manifest entry without ``size_bytes`` may bring:
+    ``CSAP_ZOO_MAX_DOWNLOAD_BYTES``, else :data:`DEFAULT_MAX_DOWNLOAD_BYTES`. An entry with a size never takes
+    more than that size."""
+    text = os.environ.get("CSAP_ZOO_MAX_DOWNLOAD_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_DOWNLOAD_BYTES
+    if not text.isdigit() or int(text) < 1:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"CSAP_ZOO_MAX_DOWNLOAD_BYTES must be a whole number of bytes greater than 0, "
+                              f"got {text!r}")
+    return int(text)

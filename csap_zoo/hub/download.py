@@ -49,7 +49,12 @@ What is guaranteed:
 
 Timeouts (URL sources): every download has an overall deadline, ``CSAP_ZOO_DOWNLOAD_TIMEOUT`` seconds or the
 ``timeout`` argument; the default is generous, 10 minutes plus the time the file takes at 128 KiB/s (from the
-manifest's ``size_bytes`` or the server's Content-Length; 1 hour when neither is known). Each read also times out
+manifest's ``size_bytes``; 1 hour when the entry has none). The server's word never sets it: a Content-Length of
+10**13 bytes changes nothing.
+
+Size (URL sources): a download stops as soon as more bytes arrive than the manifest's ``size_bytes`` (or, for an
+entry without one, ``CSAP_ZOO_MAX_DOWNLOAD_BYTES``, default 4 GiB), or when the server announces more; the bytes
+stream to the ``.partial`` file, one chunk in memory at a time, and the verified file is read back whole once. Each read also times out
 after ``CSAP_ZOO_READ_TIMEOUT`` seconds without data (default 60). The deadline covers a connection from the moment
 it is established (for HTTPS: after the TLS handshake, which only the per-read timeout bounds) through the response
 headers and body. The errors name the URL and how much had arrived.
@@ -81,7 +86,7 @@ from ..fileio import (
     unlink_if_same,
 )
 from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
-from ..settings import cache_dir, is_offline
+from ..settings import cache_dir, is_offline, max_download_bytes
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "VerifiedFile", "cache_path",
@@ -725,6 +730,9 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
     bytes and their sha256. ``show_progress``: draw a tqdm bar on stderr."""
     name = checkpoint.name
     received, expected_size = 0, checkpoint.size_bytes
+    # what may arrive and how long it may take come from our side (the manifest's size, else the cap), never from
+    # the server's Content-Length
+    limit = checkpoint.size_bytes or max_download_bytes()
     seconds = left if left is not None else _default_deadline(checkpoint.size_bytes)
     setting = (f"{deadline_setting:g} s" if deadline_setting is not None
                else f"{seconds:.0f} s (the default for its size)")
@@ -733,27 +741,34 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
         total = f"{expected_size}" if expected_size else "an unknown number of"
         return f"received {received} of {total} bytes"
 
+    def too_large(size: int, how: str) -> CheckpointError:
+        allowed = (f"its manifest size, {limit} bytes" if checkpoint.size_bytes
+                   else f"the {limit}-byte cap for entries without a size (CSAP_ZOO_MAX_DOWNLOAD_BYTES)")
+        return CheckpointIntegrityError(f"downloading checkpoint {name!r} from {url} was stopped: the server {how} "
+                                        f"{size} bytes, more than {allowed}. It is not the manifest's file; nothing "
+                                        f"was cached.")
+
     with locked_partial(target) as out, _Deadline(seconds) as watchdog, _ProgressBar(show_progress, target.name) as bar:
-        chunks: List[bytes] = []
         digest = hashlib.sha256()
         try:
             with _opener(watchdog).open(url, timeout=read_timeout) as response:
                 length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit():
-                    expected_size = int(length)
-                    if left is None and not checkpoint.size_bytes:
-                        watchdog.seconds = _default_deadline(expected_size)
-                        setting = f"{watchdog.seconds:.0f} s (the default for its size)"
+                if length is not None and length.strip().isdigit():
+                    announced = int(length)
+                    if announced > limit:
+                        raise too_large(announced, "announced")
+                    expected_size = expected_size or announced
                 bar.start(expected_size)
                 read = getattr(response, "read1", response.read)
                 while True:
-                    chunk = read(_CHUNK)
+                    chunk = read(min(_CHUNK, limit + 1 - received))
                     if not chunk:
                         break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    chunks.append(chunk)
                     received += len(chunk)
+                    if received > limit:
+                        raise too_large(received, "sent at least")
+                    out.write(chunk)  # streamed to the partial file: memory holds one chunk at a time
+                    digest.update(chunk)
                     bar.update(len(chunk))
         except urllib.error.HTTPError as err:
             kind, what = _http_error_message(err.code, err.reason or "")
@@ -786,4 +801,10 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
                 f"checkpoint {name!r} from {url} has sha256 {digest.hexdigest()}, expected "
                 f"{_expected_hash(checkpoint)}. Nothing was cached; retry, and report it if it happens again."
             )
-    return b"".join(chunks), digest.hexdigest()  # the partial was renamed to target, still locked
+    # the partial is now target (renamed whole, still locked): load exactly the bytes that are there, and check
+    # that they are the ones hashed while streaming
+    got = _read(target)
+    if got is None or got.digest != digest.hexdigest():
+        raise CheckpointIntegrityError(f"checkpoint {name!r}: the cache file {target} changed right after its "
+                                       f"download was verified; retry.")
+    return got.data, got.digest
