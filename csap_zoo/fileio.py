@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -37,7 +38,7 @@ except ImportError:  # not POSIX: no locks (see try_lock)
 
 __all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "atomic_write_all", "check_relative_path",
            "clean_stale_partials", "clean_stale_temp", "contained_path", "fsync_dir", "is_stale_temp", "locked_partial",
-           "same_file", "temp_name", "try_lock", "unlink_if_same"]
+           "not_a_regular_file", "same_file", "temp_name", "try_lock", "unlink_if_same"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -65,6 +66,26 @@ def check_relative_path(relative: str, what: str = "path") -> str:
                               f"'..' segments, no backslashes or control characters): it could point outside its "
                               f"folder")
     return relative
+
+
+def not_a_regular_file(path: PathLike) -> Optional[str]:
+    """Why ``path`` cannot be read as a file, in words ("does not exist", "is a folder", "is a FIFO (named pipe)",
+    ...), or None for a regular file (or a link to one). Lets a message say what was given instead of "not found"."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a part of the path is a file, not a folder)"
+    except PermissionError:
+        return "cannot be reached (permission denied on a folder of its path)"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return "is " + next((what for test, what in kinds if test(mode)), "not a regular file") + ", not a regular file"
 
 
 def contained_path(root: PathLike, relative: str, what: str = "path") -> Path:

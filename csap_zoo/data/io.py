@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import ImageTooLargeError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, not_a_regular_file
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError", "MAX_PIXELS_ENV",
@@ -99,8 +99,15 @@ def _read_error(path: Path, err: Exception) -> ValueError:
 @contextmanager
 def _image_file(path: Path, max_pixels: Optional[int]) -> Iterator[Image.Image]:
     """The file at ``path`` opened as a PIL image (header read, pixel limit checked); the file is closed on exit."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    problem = not_a_regular_file(path)
+    if problem == "is a folder":
+        raise IsADirectoryError(f"{path} is a folder, not an image file: this reads one image (csap-zoo predict and "
+                                f"csap_zoo.predict.predict_paths take folders and globs)")
+    if problem is not None and problem.startswith("does not exist"):
+        raise FileNotFoundError(f"image file not found: {path}" + ("" if problem == "does not exist" else
+                                                                   f" ({problem})"))
+    if problem is not None:
+        raise ValueError(f"cannot read {path} as an image: it {problem}")
     with open(path, "rb") as handle:
         try:
             image = _open_header(handle, path, max_pixels)

@@ -82,8 +82,8 @@ from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError
 from ..fileio import (
-    atomic_write, clean_stale_partials, contained_path, fsync_dir, locked_partial, same_file, temp_name, try_lock,
-    unlink_if_same,
+    atomic_write, clean_stale_partials, contained_path, fsync_dir, locked_partial, not_a_regular_file, same_file,
+    temp_name, try_lock, unlink_if_same,
 )
 from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
 from ..settings import cache_dir, is_offline, max_download_bytes
@@ -274,8 +274,10 @@ def place_from_file(checkpoint: Checkpoint, file: PathLike, cache_dir: Optional[
     if isinstance(source, PackageSource):
         raise CheckpointError(f"checkpoint {checkpoint.name!r} ships with the package ({source.resolve()}); there "
                               f"is nothing to place")
-    if not file.is_file():
-        raise CheckpointError(f"--from-file {file}: no such file")
+    problem = not_a_regular_file(file)
+    if problem is not None:
+        raise CheckpointError(f"--from-file {file} {problem}; give the checkpoint file downloaded by hand from "
+                              f"{source.describe()}")
     digest = sha256_of(file)
     if not _hash_matches(digest, checkpoint):
         raise CheckpointIntegrityError(
@@ -707,7 +709,33 @@ def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
         def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
             return self.do_open(TlsConnection, req, context=context)
 
-    return urllib.request.build_opener(Handler(), TlsHandler(context=context))
+    return urllib.request.build_opener(Handler(), TlsHandler(context=context), _Redirects())
+
+
+MAX_REDIRECTS = 10
+
+
+class _RedirectProblem(Exception):
+    """A redirect chain that was stopped: a loop, or longer than MAX_REDIRECTS (says which)."""
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows up to MAX_REDIRECTS redirects and tells a loop (a URL seen before) from a chain that is only long;
+    urllib's own check calls both "an infinite loop"."""
+
+    max_repeats = max_redirections = 1 << 30  # ours decide first, in redirect_request
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        chain = getattr(req, "csap_zoo_chain", [req.full_url])
+        if newurl in chain:
+            raise _RedirectProblem(f"the server redirects in a loop ({' -> '.join(chain + [newurl])})")
+        if len(chain) > MAX_REDIRECTS:
+            raise _RedirectProblem(f"the server sent more than {MAX_REDIRECTS} redirects in a row (from {chain[0]}, "
+                                   f"the last one to {newurl}); a mirror this far away is misconfigured")
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.csap_zoo_chain = chain + [newurl]
+        return new
 
 
 def _http_error_message(code: int, reason: str) -> Tuple[type, str]:
@@ -774,6 +802,9 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
             kind, what = _http_error_message(err.code, err.reason or "")
             err.close()
             raise kind(f"downloading checkpoint {name!r} from {url} failed: {what}") from None
+        except _RedirectProblem as err:
+            raise CheckpointError(f"downloading checkpoint {name!r} from {url} failed: {err}. Nothing was cached; "
+                                  f"report it if it persists.") from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
             if not watchdog.expired:
                 if isinstance(getattr(err, "reason", err), (socket.timeout, TimeoutError)):

@@ -281,3 +281,24 @@ def test_palette_png_refuses_indices_without_a_colour_and_a_palette_elsewhere(tm
         io.label_palette([(1, 2, 3)], 257)
     assert list(tmp_path.iterdir()) == []
     assert io.label_palette([(1, 2, 3), (4, 5, 6)], 3) == bytes([1, 2, 3, 4, 5, 6, 0, 0, 0])
+
+
+def test_a_path_that_is_not_an_image_file_says_what_it_is(tmp_path):
+    import os
+
+    import torch
+
+    import csap_zoo
+    from csap_zoo.inference import Segmenter
+
+    with pytest.raises(IsADirectoryError, match="is a folder, not an image file.*take folders and globs"):
+        read_image(tmp_path)
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ValueError, match=r"pipe.png as an image: it is a FIFO \(named pipe\), not a regular file"):
+        read_image(tmp_path / "pipe.png")
+    with pytest.raises(FileNotFoundError, match=r"image file not found: .*nope.png$"):
+        read_image(tmp_path / "nope.png")
+    torch.manual_seed(0)
+    model = csap_zoo.create_model("csap_tiny", num_classes=2, backbone_args={"depths": (1, 1, 1, 1)}).eval()
+    with pytest.raises(IsADirectoryError, match="is a folder, not an image file"):
+        Segmenter(model).predict(tmp_path)

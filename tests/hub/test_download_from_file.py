@@ -121,7 +121,7 @@ def test_a_wrong_file_is_refused_and_the_cache_is_untouched(env, tmp_path, image
     assert (placed.stat().st_ino, placed.read_bytes()) == before
     assert cache_files(tmp_path / "cache") == [placed]
     assert cli_main(["download", checkpoint.name, "--from-file", str(tmp_path / "missing.pth")]) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert "missing.pth does not exist; give the checkpoint file" in capsys.readouterr().err
 
 
 def test_hub_entry_from_file_goes_into_the_hub_cache(hf_env, tmp_path):

@@ -30,7 +30,7 @@ class _Hostile(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/w/mscan_t.pth"
+        return f"http://127.0.0.1:{self.server_address[1]}/w/0/mscan_t.pth"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -39,6 +39,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         server: _Hostile = self.server  # type: ignore[assignment]
+        if server.mode.startswith("redirect"):
+            return self._redirect(server)
         self.send_response(200)
         if server.mode == "endless":  # no Content-Length, 600 MiB of zeros unless the client hangs up
             self.send_header("Connection", "close")
@@ -55,6 +57,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(DATA)
             server.sent += len(DATA)
         server.done.set()
+
+
+    def _redirect(self, server: "_Hostile") -> None:
+        """"redirect N": /w/<k>/mscan_t.pth -> /w/<k+1>/... for k < N, then the file; "redirect loop": 0 -> 1 -> 0."""
+        step = int(self.path.split("/")[2]) if self.path.count("/") > 2 else 0
+        hops = 1 if server.mode == "redirect loop" else int(server.mode.split()[1])
+        if step >= hops and server.mode != "redirect loop":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.end_headers()
+            self.wfile.write(DATA)
+            return
+        following = 0 if server.mode == "redirect loop" and step == 1 else step + 1
+        self.send_response(302)
+        self.send_header("Location", f"/w/{following}/mscan_t.pth")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
 @pytest.fixture
@@ -129,3 +148,14 @@ def test_a_download_within_the_size_is_read_back_from_disk(url_server, tmp_path)
     url = url_server.add_file("ok/mscan_t.pth", DATA)
     path = fetch_checkpoint(_entry(url), tmp_path / "cache", local_files_only=False)
     assert path.read_bytes() == DATA
+
+
+def test_a_long_redirect_chain_is_called_long_and_a_loop_a_loop(hostile, tmp_path):
+    assert fetch_checkpoint(_entry(hostile("redirect 10").url), tmp_path / "a", local_files_only=False).is_file()
+    with pytest.raises(CheckpointError, match="more than 10 redirects in a row") as info:
+        fetch_checkpoint(_entry(hostile("redirect 30").url), tmp_path / "b", local_files_only=False)
+    assert "loop" not in str(info.value)
+    with pytest.raises(CheckpointError, match=r"redirects in a loop \(http://.*/w/0/mscan_t.pth -> .*/w/1/mscan_t.pth "
+                                              r"-> .*/w/0/mscan_t.pth\)"):
+        fetch_checkpoint(_entry(hostile("redirect loop").url), tmp_path / "c", local_files_only=False)
+    assert _cache_files(tmp_path / "b") == [] and _cache_files(tmp_path / "c") == []

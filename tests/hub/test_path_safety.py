@@ -105,3 +105,18 @@ def test_contained_path_refuses_a_link_that_leads_out(tmp_path):
         contained_path(root, "link/model.pth")
     os.symlink(root / "a", root / "inner")  # a link that stays inside is fine
     assert contained_path(root, "inner/model.pth") == root / "inner" / "model.pth"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device", "missing"])
+def test_from_file_says_what_was_given_instead_of_a_file(tmp_path, monkeypatch, capsys, kind):
+    data = b"weights"
+    monkeypatch.setenv("CSAP_ZOO_MANIFEST", str(_manifest_with_hf_filename(tmp_path, "model.pth", data)))
+    given = {"fifo": tmp_path / "pipe", "folder": tmp_path, "device": "/dev/zero", "missing": tmp_path / "nope"}[kind]
+    if kind == "fifo":
+        os.mkfifo(given)
+    code = cli_main(["download", "mscan_tiny.in1k", "--from-file", str(given), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    expected = {"fifo": "is a FIFO (named pipe), not a regular file", "folder": "is a folder",
+                "device": "is a character device, not a regular file", "missing": "does not exist"}[kind]
+    assert code == 1 and f"--from-file {given} {expected}; give the checkpoint file" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "c").exists()
