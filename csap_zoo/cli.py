@@ -131,6 +131,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                             progress=not args.no_progress)
     print(f"wrote {len(summary.written)} label map(s) to {args.out}/labels and overlay(s) to {args.out}/overlays"
           + (f"; skipped {len(summary.skipped)} file(s)" if summary.skipped else ""))
+    if summary.failed:
+        total = len(summary.written) + len(summary.failed)
+        print(f"error: {len(summary.failed)} of {total} image(s) could not be read (listed above); their outputs "
+              f"were not written", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -215,8 +220,11 @@ def _add_predict_eval(sub) -> None:
     predict = sub.add_parser(
         "predict", help="segment images and write label maps and overlays",
         description="Segment images and write OUT/labels/<name>.png (class indices) and OUT/overlays/<name>.png "
-                    "(colour overlay with a legend). Unreadable files in a folder or glob are skipped with one "
-                    "warning; a single named file that cannot be read is an error.",
+                    "(colour overlay with a legend). In a folder or glob, files that are not images and a folder's "
+                    "hidden files are skipped, and image files that cannot be read fail; one warning lists each "
+                    "group. Exit status: 0 when every image was written, 1 when any image failed (the others are "
+                    "still written) or on an error, 2 for an invalid option. A single named file that cannot be "
+                    "read is an error.",
     )
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob pattern (quote it)")
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder")

@@ -12,7 +12,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .inference import Segmenter
 from .visualize import legend as draw_legend
 from .visualize import OUTLINE_COLOUR, boundaries, legend_extent, overlay
 
-__all__ = ["PredictSummary", "predict_paths", "resolve_inputs"]
+__all__ = ["PredictSummary", "ResolvedInputs", "predict_paths", "resolve_inputs"]
 
 Pair = Tuple[int, int]
 _WRITE_BAND_PIXELS = 2 ** 18  # pixels per band of rows when storing labels and writing PNGs
@@ -32,30 +32,48 @@ _WRITE_BAND_PIXELS = 2 ** 18  # pixels per band of rows when storing labels and 
 
 @dataclass
 class PredictSummary:
-    """What ``predict_paths`` did: (input, label PNG, overlay PNG) per written image, and (path, reason) skipped."""
+    """What ``predict_paths`` did, per input: ``written`` (input, label PNG, overlay PNG); ``skipped`` (path,
+    reason): files it did not predict by design (hidden files of a folder, files without an image extension that
+    did not decode); ``failed`` (path, reason): image files that could not be read. ``csap-zoo predict`` exits 1
+    when ``failed`` is not empty."""
 
     written: List[Tuple[Path, Path, Path]] = field(default_factory=list)
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    failed: List[Tuple[Path, str]] = field(default_factory=list)
 
 
-def resolve_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> Tuple[List[Path], bool]:
-    """Expand image inputs: files, folders (their files, not recursive) and glob patterns (``**`` recurses).
+class ResolvedInputs(NamedTuple):
+    """The files an input list names: ``paths`` to predict (sorted, unique), ``single`` (the input was exactly one
+    file, which must then be readable) and ``hidden`` (files of a named folder whose names start with '.', left
+    out)."""
 
-    Returns the sorted unique paths and whether the input named exactly one file (then that file must be
-    readable; otherwise unreadable files are skipped).
-    """
+    paths: List[Path]
+    single: bool
+    hidden: List[Path]
+
+
+_HIDDEN = "hidden file (its name starts with '.'; name it or use a glob to predict it)"
+
+
+def resolve_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> ResolvedInputs:
+    """Expand image inputs: files, folders (their files, not recursive, hidden files left out) and glob patterns
+    (``**`` recurses)."""
     specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not specs:
         raise ValueError("no input given; pass an image file, a folder or a glob pattern")
     paths: List[Path] = []
+    hidden: List[Path] = []
     for spec in specs:
         path = Path(spec)
         if path.is_file():
             paths.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            found = [p for p in files if not p.name.startswith(".")]
+            hidden.extend(p for p in files if p.name.startswith("."))
             if not found:
-                raise FileNotFoundError(f"folder {path} contains no files")
+                raise FileNotFoundError(f"folder {path} contains no files" + (
+                    f" except {len(hidden)} hidden one(s) (names starting with '.')" if hidden else ""))
             paths.extend(found)
         else:
             matches = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if Path(m).is_file())
@@ -64,7 +82,7 @@ def resolve_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLi
             paths.extend(matches)
     unique = list(dict.fromkeys(paths))
     single = len(specs) == 1 and Path(specs[0]).is_file()
-    return unique, single
+    return ResolvedInputs(unique, single, [p for p in dict.fromkeys(hidden) if p not in set(unique)])
 
 
 def _output_names(paths: Sequence[Path]) -> List[str]:
@@ -94,8 +112,9 @@ def predict_paths(
     """Predict image files and write ``out_dir/labels/<stem>.png`` (class indices) and
     ``out_dir/overlays/<stem>.png`` (colour overlay, with a legend of the classes present).
 
-    A single named file must be readable (else ValueError). From folders, globs or several files, unreadable and
-    non-image files (and files above the segmenter's ``max_pixels``) are skipped with one warning listing them.
+    A single named file must be readable (else ValueError). From folders, globs or several files, an image file that
+    cannot be read (or is above the segmenter's ``max_pixels``) is ``failed``, and files without an image extension
+    that do not decode, and a folder's hidden files, are ``skipped``: one warning lists each group, with why.
     Every PNG is written atomically, the label and overlay of an image together, so a failure leaves only
     complete results; an output folder this call created and wrote nothing into is removed.
 
@@ -112,10 +131,10 @@ def predict_paths(
     unchanged). Label maps with a label above 255 cannot be palette PNGs and are 16-bit grayscale;
     ``palette_labels=False`` writes 8-bit grayscale instead of a palette.
     """
-    paths, single = resolve_inputs(inputs)
+    paths, single, hidden = resolve_inputs(inputs)
     out_dir = Path(out_dir)
     names = _output_names(paths)
-    summary = PredictSummary()
+    summary = PredictSummary(skipped=[(p, _HIDDEN) for p in hidden])
     created = not out_dir.exists()
     info = segmenter.dataset_info
     if not 0.0 <= alpha <= 1.0:
@@ -136,9 +155,10 @@ def predict_paths(
                 if single:
                     raise  # a clear ValueError before anything is written
                 cause = err.__cause__ or err
-                kind = "not an image file" if path.suffix.lower() not in IMAGE_EXTENSIONS else "unreadable image"
-                reason = f"{kind} ({type(cause).__name__}: {cause})"
-                summary.skipped.append((path, reason))
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    summary.failed.append((path, f"unreadable image ({type(cause).__name__}: {cause})"))
+                else:
+                    summary.skipped.append((path, f"not an image file ({type(cause).__name__}: {cause})"))
                 if bar is not None:
                     bar.update(1)
                 continue
@@ -163,7 +183,11 @@ def predict_paths(
             _remove_empty_tree(out_dir)
     if summary.skipped:
         listed = "\n".join(f"  {p}: {why}" for p, why in summary.skipped)
-        warnings.warn(f"skipped {len(summary.skipped)} unreadable or non-image file(s):\n{listed}", stacklevel=2)
+        warnings.warn(f"skipped {len(summary.skipped)} file(s) that are not images or are hidden:\n{listed}",
+                      stacklevel=2)
+    if summary.failed:
+        listed = "\n".join(f"  {p}: {why}" for p, why in summary.failed)
+        warnings.warn(f"failed on {len(summary.failed)} unreadable image file(s):\n{listed}", stacklevel=2)
     return summary
 
 

@@ -39,25 +39,31 @@ def test_help_of_each_subcommand(capsys):
     assert "csap_tiny" in capsys.readouterr().out  # the existing subcommand still works
 
 
-def test_predict_folder_skips_unreadable_files_with_one_warning(tmp_path, capsys):
+def test_predict_folder_names_skipped_and_failed_files_and_exits_1_on_a_failure(tmp_path, capsys):
     src = tmp_path / "in"
     _write_image(src / "a.jpg")
     _write_image(src / "b.png", 33, 35, seed=1)
+    (src / "..png").write_bytes((src / "b.png").read_bytes())  # a dot-file: left out, and named
     (src / "notes.txt").write_text("not an image")
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "out"
-    with pytest.warns(UserWarning, match=r"skipped 2 unreadable or non-image file") as record:
+    with pytest.warns(UserWarning) as record:
         code = main(["predict", str(src), "--model", "csap_tiny.cityscapes", "--out", str(out), "--no-progress"])
-    assert code == 0
-    assert len([w for w in record if "skipped" in str(w.message)]) == 1
-    message = str(record[0].message)
-    assert "notes.txt" in message and "broken.png" in message
+    assert code == 1
+    messages = [str(w.message) for w in record]
+    skipped = [m for m in messages if m.startswith("skipped 2 file(s) that are not images or are hidden")]
+    failed = [m for m in messages if m.startswith("failed on 1 unreadable image file(s)")]
+    assert len(skipped) == 1 and len(failed) == 1, messages
+    assert "notes.txt: not an image file" in skipped[0] and "..png: hidden file" in skipped[0]
+    assert "broken.png: unreadable image" in failed[0] and "notes.txt" not in failed[0]
+    captured = capsys.readouterr()
+    assert "error: 1 of 3 image(s) could not be read" in captured.err
     assert _files(out) == ["labels/a.png", "labels/b.png", "overlays/a.png", "overlays/b.png"]
     labels = np.asarray(Image.open(out / "labels" / "b.png"))
     assert labels.shape == (33, 35) and labels.max() < 19
     overlay = np.asarray(Image.open(out / "overlays" / "b.png"))
     assert overlay.shape[1] > 35 and overlay.shape[2] == 3  # overlay + legend
-    assert "wrote 2 label map(s)" in capsys.readouterr().out
+    assert "wrote 2 label map(s)" in captured.out
 
 
 def test_predict_single_file_glob_slide_and_tta(tmp_path):
@@ -295,3 +301,13 @@ def test_eval_checks_data_before_loading_the_model(tmp_path, capsys, monkeypatch
     assert main(["eval", "--model", "csap_tiny", "--dataset", "folder", "--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "--data" in err and "no such folder" in err
+
+
+def test_predict_exits_0_when_only_non_images_were_skipped(tmp_path, capsys):
+    src = tmp_path / "in"
+    _write_image(src / "a.png")
+    (src / "README.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        assert main(["predict", str(src), "--model", "csap_tiny.cityscapes", "--out", str(tmp_path / "out"),
+                     "--no-progress"]) == 0
+    assert "error" not in capsys.readouterr().err
