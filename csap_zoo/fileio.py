@@ -6,18 +6,24 @@ half-written file (or folder) under the final name. Temporaries are created with
 0600 / 0700 of ``mkstemp`` / ``mkdtemp``.
 
 Every temporary is named ``.<destination name>.<owner>-<pid>-<random>.tmp[<suffix>]``: ``owner`` is a short hash
-of the host name, the boot id and the PID namespace, ``pid`` the writing process. :func:`clean_stale_temp` removes
-such a temporary only when it is provably orphaned: its owner is this host and PID namespace and no process with
-that PID exists. A temporary made on another host or in another PID namespace (or named the way mkstemp /
-mkdtemp did before) cannot be checked that way; it is stale once nothing has touched it for ``max_age`` seconds
-(default one hour). So a live writer, in this process or another one sharing the folder, never loses its
-temporary; a killed one's is removed by the next start on the same machine (if its PID was reused meanwhile,
-once that process is gone too).
+of the host name, the boot id and the PID namespace, ``pid`` the writing process, ``random`` 8 hex digits; a
+staging folder also holds an empty ``.csap-zoo-staging`` marker until it is published. Cleanup
+(:func:`clean_stale_temp`) only ever considers names of exactly that pattern, and folders only with the marker
+inside: a user's ``.best.mycopy_1.tmp/`` or ``.log.jsonl.20240101.tmp`` is never touched, however old.
+
+Of those, a temporary whose owner is this host and PID namespace is removed only when it is provably orphaned: no
+process with its PID exists. So a live writer on this machine and namespace never loses its temporary, and a
+killed one's is removed by the next start (if its PID was reused meanwhile, once that process is gone too).
+A temporary from another host or PID namespace (a container sharing the folder) cannot be checked that way: it is
+removed once neither it nor (for a folder) any entry directly inside has been modified for ``max_age`` seconds
+(default one hour). That protects a writer there that keeps writing; one that pauses for longer than ``max_age``
+between writes loses its temporary (its rename then fails with an error, nothing half-written appears).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import os
 import re
@@ -46,8 +52,8 @@ STALE_AGE_S = 3600.0
 """A temporary untouched for this long is stale whoever made it."""
 
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<owner>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp(?:\.[A-Za-z0-9]+)?$")
-# what mkstemp / mkdtemp made before: ".<name>.<8 random>.tmp[<suffix>]" (only the age rule applies to these)
-_LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]+)?$")
+STAGING_MARKER = ".csap-zoo-staging"
+"""The empty file inside a staging folder that marks it as csap-zoo's (removed just before it is published)."""
 _OWNER: Optional[str] = None
 
 
@@ -163,9 +169,10 @@ def _new_temp_dir(folder: Path, name: str) -> Path:
         tmp = folder / temp_name(name)
         try:
             os.mkdir(tmp, 0o777)
-            return tmp
         except FileExistsError:
             continue
+        os.close(os.open(tmp / STAGING_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        return tmp
 
 
 def atomic_write_all(items: Sequence[Tuple[PathLike, Callable[[str], None]]], suffix: str = "", *,
@@ -227,11 +234,13 @@ def atomic_folder(path: PathLike, names: Optional[Sequence[str]] = None, *, fsyn
     staging = _new_temp_dir(target.parent, target.name)
     try:
         yield staging
-        written = list(names) if names is not None else sorted(p.name for p in staging.iterdir())
+        written = list(names) if names is not None else sorted(p.name for p in staging.iterdir()
+                                                               if p.name != STAGING_MARKER)
         if fsync:
             for name in written:
                 _fsync_file(staging / name)
         if not target.exists():
+            os.unlink(staging / STAGING_MARKER)
             try:
                 os.rename(staging, target)
             except OSError:  # another writer created it meanwhile: fall back to file by file
@@ -274,9 +283,11 @@ def is_stale_temp(path: PathLike, max_age: float = STALE_AGE_S, now: Optional[fl
     """Whether ``path`` is one of our temporaries that no live writer owns (see the module docstring)."""
     path = Path(path)
     match = _TEMP_RE.match(path.name)
-    if match is None and _LEGACY_RE.match(path.name) is None:
+    if match is None:
         return False
-    if match is not None and match.group("owner") == _owner():
+    if path.is_dir() and not path.is_symlink() and not (path / STAGING_MARKER).is_file():
+        return False  # not a staging folder of ours (or one being published right now)
+    if match.group("owner") == _owner():
         pid = int(match.group("pid"))
         return pid != os.getpid() and not _pid_alive(pid)
     try:
@@ -298,7 +309,7 @@ def clean_stale_temp(folder: PathLike, names: Union[str, re.Pattern, None] = Non
         return removed
     now = time.time()
     for path in entries:
-        match = _TEMP_RE.match(path.name) or _LEGACY_RE.match(path.name)
+        match = _TEMP_RE.match(path.name)
         if match is None or (pattern is not None and not pattern.fullmatch(match.group("name"))):
             continue
         if not is_stale_temp(path, max_age, now):
@@ -385,14 +396,15 @@ def locked_partial(target: PathLike) -> Iterator[BinaryIO]:
             partial.unlink()
 
 
-def clean_stale_partials(target: PathLike, legacy: Iterable[Path] = (), legacy_age: float = STALE_AGE_S) -> List[Path]:
-    """Remove the ``.partial`` files of ``target`` (see :func:`locked_partial`) that no live process holds locked,
-    and the ``legacy`` ones (other names, written without locks) once untouched for ``legacy_age`` seconds.
-    Where the file system has no locks, age alone decides. Returns what was removed."""
+def clean_stale_partials(target: PathLike, max_age: float = STALE_AGE_S) -> List[Path]:
+    """Remove the ``.partial`` files of ``target`` that :func:`locked_partial` made (exactly
+    ``.<name>.<12 hex digits>.partial``; no other name is touched) and no live process holds locked. Where the file
+    system has no locks, age decides: untouched for ``max_age`` seconds. Returns what was removed."""
     target = Path(target)
     removed = []
-    candidates = [(p, 0.0) for p in target.parent.glob(f".{target.name}.*.partial")]  # locked while live
-    candidates += [(p, legacy_age) for p in legacy]
+    ours = re.compile(re.escape(f".{target.name}.") + r"[0-9a-f]{12}\.partial")
+    candidates = [(p, 0.0) for p in target.parent.glob(f".{glob.escape(target.name)}.*.partial")
+                  if ours.fullmatch(p.name)]
     for partial, min_age in candidates:
         try:
             fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
@@ -402,7 +414,7 @@ def clean_stale_partials(target: PathLike, legacy: Iterable[Path] = (), legacy_a
             info = os.fstat(fd)
             locked = try_lock(fd)
             if locked is None:  # no locks here: only age tells a leftover from a live writer
-                min_age = legacy_age
+                min_age = max_age
             if locked is False or (min_age and time.time() - info.st_mtime < min_age):
                 continue
             if unlink_if_same(partial, (info.st_dev, info.st_ino)):

@@ -15,7 +15,6 @@ import pytest
 from csap_zoo import fileio
 from csap_zoo.fileio import atomic_folder, atomic_write, clean_stale_temp, temp_name
 
-FILEIO = Path(fileio.__file__)
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o077])
@@ -86,12 +85,11 @@ def test_save_pretrained_follows_the_umask(tmp_path, umask):
 
 # ---------------------------------------------------------------------- stale temporaries
 def _python(code: str, *args: str) -> subprocess.Popen:
-    """A child that loads fileio.py on its own (fast: no torch) and runs ``code``."""
-    prelude = textwrap.dedent(f"""
-        import importlib.util, sys, time
+    """A child that imports csap_zoo.fileio (fast: the package face loads no torch) and runs ``code``."""
+    prelude = textwrap.dedent("""
+        import sys, time
         from pathlib import Path
-        spec = importlib.util.spec_from_file_location("fileio", {str(FILEIO)!r})
-        fileio = importlib.util.module_from_spec(spec); spec.loader.exec_module(fileio)
+        from csap_zoo import fileio
     """)
     return subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code), *args])
 
@@ -131,24 +129,45 @@ def test_temporaries_of_a_killed_writer_are_removed_those_of_a_live_one_kept(tmp
             child.wait()
 
 
-def test_foreign_and_old_style_temporaries_go_by_age_others_never(tmp_path):
+def test_foreign_temporaries_go_by_age_and_nothing_but_our_own_names_ever(tmp_path):
     foreign = tmp_path / temp_name("final").replace(fileio._owner(), "0badf00d")  # another host's writer
     foreign.mkdir()
-    legacy = tmp_path / ".iter_00000004.pt.ab_3xk9q.tmp"  # mkstemp naming of earlier versions
-    legacy.write_bytes(b"x")
+    (foreign / fileio.STAGING_MARKER).write_text("")
+    foreign_file = tmp_path / temp_name("iter_00000004.pt").replace(fileio._owner(), "0badf00d")
+    foreign_file.write_bytes(b"x")
     mine = tmp_path / temp_name("log.jsonl")  # this process: alive
     mine.write_text("")
+    unmarked = tmp_path / temp_name("best").replace(fileio._owner(), "0badf00d")  # our name, but no marker
+    unmarked.mkdir()
+    users = [tmp_path / ".best.mycopy_1.tmp", tmp_path / ".final.backup01.tmp", tmp_path / ".log.jsonl.20240101.tmp",
+             tmp_path / ".iter_00000004.pt.ab_3xk9q.tmp"]  # what mkstemp named, or a user's own copies
+    users[0].mkdir()
+    (users[0] / "model.safetensors").write_text("keep")
     others = [tmp_path / n for n in (".model.safetensors.partial", "notes.tmp", ".hidden.tmp", "final",
-                                     ".x.0badf00d-1-zz.tmp")]
+                                     ".x.0badf00d-1-zz.tmp")] + users[1:]
     for path in others:
         path.write_text("keep")
     assert clean_stale_temp(tmp_path) == []
     old = time.time() - fileio.STALE_AGE_S - 10
-    for path in [foreign, legacy, mine] + others:
+    for path in [foreign, foreign / fileio.STAGING_MARKER, foreign_file, mine, unmarked] + users + others:
         os.utime(path, (old, old))
-    assert clean_stale_temp(tmp_path, names=r"iter_\d+\.pt") == [legacy]  # the name filter
+    for path in users[0].iterdir():
+        os.utime(path, (old, old))
+    assert clean_stale_temp(tmp_path, names=r"iter_\d+\.pt") == [foreign_file]  # the name filter
     assert clean_stale_temp(tmp_path) == [foreign]  # this process is alive: its temporary stays, however old
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name] + [p.name for p in others])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [mine.name, unmarked.name, users[0].name] + [p.name for p in others])
+    assert (users[0] / "model.safetensors").read_text() == "keep"
+
+
+def test_a_published_folder_holds_no_staging_marker(tmp_path):
+    with atomic_folder(tmp_path / "best") as staging:
+        assert (staging / fileio.STAGING_MARKER).is_file()
+        (staging / "a.txt").write_text("a")
+    with atomic_folder(tmp_path / "best") as staging:  # into an existing folder: file by file
+        (staging / "b.txt").write_text("b")
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["a.txt", "b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
 
 
 def test_a_staging_folder_being_filled_counts_as_touched(tmp_path):
@@ -200,12 +219,18 @@ def test_a_save_does_not_break_a_concurrent_save_to_the_same_folder(tmp_path):
 @pytest.mark.slow
 def test_save_pretrained_gives_the_same_bytes_in_every_process(tmp_path):
     """Same weights, same file: what a resumed run's final/ is compared with, and what a manifest's sha256 pins."""
+    import torch
+
+    import csap_zoo
+
     code = ("import sys, torch, csap_zoo; torch.manual_seed(0); "
             "csap_zoo.create_model('csap_tiny', num_classes=3).save_pretrained(sys.argv[1])")
-    for i in range(4):
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    weights = {(tmp_path / str(i) / "model.safetensors").read_bytes() for i in range(4)}
+    children = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / str(i))],
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"}) for i in (1, 2)]
+    torch.manual_seed(0)  # this process is the third (its own hash seed, its own import order)
+    csap_zoo.create_model("csap_tiny", num_classes=3).save_pretrained(str(tmp_path / "0"))
+    assert [child.wait(300) for child in children] == [0, 0]
+    weights = {(tmp_path / str(i) / "model.safetensors").read_bytes() for i in range(3)}
     assert len(weights) == 1
 
 

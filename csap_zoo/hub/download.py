@@ -40,7 +40,8 @@ What is guaranteed:
   is removed only while holding the entry's lock and only if it is still the very file that was hashed; a process
   never deletes a file another entry or another live process owns, and never touches huggingface_hub's temp files.
 - After a crash (even SIGKILL) nothing half-written is ever used: a killed download leaves at most its ``.partial``,
-  which the next download of that entry removes (only our own ``.partial`` files that no live process holds locked).
+  which the next download of that entry removes: only names exactly of our pattern (``.<filename>.<12 hex
+  digits>.partial``) that no live process holds locked; any other file in the cache is never removed.
   The empty ``.lock`` files stay, one per entry; removing them while nothing runs is harmless.
 - Files and folders are created with the process umask, like ordinary files (0644 / 0755 under umask 022), so
   caches can be shared by a team.
@@ -50,14 +51,13 @@ What is guaranteed:
 Timeouts (URL sources): every download has an overall deadline, ``CSAP_ZOO_DOWNLOAD_TIMEOUT`` seconds or the
 ``timeout`` argument; the default is generous, 10 minutes plus the time the file takes at 128 KiB/s (from the
 manifest's ``size_bytes``; 1 hour when the entry has none). The server's word never sets it: a Content-Length of
-10**13 bytes changes nothing.
+10**13 bytes changes nothing. Each read also times out after ``CSAP_ZOO_READ_TIMEOUT`` seconds without data (default 60). The deadline covers a connection from the moment
+it is established (for HTTPS: after the TLS handshake, which only the per-read timeout bounds) through the response
+headers and body. The errors name the URL and how much had arrived.
 
 Size (URL sources): a download stops as soon as more bytes arrive than the manifest's ``size_bytes`` (or, for an
 entry without one, ``CSAP_ZOO_MAX_DOWNLOAD_BYTES``, default 4 GiB), or when the server announces more; the bytes
-stream to the ``.partial`` file, one chunk in memory at a time, and the verified file is read back whole once. Each read also times out
-after ``CSAP_ZOO_READ_TIMEOUT`` seconds without data (default 60). The deadline covers a connection from the moment
-it is established (for HTTPS: after the TLS handshake, which only the per-read timeout bounds) through the response
-headers and body. The errors name the URL and how much had arrived.
+stream to the ``.partial`` file, one chunk in memory at a time, and the verified file is read back whole once.
 Hub sources use huggingface_hub's own timeouts: ``HF_HUB_ETAG_TIMEOUT`` for the metadata request and
 ``HF_HUB_DOWNLOAD_TIMEOUT`` per read (10 s each by default); huggingface_hub has no overall deadline, and ours does
 not apply to it.
@@ -99,7 +99,6 @@ DEFAULT_READ_TIMEOUT = 60.0
 _DEADLINE_BASE = 600.0  # seconds every download gets, on top of the size-based share
 _DEADLINE_RATE = 128 * 1024  # bytes per second the default deadline assumes
 _DEADLINE_UNKNOWN_SIZE = 3600.0
-_OLD_PARTIAL_AGE = 3600.0  # leftovers of the flat cache layout (no locks) count as stale after this long
 _LOCK_POLL = 0.05
 
 PathLike = Union[str, os.PathLike]
@@ -553,8 +552,7 @@ def _fetch_url(checkpoint: Checkpoint, target: Path, offline: bool, timeout: Opt
     started = time.monotonic()
     wait = deadline if deadline is not None else _default_deadline(checkpoint.size_bytes)
     with _entry_lock(target, wait, checkpoint):
-        clean_stale_partials(target, legacy=target.parent.parent.glob(f".{target.name}.*.partial"),
-                             legacy_age=_OLD_PARTIAL_AGE)
+        clean_stale_partials(target)
         got = _read(target)  # another process may have finished the download while this one waited
         if got is not None and _hash_matches(got.digest, checkpoint):
             _share_with_torch_hub(checkpoint, target, got.data)

@@ -21,8 +21,8 @@ uninterrupted run would (same weights, final/ and best/ with the same metrics):
   file that cannot be read is renamed ``iter_<N>.pt.unreadable`` and one with a later iteration than the run
   that just wrote a checkpoint (a different run's) ``iter_<N>.pt.superseded``, each with a warning;
 - the temporaries a killed process leaves (``checkpoints/.iter_*.tmp``, staging folders ``.best.*.tmp`` and
-  ``.final.*.tmp``) are removed at the next start when their writer is provably gone (see
-  ``csap_zoo.fileio.clean_stale_temp``); a live writer's never are;
+  ``.final.*.tmp``, only csap-zoo's own names and marked folders) are removed at the next start when their writer
+  is provably gone, or, from another host or PID namespace, untouched for an hour (see ``csap_zoo.fileio``);
 - ``log.jsonl`` is one history: a resume keeps the records up to the checkpoint's iteration, drops those of the
   lost work (and any line cut short), and adds a ``resume`` event; a run that starts at iteration 0 starts a
   new log.

@@ -23,7 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 import csap_zoo
 import csap_zoo.hub.download as download
 from csap_zoo.hub import CheckpointError, HfSource, UrlSource, default_manifest
-from csap_zoo.hub.download import fetch_checkpoint
+from csap_zoo.hub.download import fetch_checkpoint, url_cache_path
 from csap_zoo.hub.manifest import load_manifest
 
 CHILD = Path(__file__).with_name("_download_child.py")
@@ -284,17 +284,20 @@ def test_hf_damaged_cached_blob_is_downloaded_again(hf_env, hf_entry):
     assert hashlib.sha256(again.read_bytes()).hexdigest() == hf_entry.sha256
 
 
-def test_leftovers_of_the_flat_cache_layout_are_removed_once_old(url_server, tmp_path):
-    """Killed downloads of earlier versions left ``checkpoints/.<name>.<random>.partial`` (no lock): removed on the
-    next download of that file name once an hour old; a recent one may still be a live download and is kept."""
+def test_only_partials_of_our_own_pattern_are_ever_removed(url_server, tmp_path):
+    """Next to the entry's file, an unlocked ``.<name>.<12 hex>.partial`` (what a killed download leaves) is removed
+    at once; files that only look alike (a user's backup, other random parts, the flat layout's old names one folder
+    up) are never touched, however old."""
     data = _payload("flat")
     entry = _entry("mscan_tiny.in1k", UrlSource(url_server.add_file("w/mscan_t.pth", data)), data)
-    flat = tmp_path / "cache" / "checkpoints"
-    flat.mkdir(parents=True)
-    old, recent, other = flat / ".mscan_t.pth.k2j4h5g6.partial", flat / ".mscan_t.pth.a1b2c3d4.partial", flat / "x.pth"
-    for path in (old, recent, other):
+    target = url_cache_path(entry, tmp_path / "cache")
+    target.parent.mkdir(parents=True)
+    ours = target.with_name(".mscan_t.pth.0123456789ab.partial")
+    lookalikes = [target.with_name(n) for n in (".mscan_t.pth.mybackup.partial", ".mscan_t.pth.0123456789AB.partial",
+                                                 ".mscan_t.pth.0123456789abc.partial", ".mscan_t.pth..partial")]
+    lookalikes.append(target.parent.parent / ".mscan_t.pth.k2j4h5g6.partial")
+    for path in [ours] + lookalikes:
         path.write_bytes(b"half")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    os.utime(other, (time.time() - 7200, time.time() - 7200))
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
     fetch_checkpoint(entry, tmp_path / "cache")
-    assert not old.exists() and recent.exists() and other.exists()
+    assert not ours.exists() and all(p.read_bytes() == b"half" for p in lookalikes)
