@@ -42,6 +42,9 @@ REDUCTIONS = (4, 8, 16, 32)
 ALL = list(SPECS)
 # Cheap checks run on every variant; the heavier ones (scripting, tracing, backward) keep large behind `slow`.
 ALL_LARGE_SLOW = [pytest.param(n, marks=pytest.mark.slow) if n == "mscan_large" else n for n in ALL]
+# Scripting, FX tracing and gradient checkpointing run the same block code in every variant (the variants differ only
+# in widths and depths): the two smallest widths/depth sets guard them; base and large would only trace longer.
+TRACED = ["mscan_tiny", "mscan_small"]
 SMALL_INPUT = (3, 64, 64)
 
 
@@ -247,7 +250,7 @@ def test_prune_intermediate_layers():
         assert torch.equal(model.forward_features(x), ref_inter[3])
 
 
-@pytest.mark.parametrize("name", ALL_LARGE_SLOW)
+@pytest.mark.parametrize("name", TRACED)
 def test_torchscript(name):
     with timm.set_scriptable(True):
         model = _create(name).eval()
@@ -271,7 +274,7 @@ def _fx_model(model: nn.Module, train: bool = False) -> nn.Module:
     ).train(train)
 
 
-@pytest.mark.parametrize("name", ALL_LARGE_SLOW)
+@pytest.mark.parametrize("name", TRACED)
 def test_fx_forward(name):
     model = _create(name).eval()
     x = _input()
@@ -300,7 +303,7 @@ def test_fx_backward_and_torchscript():
         torch.testing.assert_close(list(scripted(x).values())[0], model(x))
 
 
-@pytest.mark.parametrize("name", ALL_LARGE_SLOW)
+@pytest.mark.parametrize("name", TRACED)
 def test_grad_checkpointing(name):
     x = _input(batch=2)
 
