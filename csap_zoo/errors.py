@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "ConfigError", "ConversionError",
-    "CsapZooError", "DatasetError", "HubError", "ImageTooLargeError", "ManifestError", "UnsafePathError", "UsageError",
+    "CsapZooError", "DatasetError", "DiskFullError", "HubError", "ImageTooLargeError", "ManifestError", "UnsafePathError",
+    "UsageError",
 ]
 
 _MAX_LISTED = 20
@@ -47,6 +48,11 @@ class ManifestError(CsapZooError, ValueError):
 class UnsafePathError(CsapZooError, ValueError):
     """A name that becomes part of a path (a manifest field, a Hub file name) would leave the folder it belongs in:
     ``..``, an absolute path, an empty segment, a backslash or a NUL; or a folder on the way is a link elsewhere."""
+
+
+class DiskFullError(CsapZooError, OSError):
+    """A write failed because the file system holding it has no space (or quota) left; names the path and the free
+    space. What was there before the write is unchanged (writes are atomic)."""
 
 
 class CheckpointError(CsapZooError, RuntimeError):

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .errors import UnsafePathError
+from .errors import DiskFullError, UnsafePathError
 
 try:
     import fcntl
@@ -43,7 +43,7 @@ except ImportError:  # not POSIX: no locks (see try_lock)
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["STALE_AGE_S", "atomic_folder", "atomic_write", "atomic_write_all", "check_relative_path",
-           "clean_stale_partials", "clean_stale_temp", "contained_path", "fsync_dir", "is_stale_temp", "locked_partial",
+           "clean_stale_partials", "clean_stale_temp", "contained_path", "disk_full_error", "fsync_dir", "is_stale_temp", "locked_partial",
            "not_a_regular_file", "same_file", "temp_name", "try_lock", "unlink_if_same"]
 
 PathLike = Union[str, os.PathLike]
@@ -108,6 +108,40 @@ def contained_path(root: PathLike, relative: str, what: str = "path") -> Path:
         raise UnsafePathError(f"{what} {relative!r} leads out of {root} (a folder on the way resolves to "
                               f"{real_parent}); remove that link or use another cache folder")
     return path
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_SPACE_TEXTS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+# torch.save and safetensors report a failed write as a RuntimeError without the errno: such a failure counts as a
+# full disk when less than this is free right after it
+_NEARLY_FULL = 4 << 20
+
+
+def disk_full_error(err: BaseException, path: PathLike) -> Optional[DiskFullError]:
+    """The :class:`DiskFullError` to raise instead of ``err``, a failed write of ``path``, when the disk holding it
+    is full: ``err`` (or an error it wraps) is ENOSPC / EDQUOT, or it is an OSError / RuntimeError while less than
+    4 MiB are free there. None otherwise. Call it before the partial file is removed (that frees space again)."""
+    folder = Path(path).parent
+    cause: Optional[BaseException] = err
+    no_space = False
+    for _ in range(8):
+        if cause is None:
+            break
+        if (isinstance(cause, OSError) and cause.errno in _NO_SPACE) or any(
+                text in str(cause) for text in _NO_SPACE_TEXTS):  # safetensors words it only in its message
+            no_space = True
+            break
+        cause = cause.__cause__ or cause.__context__
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if not no_space and not (isinstance(err, (OSError, RuntimeError)) and free is not None and free < _NEARLY_FULL):
+        return None
+    left = "an unknown amount" if free is None else f"{free / 2 ** 20:.1f} MiB"
+    return DiskFullError(errno.ENOSPC, f"no space left on the disk holding {path} ({left} free when the write "
+                                       f"failed); free some space or write elsewhere, then retry. What was at "
+                                       f"{path} before is unchanged.", str(path))
 
 
 def _read(path: str) -> str:
@@ -190,6 +224,7 @@ def atomic_write_all(items: Sequence[Tuple[PathLike, Callable[[str], None]]], su
             raise IsADirectoryError(f"destination {path} is a directory; give a file name")
         path.parent.mkdir(parents=True, exist_ok=True)
     staged: List[Path] = []
+    path = paths[0] if paths else Path(".")
     try:
         for path, (_, write) in zip(paths, items):
             tmp = _new_temp_file(path.parent, path.name, suffix)
@@ -203,6 +238,11 @@ def atomic_write_all(items: Sequence[Tuple[PathLike, Callable[[str], None]]], su
         for tmp, path in zip(staged, paths):
             os.replace(tmp, path)
         staged = []
+    except Exception as err:  # any writer's error (torch, safetensors, PIL) on a full disk
+        full = None if isinstance(err, DiskFullError) else disk_full_error(err, path)
+        if full is None:
+            raise
+        raise full from err
     finally:
         for tmp in staged:
             with contextlib.suppress(FileNotFoundError):
@@ -231,7 +271,13 @@ def atomic_folder(path: PathLike, names: Optional[Sequence[str]] = None, *, fsyn
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"destination {target} exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _new_temp_dir(target.parent, target.name)
+    try:
+        staging = _new_temp_dir(target.parent, target.name)
+    except OSError as err:
+        full = disk_full_error(err, target)
+        if full is None:
+            raise
+        raise full from err
     try:
         yield staging
         written = list(names) if names is not None else sorted(p.name for p in staging.iterdir()
@@ -254,6 +300,11 @@ def atomic_folder(path: PathLike, names: Optional[Sequence[str]] = None, *, fsyn
             os.replace(staging / name, target / name)
         if fsync:
             fsync_dir(target)
+    except Exception as err:  # any writer's error (torch, safetensors, PIL) on a full disk
+        full = None if isinstance(err, DiskFullError) else disk_full_error(err, target)
+        if full is None:
+            raise
+        raise full from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

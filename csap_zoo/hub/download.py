@@ -64,6 +64,7 @@ not apply to it.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -82,8 +83,8 @@ from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError
 from ..fileio import (
-    atomic_write, clean_stale_partials, contained_path, fsync_dir, locked_partial, not_a_regular_file, same_file,
-    temp_name, try_lock, unlink_if_same,
+    atomic_write, clean_stale_partials, contained_path, disk_full_error, fsync_dir, locked_partial, not_a_regular_file,
+    same_file, temp_name, try_lock, unlink_if_same,
 )
 from ..manifest import Checkpoint, HfSource, PackageSource, UrlSource
 from ..settings import cache_dir, is_offline, max_download_bytes
@@ -804,6 +805,9 @@ def _download_verified(checkpoint: Checkpoint, url: str, target: Path, left: Opt
             raise CheckpointError(f"downloading checkpoint {name!r} from {url} failed: {err}. Nothing was cached; "
                                   f"report it if it persists.") from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+            full = disk_full_error(err, target) if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else None
+            if full is not None:
+                raise full from None
             if not watchdog.expired:
                 if isinstance(getattr(err, "reason", err), (socket.timeout, TimeoutError)):
                     raise CheckpointError(
