@@ -12,10 +12,14 @@
   kernels are several times faster than the banded torch post-processing when the logits are noise-like. The
   labels equal the torch post-processing's except where two classes tie to float rounding; the intermediate
   full-size scores live inside OpenVINO, so this is used only up to ``LABEL_GRAPH_MAX_BYTES`` of them;
-- converted models are cached on disk as OpenVINO IR, ``<cache>/openvino/<key>/model.{xml,bin}``, published
-  atomically; the key hashes the weights, the model's config, the input shape and the csap-zoo, torch and OpenVINO
-  versions, so a later process with the same model and shape skips the conversion (the slow part: seconds per
-  shape), and changed weights never load a stale graph. ``<cache>`` is ``CSAP_ZOO_CACHE`` or ``~/.cache/csap_zoo``;
+- converted models are cached on disk as OpenVINO IR, ``<cache>/openvino/<key>/model.{xml,bin}`` plus
+  ``entry.json``, published atomically (``entry.json`` last); the key hashes what determines the graph: the
+  weights, the model's config, the source code of every module class in the model (csap-zoo's, timm's, yours: an
+  edited checkout at the same version gets a new key), the input shape, the route and the csap-zoo, torch,
+  OpenVINO, onnx and onnxscript versions. ``entry.json`` records the key and the sha256 and size of both files; every
+  load checks them, so a damaged file, a half-copied entry or another model's files placed there are converted
+  again with a warning, never run. A later process with the same model and shape skips the conversion (seconds
+  per shape). ``<cache>`` is ``CSAP_ZOO_CACHE`` or ``~/.cache/csap_zoo``;
 - compiled models are kept in memory per shape (the most recent ``max_shapes``).
 
 PyTorch stays the default: it needs no extra package and no conversion per input shape, and slide windows, several
@@ -25,7 +29,10 @@ views and autocast work the same on every device. OpenVINO is the faster CPU net
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
+import inspect
+import json
 import os
 import tempfile
 import warnings
@@ -89,6 +96,41 @@ def _weights_digest(model: nn.Module) -> str:
         digest.update(f"{name}|{array.dtype}|{tuple(array.shape)}".encode())
         digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
     return digest.hexdigest()
+
+
+_CODE_DIGESTS: dict = {}
+
+
+def _code_digest(model: nn.Module) -> str:
+    """sha256 over the source files of the classes the model is built from (and of this module, which builds the
+    graph): what decides the converted graph besides the weights."""
+    files = {os.path.abspath(__file__)}
+    for module in model.modules():
+        try:
+            files.add(os.path.abspath(inspect.getsourcefile(type(module)) or ""))
+        except TypeError:  # a class without a source file (built in)
+            continue
+    files.discard(os.path.abspath(""))
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        if key not in _CODE_DIGESTS:
+            with open(path, "rb") as handle:
+                _CODE_DIGESTS[key] = hashlib.sha256(handle.read()).hexdigest()
+        digest.update(f"{path}|{_CODE_DIGESTS[key]}\n".encode())
+    return digest.hexdigest()
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def _file_record(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def _onnx_exporter_available() -> bool:
@@ -167,9 +209,38 @@ class OpenVINONetwork:
     def cache_key(self, shape: tuple) -> str:
         """The on-disk key of the converted model for an input ``shape``."""
         if self._digest is None:
-            self._digest = _weights_digest(self.model)
-        versions = f"{__version__}|{torch.__version__}|{self._ov.get_version()}|{self.route}"
+            self._digest = f"{_weights_digest(self.model)}|{_code_digest(self.model)}"
+        versions = "|".join([__version__, torch.__version__, self._ov.get_version(), self.route,
+                             _package_version("onnx"), _package_version("onnxscript")])
         return hashlib.sha256(f"{self._digest}|{tuple(shape)}|{versions}".encode()).hexdigest()[:32]
+
+    def _cached(self, folder: Path, key: str) -> Any:
+        """The cache entry's model if ``entry.json`` vouches for both files (key, sizes, sha256), else None; a
+        present but bad entry is reported with a warning (it is then converted again and replaced)."""
+        xml, weights, record = folder / "model.xml", folder / "model.bin", folder / "entry.json"
+        if not folder.exists():
+            return None
+        problem = None
+        try:
+            entry = json.loads(record.read_text())
+            graph, data = xml.read_bytes(), weights.read_bytes()  # what is checked is what is run
+            if not isinstance(entry, dict) or entry.get("key") != key:
+                problem = "its entry.json belongs to another key"
+            elif entry.get("files") != {"model.xml": _file_record(graph), "model.bin": _file_record(data)}:
+                problem = "its model.xml / model.bin are not the files entry.json records (damaged or replaced)"
+        except FileNotFoundError:
+            problem = "it has no entry.json or is missing a file (written by an older csap-zoo, or cut short)"
+        except (OSError, ValueError) as err:
+            problem = f"its entry.json cannot be read ({type(err).__name__})"
+        if problem is None:
+            try:
+                return self._core.read_model(graph.decode("utf-8"),
+                                             self._ov.Tensor(np.frombuffer(data, dtype=np.uint8).copy()))
+            except (RuntimeError, UnicodeDecodeError) as err:
+                problem = f"OpenVINO cannot read it ({str(err).splitlines()[0][:200]})"
+        warnings.warn(f"OpenVINO cache entry {folder} is not used: {problem}; converting the model again and "
+                      f"replacing it", stacklevel=3)
+        return None
 
     def _convert(self, shape: tuple) -> Any:
         example = torch.zeros(shape, dtype=torch.float32)
@@ -191,17 +262,17 @@ class OpenVINONetwork:
     def _model_for(self, shape: tuple) -> Any:
         if self.cache_root is None:
             return self._convert(shape)
-        folder = self.cache_root / self.cache_key(shape)
-        xml = folder / "model.xml"
-        if xml.is_file() and (folder / "model.bin").is_file():
-            try:
-                return self._core.read_model(str(xml))
-            except RuntimeError:  # unreadable (another OpenVINO's format): convert again and replace it
-                pass
+        key = self.cache_key(shape)
+        folder = self.cache_root / key
+        cached = self._cached(folder, key)
+        if cached is not None:
+            return cached
         converted = self._convert(shape)
         try:
-            with atomic_folder(folder) as staging:
+            with atomic_folder(folder, names=["model.xml", "model.bin", "entry.json"]) as staging:
                 self._ov.save_model(converted, str(staging / "model.xml"), compress_to_fp16=False)
+                files = {name: _file_record((staging / name).read_bytes()) for name in ("model.xml", "model.bin")}
+                (staging / "entry.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
         except OSError:  # a read-only or full cache only costs the next process a conversion
             pass
         return converted
