@@ -35,6 +35,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     print("\nGMACs: convolutions and matrix products at 512x512 (benchmarks/flops.py gives fvcore's full count).")
+    if any(r.weights.endswith("/prefix") for r in rows):
+        print("published/prefix: the manifest knows only a sha256 prefix (from the file name); the full sha256 is "
+              "pinned at the first download and checked on every later load.")
     return 0
 
 

@@ -116,7 +116,8 @@ def model_catalog(pattern: str = "*", manifest: Optional[Manifest] = None) -> Li
             num_classes = entry.num_classes if entry else 150
             params, gmacs = _size(arch_name, num_classes)
             if entry:
-                weights = entry.status
+                prefix_only = entry.published and not entry.sha256 and entry.sha256_prefix
+                weights = f"{entry.status}/prefix" if prefix_only else entry.status
             else:
                 weights = f"ImageNet backbone {backbone_entry.status}" if backbone_entry else "none"
             rows.append(CatalogRow(

@@ -67,6 +67,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
+import json
 import os
 import socket
 import ssl
@@ -75,6 +76,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,9 +180,57 @@ def fetch_verified(
         return _fetch_package(checkpoint, checkpoint.source)
     offline = is_offline() if local_files_only is None else local_files_only
     if isinstance(checkpoint.source, HfSource):
-        return _fetch_hf(checkpoint, checkpoint.source, cache_dir, offline)
-    return _fetch_url(checkpoint, url_cache_path(checkpoint, cache_dir), offline, timeout, _show_progress(progress),
-                      cache_dir)
+        verified = _fetch_hf(checkpoint, checkpoint.source, cache_dir, offline)
+        pins = None
+    else:
+        verified = _fetch_url(checkpoint, url_cache_path(checkpoint, cache_dir), offline, timeout,
+                              _show_progress(progress), cache_dir)
+        pins = cache_dir
+    _check_pin(checkpoint, verified.path, verified.sha256, len(verified.data), pins)
+    return verified
+
+
+# ------------------------------------------------------------------ trust on first use for prefix-only entries
+def pin_path(checkpoint: Checkpoint, cache_dir: Optional[PathLike] = None) -> Path:
+    """Where the full sha256 of a prefix-only entry is pinned: ``<cache>/pins/<key>.json``, the key naming the
+    entry, its source and its prefix."""
+    identity = f"{checkpoint.name}\n{checkpoint.source.describe() if checkpoint.source else ''}\n" \
+               f"{checkpoint.sha256_prefix}"
+    return contained_path(Path(cache_dir or default_cache_dir()) / "pins",
+                          hashlib.sha256(identity.encode()).hexdigest()[:16] + ".json")
+
+
+def _check_pin(checkpoint: Checkpoint, path: Path, digest: str, size: int, cache_dir: Optional[PathLike]) -> None:
+    """A manifest entry with only a sha256 prefix (8 hex digits: forgeable): the first verified file pins its full
+    sha256 (with one warning); every later load must match that pin exactly."""
+    if checkpoint.sha256 or not checkpoint.sha256_prefix:
+        return
+    pin = pin_path(checkpoint, cache_dir)
+    try:
+        recorded = json.loads(pin.read_text())["sha256"]
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointIntegrityError(f"the sha256 pin of checkpoint {checkpoint.name!r} ({pin}) cannot be read "
+                                       f"({type(err).__name__}); remove it to pin the next verified download "
+                                       f"again") from None
+    if recorded is None:
+        try:
+            atomic_write(pin, lambda tmp: Path(tmp).write_text(json.dumps(
+                {"name": checkpoint.name, "source": checkpoint.source.describe(), "sha256": digest,
+                 "size_bytes": size}, indent=1) + "\n"))
+            where = f"now pinned in {pin} and checked on every later load"
+        except OSError as err:
+            where = f"could not be pinned ({err.strerror}: {pin})"
+        warnings.warn(f"checkpoint {checkpoint.name!r} is checked by the {len(checkpoint.sha256_prefix)}-digit "
+                      f"sha256 prefix in its manifest entry only; its full sha256 {digest} is {where} "
+                      f"(trust on first use)", stacklevel=3)
+    elif recorded != digest:
+        raise CheckpointIntegrityError(
+            f"{path} matches the {len(checkpoint.sha256_prefix)}-digit sha256 prefix of checkpoint "
+            f"{checkpoint.name!r} but not the full sha256 pinned at its first download ({recorded}, in {pin}); "
+            f"it has sha256 {digest}: the file was replaced, possibly by a forged one, and is not loaded. "
+            f"If you trust this file, remove {pin}.")
 
 
 def _require_published(checkpoint: Checkpoint) -> None:
@@ -284,6 +334,7 @@ def place_from_file(checkpoint: Checkpoint, file: PathLike, cache_dir: Optional[
             f"{file} has sha256 {digest}, expected {_expected_hash(checkpoint)} for checkpoint {checkpoint.name!r} "
             f"({source.describe()}): it is another file, or damaged. The cache was not changed."
         )
+    _check_pin(checkpoint, file, digest, file.stat().st_size, cache_dir if isinstance(source, UrlSource) else None)
     target = cache_path(checkpoint, cache_dir)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
