@@ -36,6 +36,9 @@ BAND_ELEMENTS = 2 ** 21  # values per band of rows when resizing / arg-maxing (8
 # Rounding bound of one resize step, in units of the largest |logit|: seven float32 operations on values bounded
 # by it, with weights in [0, 1] summing to 1 within an ulp; 64 ulps leaves a wide margin.
 _STEP_ROUNDING = 64 * 2.0 ** -24
+# ... plus an absolute bound: below the smallest normal float32 (subnormal logits) rounding no longer scales with
+# the values, each operation may be off by half the subnormal spacing (2**-150); 64 of those per step.
+_STEP_ROUNDING_ABSOLUTE = 64 * 2.0 ** -150
 _MAX_BLOCK = 4  # source block side beyond which (a downsampling step) the reference is used
 # Cost of the shortcut in reference values (one class resized to one pixel and arg-maxed): per interpolated
 # candidate value, by number of resize steps, and per output pixel (the label gathers); measured on the CPU.
@@ -297,7 +300,7 @@ class _Plan:
         if float(changing.float().mean()) > _MAX_CHANGING:  # noise-like logits: the reference at once
             return None
         block_max, block_min, padded = _block_extremes(logits, block_h, block_w)
-        tolerance = 2 * len(steps) * _STEP_ROUNDING * largest
+        tolerance = 2 * len(steps) * (_STEP_ROUNDING * largest + _STEP_ROUNDING_ABSOLUTE)
         floor = block_min.amax(dim=0)  # no pixel of the block has a best value below this
         if len(steps) == 1:
             floor = torch.maximum(floor, _corner_mix_floor(logits, padded, tops))

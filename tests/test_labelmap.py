@@ -100,3 +100,47 @@ def test_noise_and_non_finite_logits_fall_back_to_the_reference():
 def test_label_map_bands_refuses_a_batch():
     with pytest.raises(ValueError, match=r"one image's logits \(1, K, h, w\)"):
         next(label_map_bands(torch.zeros(2, 3, 4, 4), [ResizeStep((4, 4), (8, 8))]))
+
+
+def _subnormal(classes, h, w, seed):
+    """Smooth logits a few units of the smallest float32 subnormal (2**-149) apart: rounding there is absolute."""
+    return (_smooth(classes, h, w, seed) * 4).round() * 2.0 ** -149
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_subnormal_logits_give_the_reference_labels(always_shortcut, seed):
+    steps = [ResizeStep((16, 20), (128, 160))]
+    low = _subnormal(19, 16, 20, seed)
+    assert 0 < float(low.abs().max()) < torch.finfo(torch.float32).tiny
+    np.testing.assert_array_equal(_labels(low, steps), _reference(low, steps))
+
+
+def test_infinite_logits_give_the_reference_labels(always_shortcut):
+    steps = [ResizeStep((16, 20), (128, 160))]
+    low = _smooth(19, 16, 20, seed=5)
+    low[0, 3, 2:5, 4:9] = float("inf")
+    low[0, 7, 9:12, 1:3] = float("-inf")
+    np.testing.assert_array_equal(_labels(low, steps), _reference(low, steps))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(classes=st.sampled_from([9, 19, 40]), h=st.integers(2, 12), w=st.integers(2, 12),
+       scale=st.sampled_from([2.0 ** -149, 2.0 ** -140, 1e-30, 1.0, 1e4, 1e30]), factor=st.integers(2, 8),
+       two_steps=st.booleans(), ties=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_the_shortcut_equals_its_reference_for_any_scale_size_and_chain(classes, h, w, scale, factor, two_steps,
+                                                                         ties, seed):
+    labelmap_costs = (labelmap._VALUE_COST, labelmap._PIXEL_COST, labelmap._MAX_CHANGING)
+    labelmap._VALUE_COST, labelmap._PIXEL_COST, labelmap._MAX_CHANGING = {1: 0.0, 2: 0.0}, 0.0, 1.0
+    try:
+        low = (_smooth(classes, h, w, seed) * 4).round() * scale  # rounded: many exact ties between classes
+        if ties:
+            low[0, 1] = low[0, 0]  # two classes equal everywhere
+        steps = [ResizeStep((h, w), (h * factor, w * factor))]
+        if two_steps:
+            steps.append(ResizeStep((h * factor, w * factor), (h * factor + 3, w * factor + 5)))
+        np.testing.assert_array_equal(_labels(low, steps), _reference(low, steps))
+    finally:
+        labelmap._VALUE_COST, labelmap._PIXEL_COST, labelmap._MAX_CHANGING = labelmap_costs
