@@ -7,7 +7,8 @@ own work for a 150-class model at 512x512. Two tools here:
 - :func:`resize_rows`: the banded resize itself (bands of output rows, classes innermost), for callers that need
   the resized scores (probabilities, several views, slide windows).
 - :func:`label_map_bands`: the label map of one chain of resizes (the head's logits -> the model's input size ->
-  the image's size), equal to ``resize_rows`` + arg-max bit for bit, but computed only where it can differ from a
+  the image's size), equal to ``resize_rows`` + arg-max label for label (for every finite input; non-finite
+  logits take the reference), but computed only where it can differ from a
   constant. Each output pixel is a convex combination of a small block of source pixels (2x2 for one resize, 3x3
   for two), computed by float operations that are monotone in every source value. So a class whose largest value
   on the block is below a lower bound of the best class's value anywhere in it (the best block-minimum, or for one
