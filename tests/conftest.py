@@ -7,6 +7,9 @@
 * ``hf_server`` / ``url_server`` / ``hf_env``: thin wrappers around tests/_servers.py (a fake Hugging Face Hub, a plain
   URL file server, ``huggingface_hub`` pointed at the fake hub with an isolated cache).
 * ``one_torch_thread``.
+* Under pytest-xdist (``pytest -n N``) each worker gets its share of the cores: torch's intra-op threads, and
+  ``OMP_NUM_THREADS`` for the child processes tests start, are set to ``cores // N`` (at least 1), so that N workers
+  do not each run a full set of threads on the same cores.
 
 The tests folder goes on ``sys.path`` here, so any test module (any folder, any import mode, one file or the whole
 suite) can ``import _servers``.
@@ -14,6 +17,7 @@ suite) can ``import _servers``.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import sys
 import threading
@@ -28,6 +32,17 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 import _servers  # noqa: E402  (needs the sys.path entry above)
+
+
+def _share_the_cores_between_workers() -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+_share_the_cores_between_workers()
 
 # --------------------------------------------------------------------------------------------------------------------
 # Network guard

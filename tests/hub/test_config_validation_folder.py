@@ -37,14 +37,14 @@ def edited(saved, tmp_path, change, kind="csap"):
 
 
 def expect_config_error(load, config_path, field):
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other work on the machine does not count
     with pytest.raises(ValueError) as info:
         load()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     message = str(info.value)
     assert type(info.value).__name__ == "ConfigError", f"{type(info.value).__name__}: {message}"
     assert str(config_path) in message and field in message, message
-    assert elapsed < 1.0, f"validation took {elapsed:.2f} s"  # refused before anything is built
+    assert elapsed < 1.0, f"validation took {elapsed:.2f} s of CPU"  # refused before anything is built
     return message
 
 
