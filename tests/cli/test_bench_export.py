@@ -25,11 +25,20 @@ def test_export_errors_are_clear(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_export_onnx_with_check(tmp_path, capsys):
+    """The real `csap-zoo export` to ONNX with its parity check, on a save_pretrained folder of CSAP-T with one block
+    per stage: the command is the same, the export (whose cost grows with the number of blocks) about twice as fast
+    as at full depth. Naming an architecture with --num-classes is covered by test_export_torchscript."""
     pytest.importorskip("onnxruntime")
+    import csap_zoo
+
+    torch.manual_seed(0)
+    folder = csap_zoo.create_model("csap_tiny", num_classes=3, backbone_args={"depths": (1, 1, 1, 1)}).save_pretrained(
+        str(tmp_path / "csap_tiny_one_block"))
     out = tmp_path / "m.onnx"
-    assert main(["export", "csap_tiny", str(out), "--size", "64", "96", "--num-classes", "3"]) == 0
+    assert main(["export", str(folder), str(out), "--size", "64", "96"]) == 0
     text = capsys.readouterr().out
     assert "max abs difference" in text and "batch, height, width" in text
+    assert out.is_file() and "64x96" in text  # the check ran at the export size (and the default other sizes)
 
 
 def test_bench(capsys):
