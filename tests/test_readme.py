@@ -5,8 +5,8 @@ test. Each bash line is one case and each python block is one case, with an id n
 (``README.md:111 csap-zoo predict ...``). They run in a temporary working folder prepared so that the README's
 placeholder inputs exist (see :func:`workspace`): ``photo.jpg``, ``photos/``, ``a.jpg`` ... ``d.jpg``, a folder
 dataset ``my_data`` (train/val layout and ``classes.txt``) and a ``classes.txt`` beside it, ``run/final`` (a copy of
-the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the shapes-demo preset shrunk to two iterations on
-64x64 images, so the README's train commands finish in seconds), ``ckpt.safetensors`` (a real state dict) and
+the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the shapes-demo preset shrunk to one block per backbone
+stage and two iterations on 64x64 images, so the README's train commands finish in seconds), ``ckpt.safetensors`` (a real state dict) and
 links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for relative paths such as
 ``csap_zoo/assets/demo/example.png``), and ``<this repo>`` (a link to the repository: the README's
 ``torch.hub.load("<this repo>", ..., source="local")`` placeholder).
@@ -168,13 +168,14 @@ def _case_id(line: int, text: str, variant: str = "") -> str:
 # The prepared working folder
 # --------------------------------------------------------------------------------------------------------------------
 
-# the shapes-demo preset shrunk so that a README train command finishes in seconds: two iterations on two 64x64
-# images, one 64x64 validation image, a checkpoint every iteration (so a run killed after its first iteration can
-# be resumed), no TensorBoard, no progress bar
+# the shapes-demo preset shrunk so that a README train command finishes in seconds: CSAP-T with one MSCAN block per
+# stage, two iterations on two 64x64 images, one 64x64 validation image, a checkpoint every iteration (so a run
+# killed after its first iteration can be resumed), no TensorBoard, no progress bar
 TINY_TRAIN_CONFIG = """\
 preset: shapes-demo
 data_root: my_data
 out_dir: runs/my
+backbone_args: {depths: [1, 1, 1, 1]}
 max_iters: 2
 batch_size: 2
 crop_size: [64, 64]
@@ -407,7 +408,7 @@ NOT_RUN = ("not run inside the test suite: it is what CI runs (the install made 
 
 EXPECTED: Dict[str, Expect] = {
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"': Expect(skip=NOT_RUN),
-    "pytest": Expect(skip=NOT_RUN),
+    "pytest -n auto --cov": Expect(skip=NOT_RUN),
     "csap-zoo predict csap_zoo/assets/demo/example.png --model csap_tiny.shapes --pretrained --out out/":
         Expect(check=_labels_written("example")),
     "python benchmarks/flops.py": Expect(check=_flops_table, slow=True),
@@ -485,13 +486,25 @@ def test_readme_command(command: Command, workspace: Path, capsys: pytest.Captur
 # --------------------------------------------------------------------------------------------------------------------
 
 # Placeholder objects the README's blocks use without defining them: ``model`` (any segmentor: the bundled trained
-# demo, which loads offline) and ``image`` (an RGB image as a numpy array). Blocks that define ``model`` themselves
-# replace it.
+# demo, which loads offline; a case may give another, see :class:`PythonCase`) and ``image`` (an RGB image as a
+# numpy array). Blocks that define ``model`` themselves replace it.
 PRELUDE = """\
 import numpy as np, torch, csap_zoo
 from PIL import Image
-model = csap_zoo.create_model("csap_tiny.shapes", pretrained=True).eval()
 image = np.asarray(Image.open("photo.jpg").convert("RGB"))
+"""
+DEMO_MODEL = """\
+model = csap_zoo.create_model("csap_tiny.shapes", pretrained=True).eval()
+"""
+# The bundled demo's CSAP-T cut to one MSCAN block per stage (its stems, first blocks, norms and CSAP head, with the
+# demo's trained weights: every weight of the shallow model comes from the demo): the same kinds of layers and the
+# same head, a third of the depth, so that the export block's ONNX export (torch.export tracing, whose cost grows with
+# the number of graph nodes) and its onnxruntime checks at four sizes cost a fraction of the full model's.
+SHALLOW_DEMO_MODEL = """\
+model = csap_zoo.create_model("csap_tiny", num_classes=6, backbone_args={"depths": (1, 1, 1, 1)})
+_loaded = model.load_state_dict(csap_zoo.create_model("csap_tiny.shapes", pretrained=True).state_dict(), strict=False)
+assert not _loaded.missing_keys, _loaded.missing_keys
+model = model.eval()
 """
 
 
@@ -560,10 +573,12 @@ def _check_export(ns: dict, root: Path) -> None:
 
 @dataclass(frozen=True)
 class PythonCase:
-    """What a python block is checked for after it ran (its first code line names it); ``slow``: mark it slow."""
+    """What a python block is checked for after it ran (its first code line names it); ``slow``: mark it slow;
+    ``model``: the source that defines the placeholder ``model`` before the block runs."""
 
     check: Callable[[dict, Path], None]
     slow: bool = False
+    model: str = DEMO_MODEL
 
 
 PYTHON_CASES: Dict[str, PythonCase] = {
@@ -575,7 +590,7 @@ PYTHON_CASES: Dict[str, PythonCase] = {
     "from csap_zoo.analysis import attention_similarity, format_similarity_table, plot_similarity, save_similarity_json":
         PythonCase(_check_analysis),
     "from csap_zoo.export import export_onnx, export_program, export_torchscript, compile_model":
-        PythonCase(_check_export, slow=True),
+        PythonCase(_check_export, slow=True, model=SHALLOW_DEMO_MODEL),
 }
 
 
@@ -624,7 +639,7 @@ def test_readme_python_block(block: CodeBlock, workspace: Path, capsys: pytest.C
     if "ckpt.safetensors" in block.text:
         write_checkpoint(workspace / "ckpt.safetensors")
     ns: dict = {"__name__": "__readme__"}
-    exec(compile(PRELUDE, "<prelude>", "exec"), ns)
+    exec(compile(PRELUDE + case.model, "<prelude>", "exec"), ns)
     run_statements(block, ns, no_network)
     case.check(ns, workspace)
 
