@@ -18,7 +18,7 @@ import argparse
 import importlib.util
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -52,8 +52,9 @@ def _decompose(threads: int, height: int, width: int, warmup: int, repeats: int)
     return {key: value.median_ms for key, value in stats.items()}
 
 
-def _top_ops(threads: int, height: int, width: int, top: int, optimized: bool) -> List[str]:
-    """The torch.profiler operators that dominate the CSAP-T forward, as built (before) or optimized (after)."""
+def _top_ops(threads: int, height: int, width: int, top: int, optimized: bool, runs: int = 5) -> List[str]:
+    """The torch.profiler operators that dominate the CSAP-T forward, as built (before) or optimized (after),
+    averaged over ``runs`` profiled forwards."""
     from torch.profiler import ProfilerActivity, profile
 
     from csap_zoo.models import build_model, optimize_for_inference
@@ -63,7 +64,6 @@ def _top_ops(threads: int, height: int, width: int, top: int, optimized: bool) -
     if optimized:
         model = optimize_for_inference(model)
     x = torch.randn(1, 3, height, width)
-    runs = 5
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -112,11 +112,13 @@ def _conv_gmacs(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, float]:
     return totals
 
 
-def _openvino_ops(threads: int, height: int, width: int, top: int) -> List[str]:
+def _openvino_ops(threads: int, height: int, width: int, top: int, gemm_size: int = 2048,
+                  model: Optional[torch.nn.Module] = None) -> List[str]:
     """OpenVINO's own per-node timings (``PERF_COUNT``) of what ``Segmenter(model, backend="openvino")`` runs for
     one whole image: the CSAP-T network with the resize to the image and the arg-max in its graph, grouped by node
     type and kernel; then the convolutions' MAC rates against an fp32 GEMM timed alongside (the compute floor's
-    yardstick)."""
+    yardstick; ``gemm_size`` cubed). ``model``: the CSAP-T to profile (default: seed-0 random weights, 150
+    classes)."""
     import numpy as np
     import openvino as ov
 
@@ -125,8 +127,10 @@ def _openvino_ops(threads: int, height: int, width: int, top: int) -> List[str]:
     from csap_zoo.models import build_model
     from csap_zoo.tools.profiling import gemm_call, threads as torch_threads
 
-    torch.manual_seed(0)
-    model = build_model("csap_tiny", num_classes=150).eval()
+    if model is None:
+        torch.manual_seed(0)
+        model = build_model("csap_tiny", num_classes=150)
+    model = model.eval()
     network = OpenVINONetwork(model, threads=threads, cache_dir=False)
     shape = (1, 3, height, width)
     native = network.native_shape(shape)
@@ -135,7 +139,7 @@ def _openvino_ops(threads: int, height: int, width: int, top: int) -> List[str]:
     config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}
     request = ov.Core().compile_model(graph, "CPU", config).create_infer_request()
     image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    gemm, gemm_gmacs = gemm_call()
+    gemm, gemm_gmacs = gemm_call(gemm_size)
     with torch_threads(threads):
         for _ in range(2):
             request.infer({0: image})
@@ -184,6 +188,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--top", type=int, default=15, help="profiler operators to list (0: none)")
+    parser.add_argument("--profile-runs", type=int, default=5, help="forwards profiled for the operator tables")
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO backend's node profile")
     args = parser.parse_args(argv)
     height, width = args.size
@@ -203,7 +208,7 @@ def main(argv: List[str] | None = None) -> int:
     if args.top:
         for optimized in (False, True):
             print()
-            print("\n".join(_top_ops(args.threads, height, width, args.top, optimized)))
+            print("\n".join(_top_ops(args.threads, height, width, args.top, optimized, args.profile_runs)))
         if not args.no_openvino and importlib.util.find_spec("openvino") is not None:
             print()
             print("\n".join(_openvino_ops(args.threads, height, width, args.top)))

@@ -10,6 +10,12 @@ the logits to the input size, shown apart.
 
 Rows named csap_tiny[independent] / csap_tiny[nearest] are CSAP-T with per-stage query/key attention (no
 propagation) and with nearest-neighbour propagation.
+
+With fvcore, each model is traced once at each setting (as ``measure_complexity`` does), except that a backbone
+already traced at that input (CSAP and SegNeXt of one size share their MSCAN backbone, the ablations CSAP-T's) is not
+run again: its MACs are taken from the first trace and the model is traced with the backbone standing in as the
+features that trace produced, so the head and the rest of the model are still traced for real. The counts are the
+same as tracing every model whole; the run does about 40% less work.
 """
 from __future__ import annotations
 
@@ -18,10 +24,13 @@ import json
 import os
 import sys
 import tempfile
-from typing import List
+from typing import Any, Dict, List, Tuple
 
-from csap_zoo.tools.complexity import COUNTERS, ComplexityReport, measure_complexity
-from csap_zoo.models.registry import list_models
+import torch
+import torch.nn as nn
+
+from csap_zoo.tools.complexity import COUNTERS, ComplexityReport, _fvcore_by_part, _millions, measure_complexity
+from csap_zoo.models.registry import build_model, list_models
 
 SETTINGS = ((512, 150), (1024, 19))
 SIZE_ORDER = {"tiny": 0, "small": 1, "base": 2, "large": 3}
@@ -35,6 +44,58 @@ ABLATIONS = (
 
 def _size_then_name(name: str):
     return SIZE_ORDER.get(name.rsplit("_", 1)[-1], len(SIZE_ORDER)), name
+
+
+class _Replay(nn.Module):
+    """Stands in for a backbone already traced on the same input: returns the features that trace produced (no
+    operations, so a trace counts nothing in it)."""
+
+    def __init__(self, features: List[torch.Tensor]) -> None:
+        super().__init__()
+        self.features = list(features)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return list(self.features)
+
+
+def _backbone_key(model: nn.Module, x: torch.Tensor) -> Tuple[Any, ...]:
+    """What the backbone's MACs depend on: the backbone (its timm name, arguments and every layer's settings, as
+    ``repr`` lists them) and the shape of what it is given (the input after the model's padding policy)."""
+    config = model.config
+    return (config.backbone, json.dumps(config.backbone_args, sort_keys=True, default=repr), config.in_chans,
+            tuple(config.feature_strides), repr(model.backbone), tuple(model.prepare_input(x).shape))
+
+
+@torch.no_grad()
+def count_fvcore(name: str, height: int, width: int, num_classes: int, label: str = "",
+                 backbones: Dict[Tuple[Any, ...], Tuple[int, List[torch.Tensor]]] = None,
+                 **model_kwargs: Any) -> ComplexityReport:
+    """``measure_complexity(..., counter="fvcore")``, with ``backbones`` remembering each backbone traced so far:
+    a backbone already in it is not run again (see the module docstring); one that is not is traced and added."""
+    model = build_model(name, num_classes=num_classes, **model_kwargs).eval()
+    x = torch.randn(1, model.in_chans, height, width)
+    params = (_millions(model), _millions(model.backbone), _millions(model.decode_head))
+    key = _backbone_key(model, x)
+    if backbones is None or key not in backbones:
+        seen: List[Any] = []
+        hook = model.backbone.register_forward_hook(lambda module, args, output: seen.append(output))
+        try:
+            total, backbone, head = _fvcore_by_part(model, x)
+        finally:
+            hook.remove()
+        if backbones is not None and len(seen) == 1:
+            backbones[key] = (backbone, list(seen[0]))
+    else:
+        backbone, features = backbones[key]
+        model.backbone = _Replay(features)
+        rest, replayed, head = _fvcore_by_part(model, x)
+        assert replayed == 0, replayed
+        total = rest + backbone
+    return ComplexityReport(
+        name=label or name, height=height, width=width, num_classes=num_classes, counter="fvcore",
+        params_m=params[0], backbone_params_m=params[1], head_params_m=params[2],
+        backbone_gmacs=backbone / 1e9, head_gmacs=head / 1e9, upsample_gmacs=(total - backbone - head) / 1e9,
+    )
 
 
 def format_table(reports: List[ComplexityReport], baseline: str = "segnext") -> str:
@@ -77,8 +138,13 @@ def main(argv: List[str] | None = None) -> int:
         jobs += list(ABLATIONS)
     reports = []
     for height, classes in SETTINGS:
+        backbones: Dict[Tuple[Any, ...], Tuple[int, List[torch.Tensor]]] = {}
         for label, name, options in jobs:
-            report = measure_complexity(name, height, height, classes, counter=args.counter, label=label, **options)
+            if args.counter == "fvcore":
+                report = count_fvcore(name, height, height, classes, label=label, backbones=backbones, **options)
+            else:
+                report = measure_complexity(name, height, height, classes, counter=args.counter, label=label,
+                                            **options)
             reports.append(report)
             print(f"counted {label} at {height}x{height}/{classes}: {report.gmacs:.2f} GMACs", file=sys.stderr)
     print(f"counter: {args.counter}\n")

@@ -15,7 +15,7 @@ gradient scaler, bf16 without), at batch 16 of 512x512 crops: its/s, peak memory
 
     python benchmarks/gpu.py                                   # full sweep -> benchmarks/results/gpu_<device>.*
     python benchmarks/gpu.py --no-compile --batches 1 16       # quicker
-    python benchmarks/gpu.py --dry-run --json /tmp/g.json      # the whole script on the CPU, tiny sizes
+    python benchmarks/gpu.py --dry-run --json /tmp/g.json      # the whole script on the CPU, tiny sizes (32x32)
 
 Without a CUDA device (and without --dry-run) it stops with one error line. cudnn.benchmark is on; TF32 stays at
 torch's defaults (on for cuDNN convolutions, off for matmuls), recorded in the results.
@@ -23,6 +23,7 @@ torch's defaults (on for cuDNN convolutions, off for matmuls), recorded in the r
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -57,14 +58,17 @@ def _autocast(device: torch.device, dtype_name: str):
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> Dict[str, float]:
     """Median / min milliseconds of ``fn()`` (CUDA events on a GPU, wall clock on the CPU) after ``warmup`` calls;
-    ``first_ms`` is the first warm-up call (the compile time under ``torch.compile``), ``peak_mem_mb`` the peak
-    allocated CUDA memory of the timed calls (None on the CPU)."""
+    ``first_ms`` is the first warm-up call (the compile time under ``torch.compile``; with ``warmup=0``, as in a dry
+    run, the first timed call), ``peak_mem_mb`` the peak allocated CUDA memory of the timed calls (None on the
+    CPU)."""
     cuda = device.type == "cuda"
-    start = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    first_ms = (time.perf_counter() - start) * 1000.0
+    first_ms = None
+    if warmup > 0:
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        first_ms = (time.perf_counter() - start) * 1000.0
     for _ in range(max(0, warmup - 1)):
         fn()
     if cuda:
@@ -83,15 +87,18 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.d
             begin_s = time.perf_counter()
             fn()
             times.append((time.perf_counter() - begin_s) * 1000.0)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "first_ms": first_ms,
+    return {"median_ms": statistics.median(times), "min_ms": min(times),
+            "first_ms": times[0] if first_ms is None else first_ms,
             "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else None}
 
 
 def _release(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
+    """Free the previous configuration's CUDA memory before the next one (on the CPU of a dry run there is no
+    cache to empty: a full ``gc.collect()`` there, with torch and transformers loaded, cost more than the run)."""
     if device.type == "cuda":
+        import gc
+
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -175,6 +182,7 @@ def bench_training(name: str, args: argparse.Namespace, device: torch.device) ->
     from csap_zoo.training.optim import param_groups
 
     rows = []
+    template = build_model(name, args.classes, train=True)  # on the CPU; every configuration trains a fresh copy
     for layout in args.train_layouts:
         memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         for dtype_name in args.train_dtypes:
@@ -182,7 +190,7 @@ def bench_training(name: str, args: argparse.Namespace, device: torch.device) ->
                    "height": args.train_size[0], "width": args.train_size[1], "optimizer": "AdamW",
                    "lr": 6e-5, "weight_decay": 0.01, "head_lr_mult": 10.0}
             try:
-                model = build_model(name, args.classes, train=True).to(device).to(memory_format=memory_format)
+                model = copy.deepcopy(template).to(device).to(memory_format=memory_format)
                 forward = full_logits(name, model)
                 optimizer = torch.optim.AdamW(param_groups(model, 6e-5, 0.01, "mmseg", 10.0), lr=6e-5,
                                               betas=(0.9, 0.999), weight_decay=0.01)
@@ -295,18 +303,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--compile-dtypes", nargs="+", choices=list(DTYPES), default=None,
                         help="dtypes compiled (default: --dtypes)")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="inference input (default 512 512; dry run 64 64)")
+                        help="inference input (default 512 512; dry run 32 32)")
     parser.add_argument("--classes", type=int, default=150)
-    parser.add_argument("--warmup", type=int, default=None, help="default 5 (dry run 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="default 5 (dry run 0: the timed call is the first)")
     parser.add_argument("--repeats", type=int, default=None, help="default 20 (dry run 1)")
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the AMP training step (default on)")
     parser.add_argument("--train-batch", type=int, default=None, help="default 16 (dry run 2)")
     parser.add_argument("--train-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="default 512 512 (dry run 64 64)")
+                        help="default 512 512 (dry run 32 32)")
     parser.add_argument("--train-dtypes", nargs="+", choices=["fp16", "bf16"], default=["bf16", "fp16"])
     parser.add_argument("--train-layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
-    parser.add_argument("--train-warmup", type=int, default=None, help="default 3 (dry run 1)")
+    parser.add_argument("--train-warmup", type=int, default=None, help="default 3 (dry run 0)")
     parser.add_argument("--train-repeats", type=int, default=None, help="default 10 (dry run 1)")
     parser.add_argument("--dry-run", action="store_true",
                         help="run everything on the CPU with tiny sizes and one iteration (to test the script)")
@@ -315,12 +323,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     dry = args.dry_run
     args.batches = args.batches or ([2] if dry else [1, 16, 64])
-    args.height, args.width = args.size or ((64, 64) if dry else (512, 512))
-    args.warmup = args.warmup if args.warmup is not None else (1 if dry else 5)
+    args.height, args.width = args.size or ((32, 32) if dry else (512, 512))
+    args.warmup = args.warmup if args.warmup is not None else (0 if dry else 5)
     args.repeats = args.repeats if args.repeats is not None else (1 if dry else 20)
     args.train_batch = args.train_batch or (2 if dry else 16)
-    args.train_size = tuple(args.train_size or ((64, 64) if dry else (512, 512)))
-    args.train_warmup = args.train_warmup if args.train_warmup is not None else (1 if dry else 3)
+    args.train_size = tuple(args.train_size or ((32, 32) if dry else (512, 512)))
+    args.train_warmup = args.train_warmup if args.train_warmup is not None else (0 if dry else 3)
     args.train_repeats = args.train_repeats if args.train_repeats is not None else (1 if dry else 10)
     if args.compile is None:
         args.compile = not dry  # inductor on the CPU needs a C++ compiler and minutes per graph
@@ -329,6 +337,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args.compile_dtypes = args.compile_dtypes or list(args.dtypes)
     if min(args.batches + args.compile_batches + [args.train_batch, args.repeats, args.train_repeats]) < 1:
         parser.error("batches and repeats must be >= 1")
+    if min(args.warmup, args.train_warmup) < 0:
+        parser.error("warm-up counts must be >= 0")
     return args
 
 

@@ -45,6 +45,12 @@ process peak above the imported libraries (weights, compiled graph, arenas).
     python benchmarks/runtimes.py --cityscapes             # 1024x2048 slide, with memory
     python benchmarks/runtimes.py --quick --json /tmp/r.json --md /tmp/r.md --png /tmp/r.png   # tiny smoke run
 
+The ONNX exports have dynamic shapes (one file serves every size; ``--onnx-dir`` keeps them for later runs), except
+with ``--static-onnx`` (default with ``--quick``): a static graph per model for the run's one network input shape,
+several times faster to export (the runtimes fix the input shape either way). ``--quick`` also builds the csap_zoo
+models with one MSCAN block per stage (``--depths 1 1 1 1``; the same layer types, a fraction of the export and
+conversion time): a smoke run of the script, not a measurement of CSAP-T or SegNeXt-T.
+
 Run it on an otherwise idle machine; the load average before and after goes into the results.
 """
 from __future__ import annotations
@@ -98,18 +104,48 @@ def contenders_for(models: Sequence[str], runtimes: Optional[Sequence[str]], bat
     return pairs
 
 
-def export_all(models: Sequence[str], directory: str, classes: int, size: Tuple[int, int]) -> Dict[str, Any]:
-    """One ONNX file per model (dynamic shapes, so one serves every size), reused when ``directory`` has it."""
+def export_all(models: Sequence[str], directory: str, classes: int, size: Tuple[int, int],
+               static: Optional[Dict[str, Tuple[int, int, int, int]]] = None,
+               depths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """One ONNX file per model (dynamic shapes, so one serves every size), reused when ``directory`` has it; a
+    model in ``static`` gets a static graph for that one input shape instead (its own file name); ``depths``:
+    the csap_zoo models' blocks per stage (see ``backbone_args``)."""
     exported = {}
+    static = static or {}
     for model in models:
-        path = os.path.join(directory, f"{model}_{classes}c.onnx")
+        shape = static.get(model)
+        extra = backbone_args(model, depths)
+        name = (f"{model}_{classes}c" + ("_depths" + "".join(map(str, depths)) if extra else "")
+                + ("_static_" + "x".join(map(str, shape)) if shape else ""))
+        path = os.path.join(directory, f"{name}.onnx")
         start = time.perf_counter()
         reused = os.path.exists(path)
         if not reused:
-            print(f"exporting {model} to ONNX ...", file=sys.stderr, flush=True)
-            export_runtime_onnx(model, path, classes, *size)
-        exported[model] = {"path": path, "reused": reused, "seconds": time.perf_counter() - start}
+            print(f"exporting {model} to ONNX{' (static ' + str(shape) + ')' if shape else ''} ...",
+                  file=sys.stderr, flush=True)
+            if shape:
+                export_runtime_onnx(model, path, classes, shape[2], shape[3], batch=shape[0], backbone_args=extra)
+            else:
+                export_runtime_onnx(model, path, classes, *size, backbone_args=extra)
+        exported[model] = {"path": path, "reused": reused, "seconds": time.perf_counter() - start,
+                           "static_shape": list(shape) if shape else None}
     return exported
+
+
+def backbone_args(model: str, depths: Optional[Sequence[int]]) -> Optional[Dict[str, Any]]:
+    """The backbone options of a csap_zoo model for ``--depths`` (None: the architecture's own; SegFormer-B0 keeps
+    its configuration)."""
+    return {"depths": tuple(depths)} if depths and model != "segformer_b0" else None
+
+
+def static_shapes(cases: Sequence[RuntimeCase]) -> Dict[str, Tuple[int, int, int, int]]:
+    """The one network input shape of each model's ONNX contenders, for the models whose contenders need just one
+    (a static export serves them; a model needing several shapes is left out: it takes the dynamic export)."""
+    shapes: Dict[str, set] = {}
+    for case in cases:
+        if case.runtime in ("onnxruntime", "openvino", "openvino-labels"):
+            shapes.setdefault(case.model, set()).update(case.network_shapes())
+    return {model: next(iter(found)) for model, found in shapes.items() if len(found) == 1}
 
 
 def cpu_model() -> str:
@@ -257,7 +293,10 @@ def format_markdown(payload: Dict[str, Any]) -> str:
              f"Image to label map, batch {s['batch']} of {s['height']}x{s['width']} uint8 images"
              + (f", slide windows {s['crop'][0]}x{s['crop'][1]} every {s['stride'][0]}x{s['stride'][1]}"
                 if s["mode"] == "slide" else "")
-             + f", {s['classes']} classes, fp32, {s['threads']} threads everywhere; median / p90 of {s['repeats']} "
+             + f", {s['classes']} classes"
+             + (f", csap_zoo models with {'-'.join(map(str, s['depths']))} MSCAN blocks per stage" if s.get("depths")
+                else "")
+             + f", fp32, {s['threads']} threads everywhere; median / p90 of {s['repeats']} "
                f"round-robin rounds after {s['warmup']} warm-up calls each. Post-processing (bilinear resize of the "
                "native logits to the image, arg-max) is the same banded torch code for every contender except "
                "csap-zoo's (its exact label-map shortcut, falling back to that code), its OpenVINO backend and "
@@ -350,7 +389,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=0.01, help="untimed seconds before each timed call")
     parser.add_argument("--onnx-dir", default=None,
                         help="keep the ONNX exports here and reuse them (delete them after changing model code)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 rounds, for tests (outputs in /tmp)")
+    parser.add_argument("--static-onnx", action=argparse.BooleanOptionalAction, default=None,
+                        help="export each model for the one input shape of the run (static graphs, several times "
+                             "faster to export, usable at that shape only; default: on with --quick)")
+    parser.add_argument("--depths", type=int, nargs=4, default=None, metavar="N",
+                        help="MSCAN blocks per stage of the csap_zoo models (default: the architectures' own; "
+                             "--quick: 1 1 1 1, smaller networks that export and convert in a fraction of the time)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, one block per stage and 2 rounds, for tests (outputs in /tmp)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--md", default=None)
     parser.add_argument("--png", default=None)
@@ -367,6 +413,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args.gemm = args.gemm or (256 if args.quick else 2048)
     if args.memory is None:
         args.memory = args.batch > 1 or args.cityscapes
+    if args.static_onnx is None:
+        args.static_onnx = args.quick
+    if args.depths is None and args.quick:
+        args.depths = [1, 1, 1, 1]
     if args.batch < 1 or args.threads < 1 or args.repeats < 1:
         parser.error("--batch, --threads and --repeats must be >= 1")
     if args.cityscapes:
@@ -390,12 +440,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     pairs = contenders_for(args.models, args.contenders, args.batch, whole=not args.cityscapes)
     exported_models = sorted({m for m, r in pairs if r in ("onnxruntime", "openvino")}, key=args.models.index)
+
+    def make_case(model: str, runtime: str, onnx_path: Optional[str] = None) -> RuntimeCase:
+        return RuntimeCase(model, runtime, args.height, args.width, args.batch, args.classes, args.threads, mode,
+                           args.crop, args.stride, args.slide_batch, onnx_path, backbone_args(model, args.depths))
+
     with tempfile.TemporaryDirectory() as tmp:
+        static = static_shapes([make_case(m, r, "-") for m, r in pairs]) if args.static_onnx else None
         exports = export_all(exported_models, args.onnx_dir or tmp, args.classes, (args.height, args.width)
-                             if mode == "whole" else (min(args.crop, args.height), min(args.crop, args.width)))
-        cases = [RuntimeCase(model, runtime, args.height, args.width, args.batch, args.classes, args.threads, mode,
-                             args.crop, args.stride, args.slide_batch,
-                             exports[model]["path"] if model in exports else None) for model, runtime in pairs]
+                             if mode == "whole" else (min(args.crop, args.height), min(args.crop, args.width)),
+                             static, args.depths)
+        cases = [make_case(model, runtime, exports[model]["path"] if model in exports else None)
+                 for model, runtime in pairs]
         calls: Dict[str, RuntimeCall] = {}
         for case in cases:
             print(f"preparing {case.key} ...", file=sys.stderr, flush=True)
@@ -426,7 +482,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         window = cases[0].window() if cases else (args.height, args.width)
         gmacs = {}
         for model in args.models:
-            gmacs[model] = {**runtime_gmacs(model, *window, num_classes=args.classes), "size": list(window)}
+            gmacs[model] = {**runtime_gmacs(model, *window, num_classes=args.classes,
+                                            backbone_args=backbone_args(model, args.depths)), "size": list(window)}
         memory: Dict[str, Dict[str, Any]] = {}
         if args.memory:
             for case in cases:
@@ -444,7 +501,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "settings": {"height": args.height, "width": args.width, "batch": args.batch, "threads": args.threads,
                      "classes": args.classes, "mode": mode, "crop": [args.crop, args.crop],
                      "stride": [args.stride, args.stride], "slide_batch": args.slide_batch, "repeats": args.repeats,
-                     "warmup": args.warmup, "pause_s": args.pause, "dtype": "fp32", "quick": args.quick},
+                     "warmup": args.warmup, "pause_s": args.pause, "dtype": "fp32", "quick": args.quick,
+                     "static_onnx": args.static_onnx, "depths": args.depths},
         "contenders": rows,
         "gemm": {"size": args.gemm, "median_ms": gemm_stats.median_ms, "p90_ms": gemm_stats.p90_ms,
                  "gmacs": gemm_gmacs, "gmac_per_s": gmac_rate},

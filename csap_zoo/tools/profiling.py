@@ -501,7 +501,8 @@ class RuntimeCase:
     ``torch`` (the PyTorch module on the whole batch: csap_zoo models through ``optimize_for_inference``,
     SegFormer as ``transformers`` builds it), ``onnxruntime`` and ``openvino`` (the ONNX file ``onnx_path``, native
     logits), ``openvino-labels`` (that file in OpenVINO with the resize and the arg-max appended to its graph, as
-    ``Segmenter``'s OpenVINO backend builds them; whole images, batch 1)."""
+    ``Segmenter``'s OpenVINO backend builds them; whole images, batch 1). ``backbone_args`` go to the csap_zoo
+    model's backbone (e.g. ``{"depths": (1, 1, 1, 1)}``: smaller networks for a smoke run)."""
 
     model: str
     runtime: str
@@ -515,9 +516,12 @@ class RuntimeCase:
     stride: Tuple[int, int] = (768, 768)
     slide_batch: int = 4
     onnx_path: Optional[str] = None
+    backbone_args: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         self.crop, self.stride = _hw(self.crop), _hw(self.stride)
+        if self.backbone_args and self.model == "segformer_b0":
+            raise ValueError("backbone_args are for csap_zoo models, not segformer_b0")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose from {RUNTIMES}")
         if self.mode not in ("whole", "slide"):
@@ -633,7 +637,7 @@ def _seeded_model(case: RuntimeCase) -> nn.Module:
         return segformer_b0(case.num_classes)
     from ..models.registry import build_model
 
-    return build_model(case.model, num_classes=case.num_classes).eval()
+    return build_model(case.model, num_classes=case.num_classes, backbone_args=case.backbone_args).eval()
 
 
 def _same_size(h: int, w: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -790,29 +794,33 @@ def _openvino_labels_call(case: RuntimeCase, normalized: Callable[[], torch.Tens
     return RuntimeCall(case, call, {"variant": "resize + arg-max in the OpenVINO graph", "static_shape": list(shape)})
 
 
-def export_runtime_onnx(name: str, path: str, num_classes: int = 150, height: int = 512, width: int = 512) -> str:
+def export_runtime_onnx(name: str, path: str, num_classes: int = 150, height: int = 512, width: int = 512,
+                        batch: Optional[int] = None, backbone_args: Optional[Dict[str, Any]] = None) -> str:
     """Export the seed-0 model ``name`` to ONNX for the runtime contenders: input ``image`` (B, 3, H, W) with
     dynamic batch, height and width, output its native logits (csap_zoo models through
-    :func:`csap_zoo.tools.export.export_onnx` with ``upsample=False``; SegFormer-B0 with ``torch.onnx.export``)."""
+    :func:`csap_zoo.tools.export.export_onnx` with ``upsample=False``; SegFormer-B0 with ``torch.onnx.export``).
+    With ``batch``, a static graph for ``batch`` x 3 x ``height`` x ``width`` inputs only instead (a fraction of the
+    dynamic export's time). ``backbone_args``: as in :class:`RuntimeCase`."""
     import warnings
 
     from .export import export_onnx
 
-    model = _seeded_model(RuntimeCase(name, "torch", num_classes=num_classes))
+    model = _seeded_model(RuntimeCase(name, "torch", num_classes=num_classes, backbone_args=backbone_args))
     if name != "segformer_b0":
-        export_onnx(model, path, height, width, upsample=False, check=False)
+        export_onnx(model, path, height, width, batch=batch or 1, dynamic=batch is None, upsample=False, check=False)
         return path
     from ..fileio import atomic_write
 
     dim = torch.export.Dim.DYNAMIC
-    example = torch.randn(2, 3, height, width)  # batch 2: a batch of 1 would be specialised
+    example = torch.randn(batch or 2, 3, height, width)  # dynamic: batch 2, a batch of 1 would be specialised
+    dynamic_shapes = None if batch else {"x": {0: dim, 2: dim, 3: dim}}
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(_SegformerLogits(model, False).eval(), (example,), None, dynamo=True,
                                         opset_version=18, input_names=["image"], output_names=["logits"],
-                                        dynamic_shapes={"x": {0: dim, 2: dim, 3: dim}}, verbose=False)
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
         program.save(tmp)
 
     atomic_write(path, write, suffix=".onnx")
@@ -830,19 +838,22 @@ def flop_counter_gmacs(module: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def runtime_gmacs(name: str, height: int, width: int, num_classes: int = 150) -> Dict[str, float]:
+def runtime_gmacs(name: str, height: int, width: int, num_classes: int = 150,
+                  backbone_args: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """GMACs of one ``height`` x ``width`` image up to the native logits: ``gmacs`` by fvcore for csap_zoo models
     (:func:`csap_zoo.tools.complexity.measure_complexity`, the papers' convention) and by the flop counter for
-    SegFormer-B0; ``flop_counter`` by the flop counter for all (a cross-check)."""
+    SegFormer-B0; ``flop_counter`` by the flop counter for all (a cross-check). ``backbone_args``: as in
+    :class:`RuntimeCase`."""
     torch.manual_seed(0)
-    module = build_bench_model(name, num_classes)
+    extra = {"backbone_args": backbone_args} if backbone_args else {}
+    module = build_bench_model(name, num_classes, **extra)
     x = torch.randn(1, 3, height, width)
     counted = flop_counter_gmacs(module, x)
     if name == "segformer_b0":
         return {"gmacs": counted, "counter": "torch.utils.flop_counter", "flop_counter": counted}
     from .complexity import measure_complexity
 
-    return {"gmacs": measure_complexity(name, height, width, num_classes).gmacs, "counter": "fvcore",
+    return {"gmacs": measure_complexity(name, height, width, num_classes, **extra).gmacs, "counter": "fvcore",
             "flop_counter": counted}
 
 

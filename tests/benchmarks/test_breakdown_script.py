@@ -14,7 +14,7 @@ def test_profile_script_prints_decomposition_and_top_operators(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--size", "64", "64", "--threads", "1", "--warmup", "0", "--repeats", "1", "--top", "3",
-                        "--no-openvino"]) == 0
+                        "--profile-runs", "1", "--no-openvino"]) == 0
     out = capsys.readouterr().out
     for part in ("backbone", "csap head", "ham head", "csap_tiny", "segnext_tiny"):
         assert f"| {part} |" in out
@@ -30,7 +30,15 @@ def test_profile_script_lists_openvino_backend_nodes(capsys):
     spec = importlib.util.spec_from_file_location("breakdown_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    lines = module._openvino_ops(1, 64, 64, 40)
+    import torch
+
+    import csap_zoo
+
+    # CSAP-T with one block per stage (the same node kinds; converting costs less) and a small GEMM (its rate is
+    # only reported)
+    torch.manual_seed(0)
+    model = csap_zoo.create_model("csap_tiny", num_classes=150, backbone_args={"depths": (1, 1, 1, 1)})
+    lines = module._openvino_ops(1, 64, 64, 40, gemm_size=256, model=model)
     assert "OpenVINO backend" in lines[0]
     table = [line for line in lines[3:] if line.startswith("|")]
     kinds = [line.split("|")[3].strip() for line in table]

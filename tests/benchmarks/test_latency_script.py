@@ -127,10 +127,24 @@ def test_script_end_to_end_tiny(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_model_with_onnxruntime():
+def test_bench_model_with_onnxruntime(monkeypatch):
+    """CSAP-T with one block per stage, exported as a static graph for the benchmarked input: what is under test is
+    bench_model's onnxruntime variant (export at the input's size, session, timing, difference to eager); the
+    dynamic export itself is tests/tools/test_export.py's, and costs several times as much."""
     pytest.importorskip("onnxruntime")
+    import csap_zoo.tools.export as export
+
+    exported = []
+    real_export = export.export_onnx
+
+    def static_export(model, path, height, width, **kwargs):
+        exported.append((height, width, kwargs))
+        return real_export(model, path, height, width, dynamic=False, **kwargs)
+
+    monkeypatch.setattr(export, "export_onnx", static_export)
     result = bench_model("csap_tiny", 64, 96, warmup=0, repeats=2, num_threads=1, memory=False, gmacs=False,
-                         channels_last=False, onnx=True)
+                         channels_last=False, onnx=True, backbone_args={"depths": (1, 1, 1, 1)})
+    assert exported == [(64, 96, {"upsample": False, "check": False})]  # at the input's size, native logits
     assert result.onnxruntime.runs == 2 and result.onnx_max_abs_diff < 1e-4
 
 

@@ -30,16 +30,25 @@ def load_script():
     return module
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
+# The script's ``main`` run once per argument list, all in ONE fresh interpreter: a child process rather than this
+# one (the runs are mostly torch's ONNX exporter, which a coverage tracer here slows down ~1.8x), one for every run
+# (the imports of torch, onnx, OpenVINO and transformers, and the exporter's first-use set-up, are paid once).
+_DRIVER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("runtimes_script", sys.argv[1])
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+for argv in json.loads(sys.argv[2]):
+    code = script.main(argv)
+    if code:
+        sys.exit(code)
+"""
+
+
+def run_script(*runs: list) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800)
-
-
-@pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory):
-    """ONNX exports shared by the end-to-end runs of this module (an export takes tens of seconds)."""
-    return tmp_path_factory.mktemp("onnx")
+    return subprocess.run([sys.executable, "-c", _DRIVER, str(SCRIPT), json.dumps(list(runs))], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
 
 
 def test_default_contenders_add_batched_torch_for_a_batch_and_skip_csap_zoo_for_segformer():
@@ -101,6 +110,29 @@ def test_cityscapes_windows_and_network_shapes():
         RuntimeCase("csap_tiny", "openvino-labels", batch=8, onnx_path="x.onnx")
 
 
+def test_static_exports_only_where_the_contenders_need_one_network_shape():
+    script = load_script()
+    slide = dict(mode="slide", crop=64, stride=32, slide_batch=4, onnx_path="x.onnx")
+    cases = [RuntimeCase("csap_tiny", "csap-zoo", 64, 64), RuntimeCase("csap_tiny", "onnxruntime", 64, 64,
+                                                                       onnx_path="x.onnx"),
+             RuntimeCase("csap_tiny", "openvino-labels", 64, 64, onnx_path="x.onnx"),
+             RuntimeCase("segformer_b0", "openvino", 64, 96, batch=2, onnx_path="x.onnx"),
+             RuntimeCase("segnext_tiny", "openvino", 64, 192, **slide)]  # 5 windows: calls of 4 and of 1
+    assert script.static_shapes(cases) == {"csap_tiny": (1, 3, 64, 64), "segformer_b0": (2, 3, 64, 96)}
+    assert script.static_shapes(cases + [RuntimeCase("csap_tiny", "openvino", 64, 64, batch=2,
+                                                     onnx_path="x.onnx")]) == {"segformer_b0": (2, 3, 64, 96)}
+    assert script.parse_args(["--quick"]).static_onnx and not script.parse_args([]).static_onnx
+    assert not script.parse_args(["--quick", "--no-static-onnx"]).static_onnx
+    assert script.parse_args([]).models == list(script.DEFAULT_MODELS)
+    # --quick: csap_zoo models with one block per stage; SegFormer-B0 as configured; real runs as the architectures
+    assert script.parse_args(["--quick"]).depths == [1, 1, 1, 1] and script.parse_args([]).depths is None
+    assert script.backbone_args("csap_tiny", [1, 1, 1, 1]) == {"depths": (1, 1, 1, 1)}
+    assert script.backbone_args("segformer_b0", [1, 1, 1, 1]) is None
+    assert script.backbone_args("csap_tiny", None) is None
+    with pytest.raises(ValueError, match="backbone_args are for csap_zoo models"):
+        RuntimeCase("segformer_b0", "torch", backbone_args={"depths": (1, 1, 1, 1)})
+
+
 def test_label_map_is_resize_then_argmax():
     logits = torch.randn(2, 7, 8, 12, generator=torch.Generator().manual_seed(0))
     expected = F.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False).argmax(1)
@@ -109,13 +141,31 @@ def test_label_map_is_resize_then_argmax():
 
 
 @pytest.mark.slow
-def test_quick_run_writes_every_contender_and_the_targets(tmp_path, onnx_dir):
-    out = tmp_path / "r"
-    proc = run_script("--quick", "--threads", "1", "--onnx-dir", str(onnx_dir), "--json", f"{out}.json",
-                      "--md", f"{out}.md", "--png", f"{out}.png")
+def test_quick_runs_whole_images_and_cityscapes_slide(tmp_path):
+    """The two tiny end-to-end runs (merged tests: ``test_quick_run_writes_every_contender_and_the_targets`` and
+    ``test_quick_cityscapes_slide_reports_memory_per_contender``) in one child process. ``--quick``: static ONNX
+    graphs of one-block-per-stage CSAP-T / SegNeXt-T, a fraction of the dynamic full-depth exports' time, which was
+    the bulk of these tests."""
+    r, c = tmp_path / "r", tmp_path / "c"
+    proc = run_script(
+        ["--quick", "--threads", "1", "--onnx-dir", str(tmp_path / "onnx"), "--json", f"{r}.json", "--md", f"{r}.md",
+         "--png", f"{r}.png"],
+        ["--quick", "--cityscapes", "--threads", "1", "--models", "csap_tiny", "--json", f"{c}.json", "--md",
+         f"{c}.md", "--png", f"{c}.png"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_quick_run_writes_every_contender_and_the_targets(r)
+    _check_quick_cityscapes_slide_reports_memory_per_contender(c)
+
+
+def _check_quick_run_writes_every_contender_and_the_targets(out):
     data = json.loads(Path(f"{out}.json").read_text())
     assert [r["key"] for r in data["contenders"]] == ALL_CONTENDERS
+    # --quick: one static graph per model at the run's one network shape; csap_zoo models one block per stage
+    assert data["settings"]["static_onnx"] is True and data["settings"]["depths"] == [1, 1, 1, 1]
+    assert {m: (e["static_shape"], Path(e["path"]).name) for m, e in data["onnx_exports"].items()} == {
+        "csap_tiny": ([1, 3, 64, 64], "csap_tiny_150c_depths1111_static_1x3x64x64.onnx"),
+        "segnext_tiny": ([1, 3, 64, 64], "segnext_tiny_150c_depths1111_static_1x3x64x64.onnx"),
+        "segformer_b0": ([1, 3, 64, 64], "segformer_b0_150c_static_1x3x64x64.onnx")}
     assert {"date", "machine", "versions", "settings", "gemm", "gmacs", "targets"} <= set(data)
     assert data["machine"]["cpu_model"] and data["versions"]["openvino"] and data["settings"]["threads"] == 1
     assert data["gemm"]["gmac_per_s"] > 0 and data["post_processing"]["median_ms"] > 0
@@ -134,14 +184,11 @@ def test_quick_run_writes_every_contender_and_the_targets(tmp_path, onnx_dir):
     assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow
-def test_quick_cityscapes_slide_reports_memory_per_contender(tmp_path, onnx_dir):
-    out = tmp_path / "c"
-    proc = run_script("--quick", "--cityscapes", "--threads", "1", "--models", "csap_tiny", "--onnx-dir",
-                      str(onnx_dir), "--json", f"{out}.json", "--md", f"{out}.md", "--png", f"{out}.png")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _check_quick_cityscapes_slide_reports_memory_per_contender(out):
     data = json.loads(Path(f"{out}.json").read_text())
     assert data["settings"]["mode"] == "slide" and data["post_processing"] is None
+    assert data["onnx_exports"]["csap_tiny"]["static_shape"] == [3, 3, 64, 64]  # 3 windows in one network call
+    assert data["settings"]["depths"] == [1, 1, 1, 1]
     rows = data["contenders"]
     assert [r["runtime"] for r in rows] == ["csap-zoo", "csap-zoo-openvino", "onnxruntime", "openvino"]
     for r in rows:

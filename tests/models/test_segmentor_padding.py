@@ -101,7 +101,7 @@ def test_onnx_export_keeps_the_unpadded_policy_at_other_sizes(tmp_path):
     from csap_zoo.export import export_onnx
 
     # one MSCAN block per stage: the padding policy lives in the segmentor, not in the blocks, and the export costs
-    # about half as much as at full depth
+    # ~40% less than at full depth
     torch.manual_seed(0)
     model = csap_zoo.create_model("segnext_tiny", num_classes=7, nmf_seed=0, backbone_args={"depths": (1, 1, 1, 1)})
     model = model.eval()

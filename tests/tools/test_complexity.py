@@ -4,8 +4,7 @@ import pytest
 from csap_zoo.complexity import count_macs, measure_complexity
 
 
-@pytest.fixture(scope="module")
-def reports():
+def _reports():
     return {
         (name, size): measure_complexity(name, size, size, classes)
         for name in ("csap_tiny", "segnext_tiny")
@@ -14,7 +13,10 @@ def reports():
 
 
 @pytest.mark.slow
-def test_tiny_budgets(reports):
+def test_tiny_budgets_and_parts_add_up():
+    """One test for the four counts (~10 s of real forwards at 512 and 1024): as two tests sharing a module fixture,
+    pytest-xdist could run them on different workers and pay for the counts twice."""
+    reports = _reports()
     csap_512, csap_1024 = reports["csap_tiny", 512], reports["csap_tiny", 1024]
     segnext_512 = reports["segnext_tiny", 512]
     assert 4.6 <= csap_512.backbone_gmacs <= 4.7  # MSCAN-T
@@ -24,9 +26,7 @@ def test_tiny_budgets(reports):
     assert csap_512.gmacs / segnext_512.gmacs <= 0.84  # the paper's 16.8% saving
     assert csap_512.backbone_gmacs == pytest.approx(segnext_512.backbone_gmacs)
 
-
-@pytest.mark.slow
-def test_parts_add_up(reports):
+    # the parts add up, in every report
     for report in reports.values():
         assert report.backbone_gmacs > 0 and report.head_gmacs > 0
         assert 0 <= report.upsample_gmacs < 0.2

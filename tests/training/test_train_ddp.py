@@ -15,7 +15,7 @@ from csap_zoo.engine import load_training_checkpoint, train
 
 from _servers import free_loopback_port
 
-from .conftest import tiny_config
+from .conftest import TINY_BACKBONE, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,14 +30,25 @@ def test_two_process_gloo_ddp_matches_one_process(tiny_shapes, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_loopback_port()}",
            "-m", "csap_zoo.cli", "train", "--config", str(tmp_path / "ddp.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        # the one-process run, while the two processes start and train
+        single = train(tiny_config(tiny_shapes, tmp_path / "single", accum_steps=2, **common))
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:  # torchrun passes SIGTERM on to its workers
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert log[0]["world_size"] == 2
     ddp_losses = [r["loss"] for r in log if r["event"] == "train"]
     ddp_eval = [r for r in log if r["event"] == "eval"]
 
-    single = train(tiny_config(tiny_shapes, tmp_path / "single", accum_steps=2, **common))
     single_losses = [h["loss"] for h in single.history]
     assert len(ddp_losses) == 3
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4, abs=1e-5)
@@ -47,7 +58,7 @@ def test_two_process_gloo_ddp_matches_one_process(tiny_shapes, tmp_path):
     # single-process evaluation of the same weights. (The weights' BN running statistics differ from the
     # accumulation run's: without SyncBN each process tracks its own micro-batches, as on GPUs.)
     state = load_training_checkpoint(tmp_path / "ddp" / "checkpoints" / "iter_00000003.pt")
-    model = csap_zoo.create_model("csap_tiny", num_classes=6, dropout=0.0, drop_path=0.0)
+    model = csap_zoo.create_model("csap_tiny", num_classes=6, dropout=0.0, drop_path=0.0, backbone_args=TINY_BACKBONE)
     model.load_state_dict(state["model"])
     val = FolderDataset(tiny_shapes / "val" / "images", tiny_shapes / "val" / "masks", get_dataset_info("shapes"))
     reference = csap_zoo.evaluate(csap_zoo.Segmenter(model, resize=config.test_size), val, progress=False)

@@ -6,12 +6,12 @@ import torch
 
 from csap_zoo.engine import Trainer, load_training_checkpoint, train
 
-from .conftest import Crash, crash_at, tiny_config
+from .conftest import TINY_BACKBONE, Crash, crash_at, tiny_config
 
 
 def test_kill_and_resume_gives_the_same_losses(tiny_shapes, tmp_path):
     # dropout and drop path on: the RNG state must travel with the checkpoint too
-    common = dict(max_iters=6, checkpoint_interval=2, eval_interval=3, model_kwargs={}, backbone_args={})
+    common = dict(max_iters=6, checkpoint_interval=2, eval_interval=3, model_kwargs={}, backbone_args=TINY_BACKBONE)
     full = train(tiny_config(tiny_shapes, tmp_path / "full", **common))
     losses = [h["loss"] for h in full.history]
     assert len(losses) == 6
