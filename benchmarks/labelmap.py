@@ -53,7 +53,7 @@ def shortcut(low: torch.Tensor, steps: Sequence[ResizeStep]) -> np.ndarray:
 
 def _model_logits(model: torch.nn.Module, image: torch.Tensor) -> Tuple[torch.Tensor, List[ResizeStep]]:
     from csap_zoo.models.fused import optimize_for_inference
-    from csap_zoo.models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255
+    from csap_zoo.constants import IMAGENET_MEAN_255, IMAGENET_STD_255
 
     model = optimize_for_inference(model.eval())
     mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)

@@ -142,7 +142,7 @@ def machine_info() -> Dict[str, Any]:
 
 def paper_miou(architecture: str, dataset: str = "ade20k") -> Optional[float]:
     """The paper's mIoU for ``<architecture>.<dataset>`` from the weights manifest, if it lists one."""
-    from csap_zoo.hub.manifest import default_manifest
+    from csap_zoo.manifest import default_manifest
 
     name = f"{architecture}.{dataset}"
     manifest = default_manifest()

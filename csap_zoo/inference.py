@@ -75,7 +75,8 @@ from .data.transforms import keep_ratio_size as _keep_ratio_size  # the one keep
 from .labelmap import ResizeStep, label_map_bands, resize_rows
 from .labelmap import label_dtype as _label_dtype
 from .models.fused import optimize_for_inference
-from .models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, Segmentor, check_finite
+from .constants import IMAGENET_MEAN_255, IMAGENET_STD_255
+from .models.segmentor import Segmentor, check_finite
 
 __all__ = ["AUTO_RESIZE", "IMAGENET_MEAN", "IMAGENET_STD", "InferenceConfig", "Segmenter", "resize_rows"]
 

@@ -1,4 +1,4 @@
-"""csap_zoo.analysis: attention-map similarity between propagated and independent maps."""
+"""csap_zoo.tools.analysis: attention-map similarity between propagated and independent maps."""
 import importlib.util
 import json
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import csap_zoo
-from csap_zoo.analysis import (
+from csap_zoo.tools.analysis import (
     attention_similarity, fit_qk, format_similarity_table, generate_images, independent_twin,
     independent_twin_head, map_similarity, plot_similarity, save_similarity_json,
 )

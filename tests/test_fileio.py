@@ -186,7 +186,7 @@ def test_a_save_does_not_break_a_concurrent_save_to_the_same_folder(tmp_path):
         import torch
         torch.set_num_threads(1)
         import csap_zoo
-        from csap_zoo.hub import serialization
+        from csap_zoo.models import serialization
         real = serialization.save_file
         def save_file(*args, **kwargs):
             real(*args, **kwargs)

@@ -587,9 +587,9 @@ PYTHON_CASES: Dict[str, PythonCase] = {
         PythonCase(_check_segment),
     "import csap_zoo": PythonCase(_check_train),
     'csap_zoo.create_model("segnext_tiny.ade20k", pretrained=True)': PythonCase(_check_hub),
-    "from csap_zoo.analysis import attention_similarity, format_similarity_table, plot_similarity, save_similarity_json":
+    "from csap_zoo.tools.analysis import attention_similarity, format_similarity_table, plot_similarity, save_similarity_json":
         PythonCase(_check_analysis),
-    "from csap_zoo.export import export_onnx, export_program, export_torchscript, compile_model":
+    "from csap_zoo.tools.export import export_onnx, export_program, export_torchscript, compile_model":
         PythonCase(_check_export, slow=True, model=SHALLOW_DEMO_MODEL),
 }
 

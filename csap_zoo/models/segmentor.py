@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255  # noqa: F401  (re-exported: an old import path)
 from .config import (
     HEAD_TYPES, MAX_CLASSES, MAX_IMAGE_SIZE, PAD_MODES, DataConfig, HeadConfig, SegmentorConfig, check_backbone_args,
 )

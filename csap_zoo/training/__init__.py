@@ -6,7 +6,7 @@ loaders) loads on first use of its names, so reading a config or listing presets
 """
 from typing import Any
 
-from .config import PRESETS, TrainConfig, get_preset, list_presets, load_config, read_classes_file
+from .config import PRESETS, TrainConfig, get_preset, list_presets, load_config
 
 _TRAINER_API = ("TrainResult", "Trainer", "load_training_checkpoint", "train")
 
@@ -20,4 +20,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["PRESETS", "TrainConfig", "TrainResult", "Trainer", "get_preset", "list_presets", "load_config",
-           "load_training_checkpoint", "read_classes_file", "train"]
+           "load_training_checkpoint", "train"]

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..constants import DATASET_LAYOUTS
-from ..data.metadata import read_classes_file  # its old home; the parser lives in data.metadata
 from ..fileio import atomic_write
 from ..models.registry import apply_head_overrides, get_architecture
-from ..models.segmentor import IMAGENET_MEAN_255, IMAGENET_STD_255, MAX_IMAGE_SIZE, check_backbone_args
+from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
+from ..models.segmentor import MAX_IMAGE_SIZE, check_backbone_args
 from ..validation import ConfigError, check_dataclass, describe, numbers_from_strings, option, require_mapping
 from .optim import resolve_param_rules
 
-__all__ = ["ConfigError", "PRESETS", "TrainConfig", "get_preset", "list_presets", "load_config", "read_classes_file"]
+__all__ = ["ConfigError", "PRESETS", "TrainConfig", "get_preset", "list_presets", "load_config"]
 
 PathLike = Union[str, os.PathLike]
 _TUPLE_FIELDS = ("crop_size", "scale", "ratio_range", "betas", "mean", "std", "test_size", "eval_crop_size",

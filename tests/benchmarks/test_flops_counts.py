@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from csap_zoo.complexity import measure_complexity
+from csap_zoo.tools.complexity import measure_complexity
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flops.py"
 

@@ -2,7 +2,7 @@
 import importlib.util
 from pathlib import Path
 
-from csap_zoo.complexity import ComplexityReport
+from csap_zoo.tools.complexity import ComplexityReport
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flops.py"
 

@@ -1,4 +1,4 @@
-"""csap_zoo.benchmark and benchmarks/latency.py: statistics, table, targets, and a tiny end-to-end run."""
+"""csap_zoo.tools.profiling and benchmarks/latency.py: statistics, table, targets, and a tiny end-to-end run."""
 import importlib.util
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from csap_zoo.benchmark import (
+from csap_zoo.tools.profiling import (
     BenchResult, LatencyStats, bench_cuda_throughput, bench_head, bench_model, measure_interleaved, measure_latency,
     peak_memory_mb, peak_rss_mb,
 )
@@ -104,7 +104,7 @@ def test_bench_model_and_heads_small():
 
 def test_segformer_reference_builds_without_download():
     pytest.importorskip("transformers")
-    from csap_zoo.benchmark import build_bench_model
+    from csap_zoo.tools.profiling import build_bench_model
 
     model = build_bench_model("segformer_b0")
     with torch.no_grad():

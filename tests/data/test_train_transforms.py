@@ -8,7 +8,7 @@ import torch
 from csap_zoo.data import FolderDataset, get_dataset_info
 from csap_zoo.data.synthetic import SHAPES_CLASSES, generate_shapes_dataset, render_shapes_sample
 from csap_zoo.data.transforms import TrainTransform, keep_ratio_size
-from csap_zoo.engine.config import read_classes_file
+from csap_zoo.data import read_classes_file
 
 
 def _sample(h=60, w=80):

@@ -23,7 +23,7 @@ def fingerprint(state) -> float:
 
 def _loads(spec: dict) -> int:
     import csap_zoo
-    from csap_zoo.hub.manifest import load_manifest
+    from csap_zoo.manifest import load_manifest
 
     manifest = load_manifest(spec["manifest"])
     print("ready", flush=True)
@@ -51,7 +51,7 @@ def _loads(spec: dict) -> int:
 
 def _fetch(spec: dict) -> int:
     from csap_zoo.hub.download import fetch_checkpoint
-    from csap_zoo.hub.manifest import load_manifest
+    from csap_zoo.manifest import load_manifest
 
     entry = load_manifest(spec["manifest"]).get(spec["name"])
     print("ready", flush=True)

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import csap_zoo
 from csap_zoo.hub import UrlSource, default_manifest
-from csap_zoo.hub.manifest import load_manifest
+from csap_zoo.manifest import load_manifest
 
 DEMO = Path(csap_zoo.__file__).parent / "assets" / "demo"
 

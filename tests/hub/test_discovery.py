@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import csap_zoo
-from csap_zoo.hub.manifest import MANIFEST_PATH
+from csap_zoo.manifest import MANIFEST_PATH
 from csap_zoo.models import registry
 
 

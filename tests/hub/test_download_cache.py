@@ -24,7 +24,7 @@ import csap_zoo
 import csap_zoo.hub.download as download
 from csap_zoo.hub import CheckpointError, HfSource, UrlSource, default_manifest
 from csap_zoo.hub.download import fetch_checkpoint, url_cache_path
-from csap_zoo.hub.manifest import load_manifest
+from csap_zoo.manifest import load_manifest
 
 CHILD = Path(__file__).with_name("_download_child.py")
 HF_REPO = "zoo-test/cache"

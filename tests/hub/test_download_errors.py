@@ -11,7 +11,7 @@ import pytest
 
 from csap_zoo.hub import CheckpointError, CheckpointUnavailableError, ManifestError, UrlSource, default_manifest
 from csap_zoo.hub.download import fetch_checkpoint
-from csap_zoo.hub.manifest import Manifest
+from csap_zoo.manifest import Manifest
 
 DATA = bytes(range(256)) * 256  # 64 KiB
 

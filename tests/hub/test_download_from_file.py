@@ -20,7 +20,7 @@ from csap_zoo.hub import (
     CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, HfSource, UrlSource, default_manifest,
 )
 from csap_zoo.hub.download import cache_path, fetch_checkpoint, fetch_verified, place_from_file, url_cache_path
-from csap_zoo.hub.manifest import load_manifest
+from csap_zoo.manifest import load_manifest
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
 URL = "http://127.0.0.1:9/segnext/mscan_t_test.pth"  # never contacted: the tests are offline or use --from-file

@@ -7,7 +7,7 @@ import pytest
 
 import csap_zoo
 
-from csap_zoo.hub.manifest import (
+from csap_zoo.manifest import (
     MANIFEST_PATH, SCHEMA_PATH, Checkpoint, Manifest, ManifestError, UrlSource, default_manifest, load_manifest,
 )
 from csap_zoo.models.registry import DATASET_NUM_CLASSES, DEMO_DATASET_NUM_CLASSES, list_models

@@ -8,7 +8,7 @@ import pytest
 
 from csap_zoo.hub import default_manifest
 from csap_zoo.hub.download import CheckpointIntegrityError, CheckpointUnavailableError, fetch_checkpoint
-from csap_zoo.hub.manifest import MANIFEST_PATH, Manifest, ManifestError, PackageSource
+from csap_zoo.manifest import MANIFEST_PATH, Manifest, ManifestError, PackageSource
 
 
 def test_the_demo_entry_is_a_package_source_with_a_full_hash():

@@ -15,7 +15,7 @@ from csap_zoo.hub import (
     default_manifest,
 )
 from csap_zoo.hub.download import url_cache_path
-from csap_zoo.hub.manifest import load_manifest
+from csap_zoo.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 HF_REPO = "zoo-test/csap-tiny-ade20k"

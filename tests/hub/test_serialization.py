@@ -11,7 +11,7 @@ import csap_zoo
 from csap_zoo.cli import main as cli_main
 from csap_zoo.hub import ConversionError, from_pretrained, save_pretrained
 from csap_zoo.hub.download import sha256_of
-from csap_zoo.hub.manifest import MANIFEST_PATH, load_manifest
+from csap_zoo.manifest import MANIFEST_PATH, load_manifest
 
 X = torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(1))
 
@@ -40,14 +40,34 @@ def test_save_and_reload_exactly(model, tmp_path):
     assert re.search(r"GMACs \(512x512.*\| \d+\.\d\d \|", card)
 
 
+def _forbid_fetching(monkeypatch) -> int:
+    """Replace the checkpoint fetchers under every name a loaded csap_zoo module holds them by (a module that did
+    ``from .download import fetch_verified`` holds its own reference); returns how many names were replaced."""
+    import sys
+
+    from csap_zoo.hub import download
+
+    fetchers = {id(download.fetch_checkpoint), id(download.fetch_verified), id(download.place_from_file)}
+    replaced = 0
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("csap_zoo"):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if id(value) in fetchers:
+                monkeypatch.setattr(module, attribute,
+                                    lambda *a, **k: pytest.fail("from_pretrained must not fetch anything"))
+                replaced += 1
+    return replaced
+
+
 def test_reloading_never_downloads_backbone_weights(model, tmp_path, monkeypatch):
     folder = model.save_pretrained(str(tmp_path / "m"))
-    for fetcher in ("fetch_checkpoint", "fetch_verified"):
-        monkeypatch.setattr(f"csap_zoo.hub.download.{fetcher}",
-                            lambda *a, **k: pytest.fail("from_pretrained must not fetch anything"))
-        monkeypatch.setattr(f"csap_zoo.hub.pretrained.{fetcher}",
-                            lambda *a, **k: pytest.fail("from_pretrained must not fetch anything"), raising=False)
+    import csap_zoo.hub.factory  # noqa: F401  (the module that fetches the backbone of a pretrained build)
+
+    assert _forbid_fetching(monkeypatch) >= 4  # download's own three and the factory's fetch_verified at least
     from_pretrained(folder)
+    with pytest.raises(pytest.fail.Exception, match="must not fetch"):  # the guard itself bites on a fetch
+        csap_zoo.create_model("csap_tiny", pretrained=True, num_classes=3)
 
 
 def test_custom_class_names_travel_with_the_weights(tmp_path):
@@ -64,7 +84,7 @@ def test_failed_save_leaves_nothing_half_written(model, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("csap_zoo.hub.serialization.save_file", broken)
+    monkeypatch.setattr("csap_zoo.models.serialization.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(str(tmp_path / "m"))
     assert list(tmp_path.iterdir()) == []

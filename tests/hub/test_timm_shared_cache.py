@@ -15,7 +15,7 @@ import torch
 import csap_zoo
 from csap_zoo.hub import UrlSource, default_manifest
 from csap_zoo.hub.download import fetch_verified, torch_hub_path, url_cache_path
-from csap_zoo.hub.manifest import load_manifest
+from csap_zoo.manifest import load_manifest
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
 # the file name of timm's config for mscan_tiny.in1k (csap_zoo/models/mscan.py default_cfgs) and the manifest's entry

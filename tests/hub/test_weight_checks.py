@@ -69,7 +69,7 @@ def test_an_integer_counter_stays_integer_and_a_float_counter_is_refused(saved, 
 
 def test_trainer_init_from_a_bad_weights_file_is_refused(saved, tmp_path):
     from csap_zoo.data.synthetic import generate_shapes_dataset
-    from csap_zoo.engine import Trainer, get_preset
+    from csap_zoo.training import Trainer, get_preset
 
     folder = copy_folder(saved, tmp_path)
     weights = rewrite_weights(folder, lambda s: s.update({k: s[k].long() for k in FLOAT_KEYS}))

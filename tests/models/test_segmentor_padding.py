@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import csap_zoo
-from csap_zoo.export import ExportWrapper
+from csap_zoo.tools.export import ExportWrapper
 from csap_zoo.models.segmentor import SegmentorConfig
 
 ODD_SIZES = [(97, 131), (64, 100)]
@@ -98,7 +98,7 @@ def test_export_wrapper_and_fused_copy_follow_the_policy(pad_mode):
 @pytest.mark.slow
 def test_onnx_export_keeps_the_unpadded_policy_at_other_sizes(tmp_path):
     pytest.importorskip("onnxruntime")
-    from csap_zoo.export import export_onnx
+    from csap_zoo.tools.export import export_onnx
 
     # one MSCAN block per stage: the padding policy lives in the segmentor, not in the blocks, and the export costs
     # ~40% less than at full depth

@@ -1,7 +1,7 @@
 """FLOP budgets of the paper's Tiny models, counted by fvcore exactly as benchmarks/flops.py counts them."""
 import pytest
 
-from csap_zoo.complexity import count_macs, measure_complexity
+from csap_zoo.tools.complexity import count_macs, measure_complexity
 
 
 def _reports():

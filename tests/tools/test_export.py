@@ -1,4 +1,4 @@
-"""csap_zoo.export: ONNX / torch.export / TorchScript / torch.compile parity with eager PyTorch.
+"""csap_zoo.tools.export: ONNX / torch.export / TorchScript / torch.compile parity with eager PyTorch.
 
 The model is CSAP-T with one MSCAN block per stage (``depths=(1, 1, 1, 1)``, random weights, 5 classes): the export
 paths (padding arithmetic, every layer type of backbone and head, dynamic axes) are the same as at full depth, while
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import csap_zoo
-from csap_zoo.export import (
+from csap_zoo.tools.export import (
     ExportWrapper, check_parity, compile_model, export_model, export_onnx, export_program, export_torchscript,
     load_program,
 )

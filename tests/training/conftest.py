@@ -29,7 +29,7 @@ TINY_BACKBONE = {"depths": (1, 1, 1, 1)}
 def tiny_config(data_root, out_dir, **changes):
     """A fast CPU config: CSAP-T (one block per stage, :data:`TINY_BACKBONE`) from scratch on 32x32 crops, no
     dropout / drop path (deterministic losses)."""
-    from csap_zoo.engine import get_preset
+    from csap_zoo.training import get_preset
 
     values = dict(data_root=str(data_root), out_dir=str(out_dir), crop_size=(32, 32), scale=(48, 48),
                   ratio_range=(0.75, 1.25), batch_size=4, max_iters=4, eval_interval=0, checkpoint_interval=2,

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-from csap_zoo.engine import TrainConfig, train  # noqa: E402  (imported once, before any fork)
-from csap_zoo.hub import serialization  # noqa: E402
+from csap_zoo.training import TrainConfig, train  # noqa: E402  (imported once, before any fork)
+from csap_zoo.models import serialization  # noqa: E402
 import csap_zoo.training.trainer  # noqa: E402,F401  (what train() would otherwise import in every child)
 import csap_zoo.models  # noqa: E402,F401
 

@@ -10,7 +10,7 @@ import typing
 import pytest
 
 from csap_zoo.cli import main
-from csap_zoo.engine import TrainConfig, load_config
+from csap_zoo.training import TrainConfig, load_config
 
 
 def write(tmp_path, text, suffix=".yaml"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from csap_zoo import create_model
-from csap_zoo.engine.optim import ParamRule, describe_param_groups, param_groups, resolve_param_rules
+from csap_zoo.training.optim import ParamRule, describe_param_groups, param_groups, resolve_param_rules
 
 _spec = importlib.util.spec_from_file_location("_mscan_layout", Path(__file__).parents[1] / "models" / "test_mscan.py")
 _mscan_layout = importlib.util.module_from_spec(_spec)
@@ -113,7 +113,7 @@ def test_describe_param_groups_counts_every_tensor():
 
 
 def test_recipe_presets_use_the_official_rule_and_the_demo_keeps_its_own():
-    from csap_zoo.engine import get_preset
+    from csap_zoo.training import get_preset
 
     for name in ("ade20k", "cityscapes", "cocostuff"):
         assert get_preset(name).param_rules == "mmseg"
@@ -123,7 +123,7 @@ def test_recipe_presets_use_the_official_rule_and_the_demo_keeps_its_own():
 
 
 def test_trainer_builds_its_optimiser_from_the_rule_and_prints_the_groups(tiny_shapes, tmp_path, capsys):
-    from csap_zoo.engine.trainer import Trainer
+    from csap_zoo.training.trainer import Trainer
 
     from .conftest import tiny_config
 
@@ -144,7 +144,7 @@ def test_trainer_builds_its_optimiser_from_the_rule_and_prints_the_groups(tiny_s
 
 
 def test_resume_with_other_rules_is_a_clear_error(tiny_shapes, tmp_path):
-    from csap_zoo.engine import train
+    from csap_zoo.training import train
 
     out = tmp_path / "run"
     train(tiny_config_for(tiny_shapes, out, max_iters=2, checkpoint_interval=2))

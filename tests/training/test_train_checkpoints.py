@@ -9,7 +9,7 @@ import stat
 import pytest
 import torch
 
-from csap_zoo.engine import Trainer, load_training_checkpoint, train
+from csap_zoo.training import Trainer, load_training_checkpoint, train
 
 from .conftest import Crash, crash_at, tiny_config
 

@@ -6,8 +6,8 @@ import torch
 
 import csap_zoo
 from csap_zoo.cli import main
-from csap_zoo.engine import TrainConfig, get_preset, list_presets, load_config
-from csap_zoo.engine.trainer import GlobalBatchSampler, WarmupPoly
+from csap_zoo.training import TrainConfig, get_preset, list_presets, load_config
+from csap_zoo.training.trainer import GlobalBatchSampler, WarmupPoly
 
 
 def test_presets_follow_the_recipe():
@@ -75,7 +75,7 @@ def test_cli_train_print_config_and_errors(capsys, tmp_path):
 
 
 def test_init_from_a_zoo_checkpoint_of_another_architecture_is_refused(tmp_path):
-    from csap_zoo.engine import Trainer
+    from csap_zoo.training import Trainer
     from csap_zoo.data.synthetic import generate_shapes_dataset
 
     generate_shapes_dataset(tmp_path / "d", num_train=4, num_val=0, size=(32, 32))

@@ -19,7 +19,7 @@ from typing import List, Optional
 import pytest
 import torch
 
-from csap_zoo.engine import train
+from csap_zoo.training import train
 
 from .conftest import tiny_config
 

@@ -8,7 +8,7 @@ import pytest
 
 from csap_zoo.data import DatasetError
 from csap_zoo.data.io import save_png
-from csap_zoo.engine import Trainer
+from csap_zoo.training import Trainer
 
 from .conftest import tiny_config
 

@@ -11,7 +11,7 @@ import pytest
 
 import csap_zoo
 from csap_zoo.data import FolderDataset, get_dataset_info
-from csap_zoo.engine import load_training_checkpoint, train
+from csap_zoo.training import load_training_checkpoint, train
 
 from _servers import free_loopback_port
 

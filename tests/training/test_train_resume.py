@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csap_zoo.engine import Trainer, load_training_checkpoint, train
+from csap_zoo.training import Trainer, load_training_checkpoint, train
 
 from .conftest import TINY_BACKBONE, Crash, crash_at, tiny_config
 
