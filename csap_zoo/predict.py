@@ -17,7 +17,8 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, label_palette, label_png_mode, open_rows, write_png
+from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, open_rows
+from .data.png import label_palette, label_png_mode, write_png
 from .data.metadata import DatasetInfo
 from .fileio import atomic_write_all
 from .inference import Segmenter

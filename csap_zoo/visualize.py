@@ -11,7 +11,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .data.io import ImageLike, save_png, to_rgb_array
+from .data.io import ImageLike, to_rgb_array
+from .data.png import save_png
 from .data.metadata import DatasetInfo, IGNORE_INDEX
 
 __all__ = ["OUTLINE_COLOUR", "boundaries", "colorize", "legend", "legend_extent", "overlay", "present_classes",

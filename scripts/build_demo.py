@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import csap_zoo  # noqa: E402
-from csap_zoo.data.io import save_png  # noqa: E402
+from csap_zoo.data.png import save_png  # noqa: E402
 from csap_zoo.data.synthetic import generate_shapes_dataset, render_shapes_sample  # noqa: E402
 from csap_zoo.hub.publish import publish_entry  # noqa: E402
 from csap_zoo.models.serialization import save_pretrained  # noqa: E402

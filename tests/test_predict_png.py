@@ -10,7 +10,8 @@ import csap_zoo
 import csap_zoo.data.io
 import csap_zoo.inference
 import csap_zoo.predict
-from csap_zoo.data.io import read_image, read_mask, save_png
+from csap_zoo.data.io import read_image, read_mask
+from csap_zoo.data.png import save_png
 from csap_zoo.inference import Segmenter
 from csap_zoo.predict import predict_paths
 from csap_zoo.visualize import boundaries

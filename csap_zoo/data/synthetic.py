@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .io import save_png
+from .png import save_png
 from .metadata import SHAPES_CLASSES, SHAPES_PALETTE, DatasetInfo, get_dataset_info, write_classes_file
 
 __all__ = ["SHAPES_CLASSES", "SHAPES_PALETTE", "generate_shapes_dataset", "region_logits", "render_shapes_sample",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from csap_zoo.data import DatasetError
-from csap_zoo.data.io import save_png
+from csap_zoo.data.png import save_png
 from csap_zoo.training import Trainer
 
 from .conftest import tiny_config
