@@ -467,7 +467,7 @@ def test_readme_command(command: Command, workspace: Path, capsys: pytest.Captur
 
         launch = get_args_parser().parse_args(argv[1:])
         assert launch.nproc_per_node == "8" and launch.module and launch.training_script == "csap_zoo.cli"
-        assert (REPO / "csap_zoo" / "cli.py").read_text(encoding="utf-8").rstrip().endswith("sys.exit(main())")
+        assert (REPO / "csap_zoo/cli/__main__.py").read_text(encoding="utf-8").rstrip().endswith("sys.exit(main())")
         outcome = run_cli(launch.training_script_args, capsys)
     else:
         raise AssertionError(f"README.md:{command.line}: no way to run {argv[0]!r} in this test")

@@ -284,12 +284,12 @@ def test_written_label_maps_and_overlays_equal_the_full_size_rendering(tmp_path,
 
 
 def test_eval_checks_data_before_loading_the_model(tmp_path, capsys, monkeypatch):
-    import csap_zoo.cli
+    import csap_zoo.cli.predict_eval
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before --data was checked")
 
-    monkeypatch.setattr(csap_zoo.cli, "_load_model", no_model)
+    monkeypatch.setattr(csap_zoo.cli.predict_eval, "load_model", no_model)
     # a benchmark layout, a folder with a classes file, and a folder without one (its classes come from the model)
     assert main(["eval", "--model", "csap_tiny.ade20k", "--pretrained", "--dataset", "ade20k",
                  "--data", str(tmp_path / "missing")]) == 1

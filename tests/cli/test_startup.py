@@ -66,7 +66,7 @@ def test_public_names_load_on_first_use():
 
 
 def test_the_preset_choices_are_the_presets():
-    from csap_zoo.cli import PRESET_NAMES
+    from csap_zoo.cli.train import PRESET_NAMES
     from csap_zoo.training.config import list_presets
 
     assert list(PRESET_NAMES) == list_presets()
