@@ -1,4 +1,5 @@
-"""Optimiser parameter groups: which parameters get which learning rate and weight decay.
+"""The optimisation recipe: AdamW parameter groups (which parameters get which learning rate and weight decay), the
+warmup + poly learning-rate schedule and the mixed-precision dtype.
 
 A rule set is a list of ``ParamRule`` (a name substring with lr and decay multipliers). Matching follows
 MMSegmentation's ``paramwise_cfg.custom_keys``: the keys are tried longest first (ties in alphabetical order), the
@@ -16,13 +17,19 @@ Named rule sets (``TrainConfig.param_rules``):
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 
-__all__ = ["PARAM_RULE_SETS", "ParamRule", "describe_param_groups", "param_groups", "resolve_param_rules"]
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+__all__ = ["PARAM_RULE_SETS", "ParamRule", "WarmupPoly", "amp_dtype", "autocast", "build_optimizer",
+           "describe_param_groups", "param_groups", "resolve_param_rules"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
@@ -119,3 +126,50 @@ def describe_param_groups(groups: Sequence[Dict[str, Any]]) -> str:
         lines.append(f"  {group.get('name', '')}: {count} tensors ({numel / 1e6:.2f} M values; {where}) "
                      f"lr {group['lr']:.3g} weight_decay {group['weight_decay']:.3g}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- schedule and precision
+class WarmupPoly:
+    """LR factor: linear warmup from ``warmup_ratio`` over ``warmup_iters``, then poly decay to ``min_ratio``."""
+
+    def __init__(self, max_iters: int, warmup_iters: int, warmup_ratio: float, power: float, min_ratio: float):
+        self.max_iters, self.warmup_iters, self.warmup_ratio = max_iters, warmup_iters, warmup_ratio
+        self.power, self.min_ratio = power, min_ratio
+
+    def __call__(self, it: int) -> float:
+        if it < self.warmup_iters:
+            return self.warmup_ratio + (1.0 - self.warmup_ratio) * it / self.warmup_iters
+        span = max(self.max_iters - self.warmup_iters, 1)
+        progress = min(max(it - self.warmup_iters, 0) / span, 1.0)
+        return (1.0 - self.min_ratio) * (1.0 - progress) ** self.power + self.min_ratio
+
+
+def build_optimizer(groups: List[Dict[str, Any]], config: TrainConfig
+                    ) -> Tuple[torch.optim.AdamW, WarmupPoly, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``groups`` (from :func:`param_groups`), the config's warmup + poly schedule, and the scheduler
+    that applies it once per optimiser step (it sets the warmup factor of step 0 at once)."""
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    schedule = WarmupPoly(config.max_iters, config.warmup_iters, config.warmup_ratio, config.poly_power,
+                          config.min_lr / config.lr)
+    return optimizer, schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``TrainConfig.amp`` on ``device`` (None: full precision). ``"auto"`` is bf16 where the
+    GPU has it, else fp16, and full precision on the CPU."""
+    if setting == "none":
+        return None
+    if device.type != "cuda":
+        if setting == "fp16":
+            raise ValueError("amp='fp16' needs CUDA; on the CPU use amp='bf16' or 'none'")
+        return torch.bfloat16 if setting == "bf16" else None
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(dtype: Optional[torch.dtype], device: torch.device) -> ContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or no change when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -57,7 +57,7 @@ def test_train_val_splits_and_their_defaults_come_from_data(shapes_root):
 
 
 def test_training_reads_its_datasets_through_the_data_opener(shapes_root):
-    from csap_zoo.training.trainer import build_datasets
+    from csap_zoo.training.data import build_datasets
     from csap_zoo.training import get_preset
 
     train, val = build_datasets(get_preset("shapes-demo").replace(data_root=str(shapes_root)))

@@ -7,7 +7,8 @@ import torch
 import csap_zoo
 from csap_zoo.cli import main
 from csap_zoo.training import TrainConfig, get_preset, list_presets, load_config
-from csap_zoo.training.trainer import GlobalBatchSampler, WarmupPoly
+from csap_zoo.training.data import GlobalBatchSampler
+from csap_zoo.training.optim import WarmupPoly
 
 
 def test_presets_follow_the_recipe():
