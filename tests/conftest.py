@@ -7,6 +7,8 @@
 * ``hf_server`` / ``url_server`` / ``hf_env``: thin wrappers around tests/_servers.py (a fake Hugging Face Hub, a plain
   URL file server, ``huggingface_hub`` pointed at the fake hub with an isolated cache).
 * ``one_torch_thread``.
+* ``tiny``: a CSAP-T model with random weights (seed 0) in eval mode, one per test module, with
+  ``tiny_num_classes`` classes (3; a module overrides that fixture for another count).
 * Under pytest-xdist (``pytest -n N``) each worker gets its share of the cores: torch's intra-op threads, and
   ``OMP_NUM_THREADS`` for the child processes tests start, are set to ``cores // N`` (at least 1), so that N workers
   do not each run a full set of threads on the same cores.
@@ -262,3 +264,18 @@ def always_shortcut(monkeypatch) -> None:
     monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
     monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
     monkeypatch.setattr(labelmap, "_MAX_CHANGING", 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_num_classes() -> int:
+    """How many classes ``tiny`` predicts; a test module overrides this fixture for another count."""
+    return 3
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_num_classes: int) -> torch.nn.Module:
+    """A CSAP-T model with random weights (seed 0) in eval mode, built once per test module."""
+    import csap_zoo
+
+    torch.manual_seed(0)
+    return csap_zoo.create_model("csap_tiny", num_classes=tiny_num_classes).eval()

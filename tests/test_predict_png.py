@@ -16,6 +16,8 @@ from csap_zoo.inference import Segmenter
 from csap_zoo.predict import predict_paths
 from csap_zoo.visualize import boundaries
 
+from _helpers import ManyClasses
+
 DEMO = Path(csap_zoo.__file__).parent / "assets" / "demo"
 
 
@@ -61,22 +63,8 @@ def test_palette_label_pngs_hold_the_class_indices_and_the_dataset_colours(tmp_p
                                       read_image(tmp_path / "colour" / "overlays" / f"{path.stem}.png"))
 
 
-class _ManyClasses(torch.nn.Module):
-    """A per-pixel linear model with 300 classes."""
-
-    num_classes, in_chans, min_size = 300, 3, 1
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(3)
-        self.proj = torch.nn.Conv2d(3, 300, 1)
-
-    def forward(self, x):
-        return self.proj(x)
-
-
 def test_label_maps_above_255_stay_16_bit_grayscale_with_palette_labels(tmp_path, small_bands):
-    seg = Segmenter(_ManyClasses(), resize=(100, 70))
+    seg = Segmenter(ManyClasses(), resize=(100, 70))
     files = _inputs(tmp_path / "in")
     predict_paths(seg, tmp_path / "in", tmp_path / "out", progress=False, legend=False, palette_labels=True)
     modes = set()

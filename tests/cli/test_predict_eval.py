@@ -11,6 +11,8 @@ from csap_zoo.cli import main
 from csap_zoo.inference import Segmenter
 from csap_zoo.predict import predict_paths
 
+from _helpers import ManyClasses
+
 
 def _write_image(path, h=40, w=48, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,21 +197,6 @@ def _classes(root, n):
 
 
 # ---------------------------------------------------------------------- streamed outputs equal the full-size ones
-class _ManyClasses(torch.nn.Module):
-    """A per-pixel linear model with 300 classes (labels above 255: 16-bit label PNGs, the ignore index 255 is a
-    real prediction)."""
-
-    num_classes, in_chans, min_size = 300, 3, 1
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(3)
-        self.proj = torch.nn.Conv2d(3, 300, 1)
-
-    def forward(self, x):
-        return self.proj(x)
-
-
 def _scene(h, w, seed):
     """A picture with regions (so labels vary in blobs) plus noise."""
     rng = np.random.default_rng(seed)
@@ -261,7 +248,7 @@ def test_written_label_maps_and_overlays_equal_the_full_size_rendering(tmp_path,
         "whole": lambda: (Segmenter(tiny, resize=(96, 64)), 0.5, True),
         "slide": lambda: (Segmenter(tiny, mode="slide", resize=(160, 120), crop_size=64, stride=48), 0.35, True),
         "tta": lambda: (Segmenter(tiny, resize=(96, 80), ratios=(0.75, 1.0), flip=True), 0.5, True),
-        "many_classes": lambda: (Segmenter(_ManyClasses(), resize=(100, 70)), 0.6, False),
+        "many_classes": lambda: (Segmenter(ManyClasses(), resize=(100, 70)), 0.6, False),
     }[setup]()
     # small bands, so that every image is cut into many of them
     monkeypatch.setattr(csap_zoo.inference, "_BAND_ELEMENTS", 4096)

@@ -11,6 +11,8 @@ import torch
 import csap_zoo
 from csap_zoo.hub import from_pretrained
 
+from _helpers import expect_config_error
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
@@ -34,18 +36,6 @@ def edited(saved, tmp_path, change, kind="csap"):
     else:
         path.write_text(data if isinstance(data, str) else json.dumps(data))
     return folder
-
-
-def expect_config_error(load, config_path, field):
-    start = time.process_time()  # this process's CPU time: other work on the machine does not count
-    with pytest.raises(ValueError) as info:
-        load()
-    elapsed = time.process_time() - start
-    message = str(info.value)
-    assert type(info.value).__name__ == "ConfigError", f"{type(info.value).__name__}: {message}"
-    assert str(config_path) in message and field in message, message
-    assert elapsed < 1.0, f"validation took {elapsed:.2f} s of CPU"  # refused before anything is built
-    return message
 
 
 def model(change):

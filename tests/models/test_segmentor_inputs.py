@@ -2,14 +2,6 @@
 import pytest
 import torch
 
-import csap_zoo
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return csap_zoo.create_model("csap_tiny", num_classes=3).eval()
-
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_input_is_a_value_error_naming_count_and_first_index(tiny, value):

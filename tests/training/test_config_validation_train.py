@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import typing
 
 import pytest
@@ -12,23 +11,13 @@ import pytest
 from csap_zoo.cli import main
 from csap_zoo.training import TrainConfig, load_config
 
+from _helpers import expect_config_error
+
 
 def write(tmp_path, text, suffix=".yaml"):
     path = tmp_path / f"train{suffix}"
     path.write_text(text)
     return path
-
-
-def expect_config_error(load, *fragments):
-    start = time.perf_counter()
-    with pytest.raises(ValueError) as info:
-        load()
-    elapsed = time.perf_counter() - start
-    message = str(info.value)
-    assert type(info.value).__name__ == "ConfigError", f"{type(info.value).__name__}: {message}"
-    assert all(f in message for f in fragments), message
-    assert elapsed < 1.0, f"validation took {elapsed:.2f} s"
-    return message
 
 
 def test_yaml_exponent_floats_are_numbers(tmp_path):

@@ -1,0 +1,41 @@
+"""Helpers that test modules of several folders share (the fixtures are in tests/conftest.py).
+
+Tests import this module as ``_helpers``: tests/conftest.py puts the tests folder on ``sys.path``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+import torch
+
+
+class ManyClasses(torch.nn.Module):
+    """A per-pixel linear model with 300 classes (labels above 255: 16-bit label PNGs, the ignore index 255 is a
+    real prediction)."""
+
+    num_classes, in_chans, min_size = 300, 3, 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.proj = torch.nn.Conv2d(3, 300, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def expect_config_error(load: Callable[[], object], *fragments: object) -> str:
+    """Call ``load`` and check that it raises a ConfigError whose message holds every fragment (``str()`` of a path),
+    in under one second of this process's CPU time (refused before anything is built; other work on the machine
+    does not count). Returns the message."""
+    start = time.process_time()
+    with pytest.raises(ValueError) as info:
+        load()
+    elapsed = time.process_time() - start
+    message = str(info.value)
+    assert type(info.value).__name__ == "ConfigError", f"{type(info.value).__name__}: {message}"
+    assert all(str(fragment) in message for fragment in fragments), message
+    assert elapsed < 1.0, f"validation took {elapsed:.2f} s of CPU"
+    return message
