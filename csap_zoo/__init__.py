@@ -23,7 +23,7 @@ _LAZY: Dict[str, str] = {
     **dict.fromkeys(("MSCAN", "Architecture", "CSAPHead", "CSAPHeadConfig", "DataConfig", "HamHeadConfig",
                      "LightHamHead", "Segmentor", "SegmentorConfig", "build_model", "optimize_for_inference",
                      "register_architecture"), ".models"),
-    **dict.fromkeys(("push_to_hub", "save_pretrained"), ".models.serialization"),
+    "push_to_hub": ".models.hub_transfer", "save_pretrained": ".models.serialization",
     **dict.fromkeys(("PretrainedInfo", "create_model", "from_pretrained", "list_models", "list_pretrained"), ".hub"),
     **dict.fromkeys(("DatasetInfo", "custom_dataset_info", "get_dataset_info", "list_datasets"), ".data"),
     **dict.fromkeys(("EvalResult", "Evaluator", "evaluate"), ".evaluation"),
@@ -60,7 +60,8 @@ if TYPE_CHECKING:  # what static checkers and IDEs see: the same names, imported
         MSCAN, Architecture, CSAPHead, CSAPHeadConfig, DataConfig, HamHeadConfig, LightHamHead, Segmentor,
         SegmentorConfig, build_model, optimize_for_inference, register_architecture,
     )
-    from .models.serialization import push_to_hub, save_pretrained
+    from .models.hub_transfer import push_to_hub
+    from .models.serialization import save_pretrained
     from .training import TrainConfig, TrainResult, train
     from .visualize import colorize, overlay
 

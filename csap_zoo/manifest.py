@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -17,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ManifestError, UnsafePathError
 from .fileio import atomic_write, check_relative_path, contained_path
+from .settings import manifest_override
 
 __all__ = [
     "Checkpoint", "HfSource", "Manifest", "ManifestError", "PackageSource", "UrlSource", "default_manifest", "load_manifest",
@@ -295,5 +295,5 @@ def _default_manifest() -> Manifest:
 
 def default_manifest() -> Manifest:
     """The manifest shipped with the package (or the file named by ``CSAP_ZOO_MANIFEST``)."""
-    override = os.environ.get("CSAP_ZOO_MANIFEST")
+    override = manifest_override()
     return load_manifest(override) if override else _default_manifest()

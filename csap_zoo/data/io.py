@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from ..errors import ImageTooLargeError
 from ..fileio import not_a_regular_file
+from ..settings import max_image_pixels
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError", "MAX_PIXELS_ENV",
@@ -50,15 +51,8 @@ def max_pixels_limit(max_pixels: Optional[int] = None) -> Optional[int]:
     """The pixel limit in force: ``max_pixels`` if given, else ``$CSAP_ZOO_MAX_PIXELS``, else
     ``DEFAULT_MAX_PIXELS``; None when the limit is disabled (0 or negative)."""
     if max_pixels is None:
-        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
-        if env:
-            try:
-                max_pixels = int(float(env))
-            except ValueError:
-                raise ValueError(f"{MAX_PIXELS_ENV}={env!r} is not a number of pixels (use e.g. 300000000, "
-                                 f"or 0 for no limit)") from None
-        else:
-            max_pixels = DEFAULT_MAX_PIXELS
+        from_env = max_image_pixels()
+        max_pixels = DEFAULT_MAX_PIXELS if from_env is None else from_env
     max_pixels = int(max_pixels)
     return max_pixels if max_pixels > 0 else None
 

@@ -8,10 +8,12 @@ from ..errors import (
     CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, ConversionError, ManifestError,
 )
 from ..manifest import Checkpoint, HfSource, Manifest, UrlSource, default_manifest, load_manifest
-from ..models.serialization import load_checkpoint_into, push_to_hub, read_state_dict, save_pretrained
+from ..models.hub_transfer import push_to_hub
+from ..models.serialization import load_checkpoint_into, read_state_dict, save_pretrained
 from .catalog import PretrainedInfo, list_models, list_pretrained
 from .convert import CHECKPOINT_FORMATS, convert_state_dict, detect_format
-from .download import VerifiedFile, fetch_checkpoint, fetch_verified, sha256_of, url_cache_path
+from .cache import VerifiedFile, sha256_of, url_cache_path
+from .download import fetch_checkpoint, fetch_verified
 from .factory import create_model, from_pretrained
 
 __all__ = [

@@ -31,7 +31,9 @@ from ..manifest import Checkpoint, Manifest, PackageSource, default_manifest
 from ..models.config import MAX_CLASSES, DataConfig
 from ..models.registry import build_model, get_architecture, parse_model_name
 from ..models.segmentor import Segmentor
-from ..models.serialization import CONFIG_NAME, load_checkpoint_into, read_model_folder, read_state_dict, warn_reset
+from ..models.serialization import (
+    CONFIG_NAME, load_checkpoint_into, read_model_folder, read_state_dict, reset_classifier,
+)
 from .convert import convert_state_dict, detect_format
 from .download import fetch_verified
 
@@ -68,7 +70,7 @@ def _checkpoint_classes(checkpoint: Checkpoint) -> Classes:
 
 from_pretrained = Segmentor.from_pretrained
 """Load a model saved with ``save_pretrained``: a local folder, or a Hub repo id (``org/name``); see
-:meth:`csap_zoo.models.serialization.PretrainedMixin.from_pretrained`."""
+:meth:`csap_zoo.models.pretrained.PretrainedMixin.from_pretrained`."""
 
 
 def _data_config_from_checkpoint(checkpoint: Checkpoint) -> DataConfig:
@@ -105,9 +107,7 @@ def _from_local_pretrained(name: str, path: Path, num_classes: Optional[int], bu
         names, palette = _dataset_classes(tag, model.num_classes)
         if names is not None:
             model.data_config = dataclasses.replace(model.data_config, class_names=names, palette=palette)
-    if num_classes is not None and num_classes != model.num_classes:
-        warn_reset(str(path), model.num_classes, num_classes)
-        model.reset_classifier(num_classes)
+    reset_classifier(model, num_classes, str(path))
     return model
 
 
@@ -163,9 +163,7 @@ def create_model(
         state = read_state_dict(verified.data, verified.path.name)
         load_checkpoint_into(model, convert_state_dict(state, checkpoint.format, model),
                              f"checkpoint {checkpoint.name}")
-        if num_classes is not None and num_classes != checkpoint.num_classes:
-            warn_reset(f"checkpoint {checkpoint.name}", checkpoint.num_classes, num_classes)
-            model.reset_classifier(num_classes)
+        reset_classifier(model, num_classes, f"checkpoint {checkpoint.name}")
         return model
 
     if backbone is not None:  # a foreign timm backbone: timm's own pretrained weights

@@ -25,7 +25,7 @@ from .config import (
     HEAD_TYPES, MAX_CLASSES, MAX_IMAGE_SIZE, PAD_MODES, DataConfig, HeadConfig, SegmentorConfig, check_backbone_args,
 )
 from .layers import capturing_graph
-from .serialization import PretrainedMixin
+from .pretrained import PretrainedMixin
 
 __all__ = ["DataConfig", "HEAD_TYPES", "HeadConfig", "MAX_CLASSES", "MAX_IMAGE_SIZE", "PAD_MODES", "Segmentor",
            "SegmentorConfig", "check_backbone_args", "check_finite", "select_feature_indices"]

@@ -1,9 +1,9 @@
 """The segmentor's folder format, written and read: ``config.json`` + ``model.safetensors`` + a README model card.
 
-``save_pretrained`` writes the folder atomically; ``from_pretrained`` reads one back from a local path or a Hugging
-Face Hub repository; ``push_to_hub`` uploads one. :class:`PretrainedMixin` gives a model class these as methods
-(the model class supplies ``from_config``, ``config``, ``data_config`` and ``metrics``), so the format has one home
-and the model class does not reach up into the hub for it.
+``save_pretrained`` writes the folder atomically; ``model_from_folder`` reads one back. The model card is
+``csap_zoo.models.card``, the Hub transfer (``push_to_hub``, a Hub repository's folder)
+``csap_zoo.models.hub_transfer``, and ``csap_zoo.models.pretrained.PretrainedMixin`` gives a model class all of these
+as methods, so the format has one home and the model class does not reach up into the hub for it.
 
 Loading is strict: a missing or unexpected key, a shape mismatch or a tensor of the wrong kind (integer or bool
 where the model holds floats, or the reverse) is an error. The one exception is the classifier when ``num_classes``
@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
-import socket
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Union
@@ -31,21 +28,19 @@ import torch.nn as nn
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 
-from ..errors import HUB_LOGIN_ADVICE, CheckpointUnavailableError, ConfigError, ConversionError, HubError, ManifestError
+from ..errors import ConfigError, ConversionError
 from ..fileio import atomic_folder, atomic_write, clean_stale_temp
-from ..manifest import default_manifest
-from ..settings import is_offline
 from ..validation import check_value, require_mapping
 from ..version import __version__
 from .architectures import get_architecture
+from .card import render_model_card
 from .config import DataConfig, SegmentorConfig
-from .flops import estimate_gmacs
 from .fused import is_fused
 
 __all__ = [
-    "CONFIG_NAME", "FORMAT_VERSION", "MODEL_CARD_NAME", "ModelFolder", "PretrainedMixin", "WEIGHTS_NAME",
-    "check_hub_upload", "hub_unreachable", "load_checkpoint_into", "model_config_dict", "push_to_hub", "read_model_folder",
-    "read_state_dict", "render_model_card", "save_pretrained",
+    "CONFIG_NAME", "FORMAT_VERSION", "MODEL_CARD_NAME", "ModelFolder", "WEIGHTS_NAME", "load_checkpoint_into",
+    "model_config_dict", "model_from_folder", "read_model_folder", "read_state_dict", "reset_classifier",
+    "save_pretrained",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -170,123 +165,6 @@ def model_config_dict(model: Any, metrics: Optional[Dict[str, Any]] = None) -> D
     }
 
 
-def _count_gmacs(model: nn.Module, size: int) -> Optional[float]:
-    try:
-        return estimate_gmacs(model, size, size)
-    except Exception:  # a model the counter cannot follow must not block saving it
-        return None
-
-
-# Card metric names -> Hugging Face metric types (model-index); other float-valued entries keep their own name.
-_METRIC_TYPES = {"mIoU": "mean_iou", "mAcc": "mean_accuracy", "aAcc": "accuracy"}
-_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,63}")
-
-
-def _card_license(license: Optional[str], architecture: str, dataset_tag: Optional[str]) -> Optional[str]:
-    """The card's license: the argument, else the manifest entry the model is named after, else None."""
-    if license is not None:
-        if not isinstance(license, str) or not _LICENSE_ID.fullmatch(license):
-            raise ValueError(f"license must be a Hugging Face license identifier such as 'apache-2.0', 'mit' or "
-                             f"'other' (lowercase, no spaces), got {license!r}")
-        return license
-    if not dataset_tag:
-        return None
-    try:
-        manifest = default_manifest()
-    except ManifestError:  # a broken CSAP_ZOO_MANIFEST must not block saving a model
-        return None
-    name = f"{architecture}.{dataset_tag}"
-    if name not in manifest:
-        return None
-    entry = manifest.get(name)
-    return entry.license if entry.kind == "segmentor" and entry.architecture == architecture else None
-
-
-def _eval_results(metrics: Dict[str, Any], model_dataset: str) -> List[Any]:
-    from huggingface_hub import EvalResult
-
-    measured_on = metrics.get("dataset") if isinstance(metrics.get("dataset"), str) else model_dataset
-    results = []
-    for key, value in metrics.items():
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not numeric or (key not in _METRIC_TYPES and not isinstance(value, float)):
-            continue  # counts such as val_images or iterations are not results
-        results.append(EvalResult(
-            task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=measured_on,
-            dataset_name=measured_on, metric_type=_METRIC_TYPES.get(key, key), metric_name=key, metric_value=value,
-        ))
-    return results
-
-
-def render_model_card(model: Any, metrics: Optional[Dict[str, Any]] = None, repo_id: Optional[str] = None,
-                      gmacs_size: int = 512, license: Optional[str] = None) -> str:
-    """A Hugging Face model card: metadata front matter (huggingface_hub's ModelCardData), then what the model is
-    and how to load it.
-
-    The metadata has ``library_name: csap-zoo``, ``pipeline_tag: image-segmentation``, the dataset and the numeric
-    metrics as ``model-index`` results (values as recorded, e.g. percent). ``license`` is a Hugging Face license
-    identifier; without one the card takes the license of the manifest checkpoint the model is named after
-    (``architecture.dataset``), and otherwise has no license field, for the author to choose one.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    config, data = model.config, model.data_config
-    assert config is not None
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    gmacs = _count_gmacs(model, gmacs_size)
-    dataset = data.dataset or config.dataset or "custom"
-    classes = data.class_names
-    title = config.architecture + (f".{dataset}" if dataset != "custom" else "")
-    eval_results = _eval_results(metrics or {}, dataset)
-    metadata = ModelCardData(
-        library_name="csap-zoo",
-        pipeline_tag="image-segmentation",
-        license=_card_license(license, config.architecture, config.dataset or data.dataset),
-        tags=["csap-zoo", "semantic-segmentation"],
-        datasets=[dataset] if dataset != "custom" else None,
-        model_name=(repo_id or title) if eval_results else None,
-        eval_results=eval_results or None,
-    )
-    lines = [
-        f"# {title}",
-        "",
-        f"Semantic segmentation model from csap-zoo: backbone `{config.backbone}` with a "
-        f"`{type(model.decode_head).__name__}` decode head.",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| architecture | `{config.architecture}` |",
-        f"| dataset | {dataset} |",
-        f"| classes | {config.num_classes} |",
-        f"| input channels | {config.in_chans} |",
-        "| input padding | " + ("none: inputs run at their own size, logits resized to it |" if config.pad_mode == "none"
-                               else f"zero padding to a multiple of {model.stride}, logits cropped |"),
-        f"| parameters | {params:.2f} M |",
-        f"| GMACs ({gmacs_size}x{gmacs_size}, convolutions and matmuls) | "
-        + (f"{gmacs:.2f} |" if gmacs is not None else "not counted |"),
-    ]
-    if data.train_crop:
-        lines.append(f"| training crop | {data.train_crop[0]}x{data.train_crop[1]} |")
-    if data.test_size:
-        lines.append(f"| evaluation resize | {data.test_size[0]}x{data.test_size[1]} (keep ratio) |")
-    lines.append(f"| mean / std (0-255) | {list(data.mean)} / {list(data.std)} |")
-    lines += ["", "## Metrics", ""]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-    else:
-        lines.append("No metrics recorded.")
-    if classes:
-        lines += ["", "## Classes", "", ", ".join(f"{i}: {name}" for i, name in enumerate(classes))]
-    alternative = (f'csap_zoo.create_model("hf-hub:{repo_id}")' if repo_id
-                   else f'csap_zoo.create_model("{config.architecture}", pretrained="path/to/this/folder")')
-    lines += [
-        "", "## How to load", "", "```python", "import csap_zoo", "",
-        f'model = csap_zoo.from_pretrained("{repo_id or "path/to/this/folder"}").eval()',
-        f"# or: {alternative}", "```", "",
-    ]
-    return str(ModelCard("---\n" + metadata.to_yaml() + "\n---\n\n" + "\n".join(lines)))
-
 
 def save_pretrained(
         model: Any,
@@ -328,69 +206,6 @@ def save_pretrained(
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (staging / MODEL_CARD_NAME).write_text(render_model_card(model, metrics, repo_id, license=license))
     return target
-
-
-
-
-def check_hub_upload(token: Optional[str] = None) -> None:
-    """Fail at once, with one :class:`~csap_zoo.errors.HubError` that says what to do, when an upload cannot
-    work: offline mode, no token ("log in"), or an unreachable Hub (one connection attempt instead of
-    huggingface_hub's half a minute of retries). ``csap-zoo push`` calls it before anything is sent."""
-    from huggingface_hub import get_token
-
-    if is_offline():
-        raise HubError("pushing to the Hub needs the network, and offline mode is on (unset HF_HUB_OFFLINE / "
-                       "CSAP_ZOO_OFFLINE)")
-    if not (token or get_token()):
-        raise HubError(f"pushing to the Hub needs a Hugging Face token: {HUB_LOGIN_ADVICE}")
-    unreachable = hub_unreachable()
-    if unreachable:
-        raise HubError(f"the Hub is unreachable ({unreachable}); check the network (or HF_ENDPOINT) and retry")
-
-
-def push_to_hub(
-        model: Any,
-        repo_id: str,
-        metrics: Optional[Dict[str, Any]] = None,
-        private: bool = False,
-        commit_message: str = "Upload csap-zoo model",
-        token: Optional[str] = None,
-        license: Optional[str] = None,
-) -> str:
-    """Save the model into a temporary folder and upload it to a Hugging Face Hub model repository.
-
-    ``license`` is the model card's license identifier (see ``render_model_card``). A failed upload is one
-    :class:`~csap_zoo.errors.HubError` saying what to do (log in, check the network, leave offline mode), with
-    huggingface_hub's own error as its cause; :func:`check_hub_upload` fails faster, before saving.
-
-    Returns the commit sha of the upload, which is what a manifest entry pins as ``revision``.
-    """
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
-    metrics = model.metrics if metrics is None else metrics
-    api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model", metrics=metrics, repo_id=repo_id, license=license)
-        try:
-            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                                     repo_type="model")
-        except Exception as err:  # huggingface_hub's HTTP, connection and token errors
-            status = getattr(getattr(err, "response", None), "status_code", None)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if is_offline():
-                advice = "offline mode is on (unset HF_HUB_OFFLINE / CSAP_ZOO_OFFLINE)"
-            elif not (token or get_token()):
-                advice = f"no Hugging Face token is set: {HUB_LOGIN_ADVICE}"
-            elif status in (401, 403):
-                advice = f"{HUB_LOGIN_ADVICE} with a token that can write to {repo_id}"
-            elif isinstance(err, HfHubHTTPError):
-                advice = "the Hub refused it"
-            else:
-                advice = "check the network (or HF_ENDPOINT) and retry"
-            raise HubError(f"uploading to {repo_id} failed ({type(err).__name__}: {first}); {advice}") from err
-    return getattr(info, "oid", None) or str(info)
 
 
 # ---------------------------------------------------------------------- reading a folder
@@ -505,111 +320,16 @@ def model_from_folder(cls: Any, folder: Path, source: str, num_classes: Optional
     assert model is not None
     load_checkpoint_into(model, state, source, classifier_may_differ=False)
     model.metrics = contents.metrics
-    if num_classes is not None and num_classes != model.num_classes:
-        warn_reset(source, model.num_classes, num_classes)
-        model.reset_classifier(num_classes)
+    reset_classifier(model, num_classes, source)
     return model
 
 
-def warn_reset(source: str, old: int, new: int) -> None:
-    warnings.warn(f"{source}: checkpoint has {old} classes, num_classes={new}; the classifier is re-initialised "
-                  f"and needs fine-tuning.", stacklevel=4)
 
-
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
-def hub_unreachable(timeout: float = 3.0) -> Optional[str]:
-    """Why the Hub endpoint cannot be reached (one TCP connection attempt), or None when it answers.
-
-    huggingface_hub retries a refused connection for about half a minute; this single attempt lets an
-    unreachable Hub fail (or fall back to the cache) at once. Behind a proxy the endpoint is not probed.
-    """
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
-        return None
-    parts = urlsplit(constants.ENDPOINT)
-    if not parts.hostname:
-        return None
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        return f"{parts.hostname}:{port}: {err.strerror or err}"
-    return None
-
-
-def download_model_folder(repo_id: str, revision: Optional[str], cache_dir: Optional[PathLike],
-                        local_files_only: Optional[bool]) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    offline = is_offline() if local_files_only is None else local_files_only
-    if offline:
-        reason = ("offline mode is on (HF_HUB_OFFLINE or CSAP_ZOO_OFFLINE is set)" if local_files_only is None
-                  else "local_files_only=True")
-    else:
-        unreachable = hub_unreachable()
-        # like huggingface_hub without a network: the cached copy, if there is one
-        offline = unreachable is not None
-        reason = f"the Hub is unreachable ({unreachable})"
-    try:
-        paths = [Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
-                                      local_files_only=offline)) for name in (CONFIG_NAME, WEIGHTS_NAME)]
-    except LocalEntryNotFoundError:
-        if not offline:
-            reason = "the Hub is unreachable"
-        advice = ("Download it once while online (unset HF_HUB_OFFLINE / CSAP_ZOO_OFFLINE), or point HF_HUB_CACHE "
-                  "at a cache that holds it." if "offline mode" in reason else
-                  "Check the network (or HF_ENDPOINT) and retry, or point HF_HUB_CACHE at a cache that holds it; "
-                  "set HF_HUB_OFFLINE=1 to use cached models without trying the network.")
-        raise CheckpointUnavailableError(f"hf-hub:{repo_id} is not in the local cache and {reason}. {advice}") from None
-    except (RepositoryNotFoundError, EntryNotFoundError) as err:
-        raise CheckpointUnavailableError(f"hf-hub:{repo_id} is not a csap-zoo model repository "
-                                         f"({type(err).__name__}); it needs {CONFIG_NAME} and {WEIGHTS_NAME}") from None
-    return paths[0].parent
-
-
-# ---------------------------------------------------------------------- the methods a model class gets
-class PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` as methods of a model class (Hugging Face's
-    convention). The class provides ``from_config(config, pretrained_backbone=False, data_config=None)`` and its
-    instances ``config``, ``data_config``, ``metrics`` and ``num_classes``."""
-
-    def save_pretrained(self, save_directory: PathLike, metrics: Optional[Dict[str, Any]] = None,
-                        **kwargs: Any) -> Path:
-        """Write config.json + model.safetensors + README.md (see :func:`save_pretrained` for the keyword
-        arguments: ``repo_id``, ``dtype``, ``license``)."""
-        return save_pretrained(self, save_directory, metrics=metrics, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload to a Hugging Face Hub model repository (see :func:`push_to_hub`)."""
-        return push_to_hub(self, repo_id, **kwargs)
-
-    @classmethod
-    def from_pretrained(
-            cls,
-                name_or_path: PathLike,
-            num_classes: Optional[int] = None,
-            revision: Optional[str] = None,
-            cache_dir: Optional[PathLike] = None,
-            local_files_only: Optional[bool] = None,
-    ) -> Any:
-        """Load a model saved with ``save_pretrained``: a local folder, or a Hub repo id (``org/name``).
-
-        The saved config rebuilds the exact architecture (no backbone weights are downloaded); ``num_classes``
-        different from the saved one re-initialises the classifier with a warning.
-        """
-        text = os.fspath(name_or_path)
-        if text.startswith("hf-hub:"):
-            text = text[len("hf-hub:"):]
-        folder = Path(text)
-        if folder.is_dir():
-            return model_from_folder(cls, folder, str(folder), num_classes)
-        if folder.exists() or text.count("/") != 1 or text.startswith((".", "/")):
-            raise ConversionError(f"{text} is neither a model folder nor a Hub repo id of the form 'org/name'")
-        local = download_model_folder(text, revision, cache_dir, local_files_only)
-        return model_from_folder(cls, local, f"hf-hub:{text}", num_classes)
+def reset_classifier(model: Any, num_classes: Optional[int], source: str) -> None:
+    """Give ``model`` a fresh classifier of ``num_classes`` classes, with a warning that it needs fine-tuning,
+    when that differs from the checkpoint's (``model.num_classes`` as loaded from ``source``); else nothing."""
+    if num_classes is None or num_classes == model.num_classes:
+        return
+    warnings.warn(f"{source}: checkpoint has {model.num_classes} classes, num_classes={num_classes}; the classifier "
+                  f"is re-initialised and needs fine-tuning.", stacklevel=4)
+    model.reset_classifier(num_classes)

@@ -21,9 +21,10 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 import csap_zoo
-import csap_zoo.hub.download as download
+import csap_zoo.hub.cache as hub_cache
 from csap_zoo.hub import CheckpointError, HfSource, UrlSource, default_manifest
-from csap_zoo.hub.download import fetch_checkpoint, url_cache_path
+from csap_zoo.hub.cache import url_cache_path
+from csap_zoo.hub.download import fetch_checkpoint
 from csap_zoo.manifest import load_manifest
 
 CHILD = Path(__file__).with_name("_download_child.py")
@@ -171,7 +172,7 @@ def test_create_model_loads_the_bytes_it_verified(url_server, two_models, tmp_pa
                 os.replace(replacement, cached)
             return digest
 
-    monkeypatch.setattr(download, "hashlib", types.SimpleNamespace(sha256=SwapAfterHash))
+    monkeypatch.setattr(hub_cache, "hashlib", types.SimpleNamespace(sha256=SwapAfterHash))
     model = csap_zoo.create_model("csap_tiny.ade20k", pretrained=True, manifest=manifest, cache_dir=cache,
                                   local_files_only=True)
     assert fingerprint(model.state_dict()) == expected

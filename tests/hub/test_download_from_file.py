@@ -19,7 +19,8 @@ from csap_zoo.cli import main as cli_main
 from csap_zoo.hub import (
     CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, HfSource, UrlSource, default_manifest,
 )
-from csap_zoo.hub.download import cache_path, fetch_checkpoint, fetch_verified, place_from_file, url_cache_path
+from csap_zoo.hub.cache import cache_path, url_cache_path
+from csap_zoo.hub.download import fetch_checkpoint, fetch_verified, place_from_file
 from csap_zoo.manifest import load_manifest
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))

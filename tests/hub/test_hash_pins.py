@@ -12,7 +12,8 @@ import pytest
 
 from csap_zoo.errors import CheckpointIntegrityError
 from csap_zoo.hub import UrlSource, default_manifest
-from csap_zoo.hub.download import fetch_checkpoint, pin_path, place_from_file, url_cache_path
+from csap_zoo.hub.cache import pin_path, url_cache_path
+from csap_zoo.hub.download import fetch_checkpoint, place_from_file
 from csap_zoo.hub.catalog import model_catalog
 
 

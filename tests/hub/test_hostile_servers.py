@@ -127,21 +127,21 @@ def test_an_announced_size_above_the_manifest_is_refused_at_once(hostile, tmp_pa
 def test_the_servers_length_never_sets_the_deadline(hostile, tmp_path, monkeypatch):
     """No size in the manifest, a 10**13-byte Content-Length and a body that ends early: the download fails on
     the short body, and a slow one would have met the default 1-hour deadline, not one of years."""
-    from csap_zoo.hub import download
+    from csap_zoo.hub import http
 
     seen = []
-    real = download._Deadline.__init__
+    real = http.Deadline.__init__
 
     def spy(self, seconds):
         seen.append(self)
         real(self, seconds)
 
-    monkeypatch.setattr(download._Deadline, "__init__", spy)
+    monkeypatch.setattr(http.Deadline, "__init__", spy)
     monkeypatch.setenv("CSAP_ZOO_MAX_DOWNLOAD_BYTES", str(10 ** 14))
     server = hostile("huge length")
     with pytest.raises(CheckpointError, match=f"stopped after {len(DATA)} of {10 ** 13} bytes"):
         fetch_checkpoint(_entry(server.url, size=None), tmp_path / "cache", local_files_only=False)
-    assert [watchdog.seconds for watchdog in seen] == [download._DEADLINE_UNKNOWN_SIZE]
+    assert [watchdog.seconds for watchdog in seen] == [http.DEADLINE_UNKNOWN_SIZE]
 
 
 def test_a_download_within_the_size_is_read_back_from_disk(url_server, tmp_path):

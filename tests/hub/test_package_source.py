@@ -7,7 +7,8 @@ import json
 import pytest
 
 from csap_zoo.hub import default_manifest
-from csap_zoo.hub.download import CheckpointIntegrityError, CheckpointUnavailableError, fetch_checkpoint
+from csap_zoo.errors import CheckpointIntegrityError, CheckpointUnavailableError
+from csap_zoo.hub.download import fetch_checkpoint
 from csap_zoo.manifest import MANIFEST_PATH, Manifest, ManifestError, PackageSource
 
 

@@ -14,7 +14,7 @@ from csap_zoo.hub import (
     CheckpointError, CheckpointIntegrityError, CheckpointUnavailableError, HfSource, ManifestError, UrlSource,
     default_manifest,
 )
-from csap_zoo.hub.download import url_cache_path
+from csap_zoo.hub.cache import url_cache_path
 from csap_zoo.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]

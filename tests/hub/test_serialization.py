@@ -10,7 +10,7 @@ import torch
 import csap_zoo
 from csap_zoo.cli import main as cli_main
 from csap_zoo.hub import ConversionError, from_pretrained, save_pretrained
-from csap_zoo.hub.download import sha256_of
+from csap_zoo.hub.cache import sha256_of
 from csap_zoo.manifest import MANIFEST_PATH, load_manifest
 
 X = torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(1))

@@ -14,7 +14,8 @@ import torch
 
 import csap_zoo
 from csap_zoo.hub import UrlSource, default_manifest
-from csap_zoo.hub.download import fetch_verified, torch_hub_path, url_cache_path
+from csap_zoo.hub.cache import torch_hub_path, url_cache_path
+from csap_zoo.hub.download import fetch_verified
 from csap_zoo.manifest import load_manifest
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))

@@ -13,7 +13,7 @@ from csap_zoo.data.io import read_image, read_mask
 from csap_zoo.data.synthetic import SHAPES_CLASSES, render_shapes_sample
 from csap_zoo.evaluation import Evaluator
 from csap_zoo.hub import default_manifest
-from csap_zoo.hub.download import sha256_of
+from csap_zoo.hub.cache import sha256_of
 
 DEMO = Path(csap_zoo.__file__).parent / "assets" / "demo"
 
