@@ -24,7 +24,7 @@ import torch
 
 
 def _decompose(threads: int, height: int, width: int, warmup: int, repeats: int) -> Dict[str, float]:
-    from csap_zoo.tools.profiling import measure_interleaved
+    from csap_zoo.tools.measurement import measure_interleaved
     from csap_zoo.models import build_model, optimize_for_inference
 
     torch.manual_seed(0)
@@ -122,10 +122,10 @@ def _openvino_ops(threads: int, height: int, width: int, top: int, gemm_size: in
     import numpy as np
     import openvino as ov
 
-    from csap_zoo.backends import OPENVINO_CPU_CONFIG, OpenVINONetwork, label_map_graph
-    from csap_zoo.labelmap import ResizeStep
+    from csap_zoo.inference.backends import OPENVINO_CPU_CONFIG, OpenVINONetwork, label_map_graph
+    from csap_zoo.inference.bands import ResizeStep
     from csap_zoo.models import build_model
-    from csap_zoo.tools.profiling import gemm_call, threads as torch_threads
+    from csap_zoo.tools.measurement import gemm_call, threads as torch_threads
 
     if model is None:
         torch.manual_seed(0)

@@ -3,10 +3,11 @@ random weights) eager and in both runtimes, timed from image to label map in ONE
 
 What one timed call does, alike for every contender: a fixed random uint8 image batch -> ImageNet normalisation ->
 the network -> bilinear resize of its logits to the image size -> arg-max, band of rows by band. The post-processing
-is the same code for all runtime contenders (``csap_zoo.tools.profiling.label_map``: ``csap_zoo.labelmap.resize_rows``
-and the arg-max), done in torch outside the exported graphs (csap-zoo's own contender runs ``Segmenter``, whose
-label map takes ``csap_zoo.labelmap.label_map_bands``' exact shortcut where it pays; with random weights the
-logits are near-ties everywhere and it falls back to the same resize + arg-max). The exported
+is the same code for all runtime contenders (``csap_zoo.tools.runtimes.label_map``:
+``csap_zoo.inference.bands.resize_rows`` and the arg-max), done in torch outside the exported graphs (csap-zoo's
+own contender runs ``Segmenter``, whose label map takes ``csap_zoo.inference.bands.label_map_bands``' exact
+shortcut where it pays; with random weights the logits are near-ties everywhere and it falls back to the same
+resize + arg-max). The exported
 graphs return native logits (CSAP/SegNeXt stride 8, SegFormer stride 4), so the runtimes are compared on the
 network alone and the post-processing is not a second variable -- except for the two contenders that append the
 resize and the arg-max to the OpenVINO graph (whole images): csap-zoo's OpenVINO backend, and ``openvino-labels``,
@@ -26,7 +27,7 @@ can do. Contenders:
 * ``openvino``: the same ONNX file, ``compile_model(..., "CPU", PERFORMANCE_HINT=LATENCY,
   INFERENCE_PRECISION_HINT=f32, INFERENCE_NUM_THREADS=--threads)``, input reshaped to the static shape;
 * ``openvino-labels``: that compiled model with the bilinear resize and the arg-max appended to its graph
-  (``csap_zoo.backends.label_map_graph``), one call from normalised image to labels (csap_zoo models, batch 1,
+  (``csap_zoo.inference.backends.label_map_graph``), one call from normalised image to labels (csap_zoo models, batch 1,
   whole images).
 
 Also timed in the same rounds: an fp32 GEMM (--gemm, default 2048^3, torch) whose MAC rate turns each model's
@@ -69,9 +70,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from csap_zoo.fileio import atomic_write
-from csap_zoo.tools.profiling import (
-    RUNTIMES, LatencyStats, RuntimeCall, RuntimeCase, build_runtime_call, export_runtime_onnx, gemm_call, label_map,
-    measure_interleaved, runtime_gmacs, runtime_peak_memory,
+from csap_zoo.tools.measurement import LatencyStats, gemm_call, measure_interleaved
+from csap_zoo.tools.runtimes import (
+    RUNTIMES, RuntimeCall, RuntimeCase, build_runtime_call, export_runtime_onnx, label_map, runtime_gmacs,
+    runtime_peak_memory,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"

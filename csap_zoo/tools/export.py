@@ -2,9 +2,10 @@
 
 The :class:`~csap_zoo.models.segmentor.Segmentor` pads its input to a multiple of the backbone stride with Python
 ``if`` statements, which tracers turn into shape guards (a graph exported at 512x512 would only be valid for sizes
-divisible by 32). Every exporter here therefore goes through :class:`ExportWrapper`, which computes the same thing
-without data-dependent branches: it always pads by ``(-size) mod stride`` (a zero pad when divisible), runs backbone
-and head, resizes the stride-8 logits to the padded size and narrows them back to the input size. Its outputs are
+divisible by 32). Every exporter here therefore goes through
+:class:`~csap_zoo.models.logits.SegmentorLogits` with ``branch_free=True``, which computes the same thing without
+data-dependent branches: it always pads by ``(-size) mod stride`` (a zero pad when divisible), runs backbone and
+head, resizes the stride-8 logits to the padded size and narrows them back to the input size. Its outputs are
 identical to ``model(x)``.
 
 What each format supports (checked by tests/tools/test_export.py):
@@ -39,10 +40,11 @@ import torch
 import torch.nn as nn
 
 from ..fileio import atomic_write
+from ..models.logits import SegmentorLogits
 
 __all__ = [
-    "EXPORT_FORMATS", "ExportResult", "ExportWrapper", "check_parity", "compile_model", "export_model",
-    "export_onnx", "export_program", "export_torchscript", "load_program", "onnx_session",
+    "EXPORT_FORMATS", "ExportResult", "check_parity", "compile_model", "export_model", "export_onnx",
+    "export_program", "export_torchscript", "load_program", "onnx_session",
 ]
 
 EXPORT_FORMATS = ("onnx", "torch-export", "torchscript")
@@ -50,24 +52,6 @@ DEFAULT_CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((512, 512), (333, 517), (200
 MIN_OPSET = 17
 
 PathLike = Union[str, os.PathLike]
-
-
-class ExportWrapper(nn.Module):
-    """Branch-free forward of a segmentor: ``(B, C, H, W) -> (B, num_classes, H, W)`` logits, equal to
-    ``model(x)`` (the model's own padding policy, ``Segmentor.forward_logits``) but without Python control flow on
-    the input size. Input checks are left out: exported graphs cannot raise, so validate inputs before calling
-    them."""
-
-    def __init__(self, model: nn.Module, upsample: bool = True) -> None:
-        super().__init__()
-        for attr in ("decode_head", "forward_logits", "pad_mode"):
-            if not hasattr(model, attr):
-                raise ValueError(f"export needs a csap_zoo Segmentor (with {attr!r}); got {type(model).__name__}")
-        self.model = model
-        self.upsample = upsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_logits(x, self.upsample)
 
 
 @dataclass
@@ -100,11 +84,12 @@ def _example(model: nn.Module, batch: int, height: int, width: int) -> torch.Ten
     return torch.randn(batch, getattr(model, "in_chans", 3), height, width, generator=gen).to(device)
 
 
-def _wrapped(model: nn.Module, upsample: bool = True) -> ExportWrapper:
+def _wrapped(model: nn.Module, upsample: bool = True) -> SegmentorLogits:
+    """The eval-mode model's branch-free ``x -> logits`` (see the module docstring)."""
     if model.training:
         raise ValueError("export expects a model in eval mode (call model.eval() first): dropout, drop path and "
                          "batch norm behave differently in training")
-    return ExportWrapper(model, upsample).eval()
+    return SegmentorLogits(model, upsample, branch_free=True).eval()
 
 
 def _size_oblivious():

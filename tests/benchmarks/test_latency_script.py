@@ -1,4 +1,4 @@
-"""csap_zoo.tools.profiling and benchmarks/latency.py: statistics, table, targets, and a tiny end-to-end run."""
+"""csap_zoo.tools.measurement / profiling and benchmarks/latency.py: statistics, table, targets, a tiny run."""
 import importlib.util
 import json
 from pathlib import Path
@@ -6,10 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from csap_zoo.tools.profiling import (
-    BenchResult, LatencyStats, bench_cuda_throughput, bench_head, bench_model, measure_interleaved, measure_latency,
-    peak_memory_mb, peak_rss_mb,
-)
+from csap_zoo.tools.measurement import LatencyStats, measure_interleaved, measure_latency, peak_rss_mb
+from csap_zoo.tools.profiling import BenchResult, bench_cuda_throughput, bench_head, bench_model, peak_memory_mb
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
 

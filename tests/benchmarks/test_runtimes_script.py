@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csap_zoo.tools.profiling import RuntimeCase, label_map, measure_interleaved
+from csap_zoo.tools.measurement import measure_interleaved
+from csap_zoo.tools.runtimes import RuntimeCase, label_map
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "runtimes.py"

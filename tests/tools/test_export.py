@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import csap_zoo
+from csap_zoo.models.logits import SegmentorLogits
 from csap_zoo.tools.export import (
-    ExportWrapper, check_parity, compile_model, export_model, export_onnx, export_program, export_torchscript,
-    load_program,
+    check_parity, compile_model, export_model, export_onnx, export_program, export_torchscript, load_program,
 )
 
 
@@ -39,8 +39,8 @@ def model():
 def test_wrapper_matches_model(model, size):
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        assert torch.equal(ExportWrapper(model)(x), model(x))
-        assert torch.equal(ExportWrapper(model, upsample=False)(x), model(x, upsample=False))
+        assert torch.equal(SegmentorLogits(model, branch_free=True)(x), model(x))
+        assert torch.equal(SegmentorLogits(model, upsample=False, branch_free=True)(x), model(x, upsample=False))
 
 
 def test_clear_errors(model, tmp_path):
@@ -53,7 +53,7 @@ def test_clear_errors(model, tmp_path):
     with pytest.raises(IsADirectoryError):
         export_torchscript(model, tmp_path, *EXPORT_SIZE)
     with pytest.raises(ValueError, match="Segmentor"):
-        ExportWrapper(torch.nn.Conv2d(3, 3, 1))
+        SegmentorLogits(torch.nn.Conv2d(3, 3, 1), branch_free=True)
     trained = csap_zoo.create_model("csap_tiny", num_classes=5, backbone_args=ONE_BLOCK_PER_STAGE)  # training mode
     with pytest.raises(ValueError, match="eval mode"):
         export_torchscript(trained, tmp_path / "m.pt", *EXPORT_SIZE)
