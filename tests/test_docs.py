@@ -1,14 +1,15 @@
-"""Every command and code block of README.md runs as written.
+"""Every command and code block of README.md and of the documentation pages (docs/**/*.md) runs as written.
 
-The README's fenced ```bash and ```python blocks are read from the file itself, so a changed README line changes the
-test. Each bash line is one case and each python block is one case, with an id naming its README line
-(``README.md:111 csap-zoo predict ...``). They run in a temporary working folder prepared so that the README's
-placeholder inputs exist (see :func:`workspace`): ``photo.jpg``, ``photos/``, ``a.jpg`` ... ``d.jpg``, a folder
+The fenced ```bash and ```python blocks are read from the files themselves, so a changed line changes the test.
+Each bash line is one case and each python block is one case, with an id naming its file and line
+(``README.md:44 csap-zoo predict ...``, ``docs/guides/inference.md:30 python: ...``). A ```text block is not code
+(diagrams, file trees) and is not run; a block of any other kind fails the test. The cases run in a temporary
+working folder prepared so that the pages' placeholder inputs exist (see :func:`workspace`): ``photo.jpg``, ``photos/``, ``a.jpg`` ... ``d.jpg``, a folder
 dataset ``my_data`` (train/val layout and ``classes.txt``) and a ``classes.txt`` beside it, ``run/final`` (a copy of
 the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the shapes-demo preset shrunk to one block per backbone
-stage and two iterations on 64x64 images, so the README's train commands finish in seconds), ``ckpt.safetensors`` (a real state dict) and
+stage and two iterations on 64x64 images, so the pages' train commands finish in seconds), ``ckpt.safetensors`` (a real state dict) and
 links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for relative paths such as
-``csap_zoo/assets/demo/example.png``), and ``<this repo>`` (a link to the repository: the README's
+``csap_zoo/assets/demo/example.png``), and ``<this repo>`` (a link to the repository: the pages'
 ``torch.hub.load("<this repo>", ..., source="local")`` placeholder).
 
 How a line runs:
@@ -22,7 +23,7 @@ How a line runs:
   test suite is the thing running this test).
 - ``[--opt value]``: a bracketed optional part runs both without and with the options.
 - A python block runs statement by statement in one namespace, after :data:`PRELUDE` (placeholder objects the
-  README uses without defining them).
+  pages use without defining them).
 
 Lines whose weights or data cannot exist here (a checkpoint that needs a download, ``/data/ade``) must fail with the
 expected clear error: on the command line exit status 1 or 2 and one ``error: ...`` line on stderr (no traceback);
@@ -64,16 +65,20 @@ from csap_zoo.data.synthetic import generate_shapes_dataset, render_shapes_sampl
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# The pages whose blocks run: the README, then every page of the documentation site (mkdocs.yml's docs_dir)
+DOC_FILES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 
 # --------------------------------------------------------------------------------------------------------------------
-# Reading the README
+# Reading the pages
 # --------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class CodeBlock:
-    """A fenced block: its language tag, the README line number of its first code line, and its lines."""
+    """A fenced block: its page (relative to the repository), its language tag, the line number of its first code
+    line, and its lines."""
 
+    path: str
     lang: str
     first_line: int
     lines: Tuple[str, ...]
@@ -83,8 +88,8 @@ class CodeBlock:
         return "\n".join(self.lines) + "\n"
 
 
-def readme_blocks(text: str) -> List[CodeBlock]:
-    """Every fenced block of ``text`` (fences at the start of a line), in order."""
+def page_blocks(text: str, path: str) -> List[CodeBlock]:
+    """Every fenced block of ``text``, the page ``path`` (fences at the start of a line), in order."""
     blocks: List[CodeBlock] = []
     lang: Optional[str] = None
     first, lines = 0, []
@@ -94,18 +99,19 @@ def readme_blocks(text: str) -> List[CodeBlock]:
             if match:
                 lang, first, lines = match.group(1), number + 1, []
         elif line.strip() == "```":
-            blocks.append(CodeBlock(lang, first, tuple(lines)))
+            blocks.append(CodeBlock(path, lang, first, tuple(lines)))
             lang = None
         else:
             lines.append(line)
-    assert lang is None, "README.md has an unclosed code fence"
+    assert lang is None, f"{path} has an unclosed code fence"
     return blocks
 
 
 @dataclass(frozen=True)
 class Command:
-    """One bash line: its README line number, the line without its trailing comment, and one variant's argv."""
+    """One bash line: its page and line number, the line without its trailing comment, and one variant's argv."""
 
+    path: str
     line: int
     text: str
     argv: Tuple[str, ...]
@@ -132,12 +138,12 @@ def _expand_optional(tokens: Sequence[str]) -> List[Tuple[str, List[str]]]:
     assert group is None, f"unclosed [ in {' '.join(tokens)}"
     if not optional:
         return [("", plain)]
-    # the optional parts sit at the end of the README's lines, so appending them keeps the order as written
+    # the optional parts sit at the end of the pages' lines, so appending them keeps the order as written
     return [("without options", plain), ("with " + " ".join(" ".join(g) for g in optional),
                                          plain + [t for g in optional for t in g])]
 
 
-def readme_commands(blocks: Sequence[CodeBlock]) -> List[Command]:
+def page_commands(blocks: Sequence[CodeBlock]) -> List[Command]:
     """Every command line of the bash blocks (one per variant of its optional parts)."""
     commands = []
     for block in blocks:
@@ -149,26 +155,27 @@ def readme_commands(blocks: Sequence[CodeBlock]) -> List[Command]:
                 continue
             text = raw.split(" #", 1)[0].strip()
             for variant, argv in _expand_optional(tokens):
-                commands.append(Command(block.first_line + offset, text, tuple(argv), variant))
+                commands.append(Command(block.path, block.first_line + offset, text, tuple(argv), variant))
     return commands
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
-COMMANDS = readme_commands(BLOCKS)
+BLOCKS = [block for page in DOC_FILES
+          for block in page_blocks(page.read_text(encoding="utf-8"), page.relative_to(REPO).as_posix())]
+COMMANDS = page_commands(BLOCKS)
 PYTHON_BLOCKS = [b for b in BLOCKS if b.lang == "python"]
 
 
-def _case_id(line: int, text: str, variant: str = "") -> str:
+def _case_id(path: str, line: int, text: str, variant: str = "") -> str:
     words = re.sub(r"\s+", " ", text).strip()
     words = words if len(words) <= 70 else words[:67] + "..."
-    return f"README.md:{line} {words}" + (f" [{variant}]" if variant else "")
+    return f"{path}:{line} {words}" + (f" [{variant}]" if variant else "")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # The prepared working folder
 # --------------------------------------------------------------------------------------------------------------------
 
-# the shapes-demo preset shrunk so that a README train command finishes in seconds: CSAP-T with one MSCAN block per
+# the shapes-demo preset shrunk so that a train command of the pages finishes in seconds: CSAP-T with one MSCAN block per
 # stage, two iterations on two 64x64 images, one 64x64 validation image, a checkpoint every iteration (so a run
 # killed after its first iteration can be resumed), no TensorBoard, no progress bar
 TINY_TRAIN_CONFIG = """\
@@ -199,7 +206,7 @@ def _jpeg(path: Path, seed: int, size: Tuple[int, int] = (96, 128)) -> Path:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working folder holding the README's placeholder inputs, made the current directory, with every cache
+    """A working folder holding the pages' placeholder inputs, made the current directory, with every cache
     (csap-zoo's, torch.hub's, huggingface_hub's) and the Hub token isolated under it and the network paths left
     on (no offline switch), so that the lines that need a download reach the no-network guard."""
     root = tmp_path / "work"
@@ -241,7 +248,7 @@ def _unreachable_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     The guard still sees (and records) every attempt, but what the code under test then gets is the error the
     operating system raises there (``gaierror`` for a name lookup, ``ENETUNREACH`` for a connection) instead of the
-    guard's own exception, which is deliberately no ``OSError`` so that no fallback can swallow it. The README's
+    guard's own exception, which is deliberately no ``OSError`` so that no fallback can swallow it. The pages'
     promise is about the real situation: without network, a clear error. A test that reached the network without
     expecting to still fails at teardown (the guard's record), and the cases below that expect it check the record.
     """
@@ -437,21 +444,22 @@ def _command_params() -> List:
             marks.append(pytest.mark.skip(reason=expect.skip))
         if expect is not None and expect.slow:
             marks.append(pytest.mark.slow)
-        params.append(pytest.param(command, id=_case_id(command.line, command.text, command.variant), marks=marks))
+        params.append(pytest.param(command, id=_case_id(command.path, command.line, command.text, command.variant),
+                                   marks=marks))
     return params
 
 
 def test_console_script_is_cli_main() -> None:
-    """``csap-zoo`` in the README is ``csap_zoo.cli:main``, which the cases below call in-process."""
+    """``csap-zoo`` in the pages is ``csap_zoo.cli:main``, which the cases below call in-process."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
     assert scripts["csap-zoo"] == "csap_zoo.cli:main"
 
 
 @pytest.mark.parametrize("command", _command_params())
-def test_readme_command(command: Command, workspace: Path, capsys: pytest.CaptureFixture,
+def test_doc_command(command: Command, workspace: Path, capsys: pytest.CaptureFixture,
                         monkeypatch: pytest.MonkeyPatch, no_network) -> None:
     expect = EXPECTED.get(command.text)
-    assert expect is not None, (f"README.md:{command.line} is a new command: say in EXPECTED what it must do "
+    assert expect is not None, (f"{command.path}:{command.line} is a new command: say in EXPECTED what it must do "
                                 f"({command.text!r})")
     if expect.setup is not None:
         expect.setup(workspace, capsys)
@@ -470,7 +478,7 @@ def test_readme_command(command: Command, workspace: Path, capsys: pytest.Captur
         assert (REPO / "csap_zoo/cli/__main__.py").read_text(encoding="utf-8").rstrip().endswith("sys.exit(main())")
         outcome = run_cli(launch.training_script_args, capsys)
     else:
-        raise AssertionError(f"README.md:{command.line}: no way to run {argv[0]!r} in this test")
+        raise AssertionError(f"{command.path}:{command.line}: no way to run {argv[0]!r} in this test")
     if expect.error is not None:
         assert_clear_cli_error(outcome, expect.error)
         if expect.network:
@@ -485,7 +493,7 @@ def test_readme_command(command: Command, workspace: Path, capsys: pytest.Captur
 # Python blocks
 # --------------------------------------------------------------------------------------------------------------------
 
-# Placeholder objects the README's blocks use without defining them: ``model`` (any segmentor: the bundled trained
+# Placeholder objects the pages' blocks use without defining them: ``model`` (any segmentor: the bundled trained
 # demo, which loads offline; a case may give another, see :class:`PythonCase`) and ``image`` (an RGB image as a
 # numpy array). Blocks that define ``model`` themselves replace it.
 PRELUDE = """\
@@ -510,7 +518,7 @@ model = model.eval()
 
 @dataclass(frozen=True)
 class ExpectedError:
-    """A README statement that must raise ``exc`` (a csap-zoo error class) with a message matching ``match``;
+    """A statement of a page that must raise ``exc`` (a csap-zoo error class) with a message matching ``match``;
     ``network``: after reaching the no-network guard; ``stand_in``: run afterwards in its place, so that the
     block's next lines have the object the statement would have made had its weights been downloadable."""
 
@@ -571,6 +579,18 @@ def _check_export(ns: dict, root: Path) -> None:
     assert (root / "csap_tiny.onnx").is_file()
 
 
+def _check_options(ns: dict, root: Path) -> None:
+    """The block is bare ``create_model`` / ``list_models`` calls: that each one ran without an error is the check."""
+
+
+def _check_torch_hub(ns: dict, root: Path) -> None:
+    model = ns["model"]
+    from csap_zoo.models.segmentor import Segmentor
+
+    assert isinstance(model, Segmentor) and not model.training
+    assert list(model.data_config.class_names) == list(SHAPES_CLASSES)
+
+
 @dataclass(frozen=True)
 class PythonCase:
     """What a python block is checked for after it ran (its first code line names it); ``slow``: mark it slow;
@@ -591,6 +611,9 @@ PYTHON_CASES: Dict[str, PythonCase] = {
         PythonCase(_check_analysis),
     "from csap_zoo.tools.export import export_onnx, export_program, export_torchscript, compile_model":
         PythonCase(_check_export, slow=True, model=SHALLOW_DEMO_MODEL),
+    'csap_zoo.create_model("csap_tiny", num_classes=5, in_chans=4)': PythonCase(_check_options),
+    'model = torch.hub.load("<this repo>", "csap_tiny_shapes", source="local", pretrained=True).eval()':
+        PythonCase(_check_torch_hub, model=""),  # the block makes its own model
 }
 
 
@@ -603,28 +626,29 @@ def _python_params() -> List:
     for block in PYTHON_BLOCKS:
         case = PYTHON_CASES.get(_first_code_line(block))
         marks = [pytest.mark.slow] if case is not None and case.slow else []
-        params.append(pytest.param(block, id=_case_id(block.first_line, "python: " + _first_code_line(block)),
+        params.append(pytest.param(block, id=_case_id(block.path, block.first_line, "python: " + _first_code_line(block)),
                                    marks=marks))
     return params
 
 
 def run_statements(block: CodeBlock, ns: dict, guard) -> None:
-    """Run ``block`` statement by statement in ``ns`` (tracebacks show README line numbers); the statements of
+    """Run ``block`` statement by statement in ``ns`` (tracebacks show the page's line numbers); the statements of
     :data:`STATEMENT_ERRORS` must raise their clear error."""
     source = "\n" * (block.first_line - 1) + block.text
-    for statement in ast.parse(source, filename=str(README)).body:
-        code = compile(ast.Module(body=[statement], type_ignores=[]), str(README), "exec")
+    filename = str(REPO / block.path)
+    for statement in ast.parse(source, filename=filename).body:
+        code = compile(ast.Module(body=[statement], type_ignores=[]), filename, "exec")
         text = ast.get_source_segment(source, statement)
         expected = STATEMENT_ERRORS.get(text)
         if expected is None:
             exec(code, ns)
-            assert not guard.attempts, f"README.md:{statement.lineno} tried the network: {guard.attempts}"
+            assert not guard.attempts, f"{block.path}:{statement.lineno} tried the network: {guard.attempts}"
             continue
         with pytest.raises(Exception) as info:
             exec(code, ns)
         assert type(info.value).__name__ != "NetworkAccessBlocked", info.value
-        assert isinstance(info.value, expected.exc), f"README.md:{statement.lineno}: {info.value!r}"
-        assert re.search(expected.match, str(info.value)), f"README.md:{statement.lineno}: {info.value}"
+        assert isinstance(info.value, expected.exc), f"{block.path}:{statement.lineno}: {info.value!r}"
+        assert re.search(expected.match, str(info.value)), f"{block.path}:{statement.lineno}: {info.value}"
         if expected.network:
             assert_guard_was_hit(guard)
         if expected.stand_in is not None:
@@ -632,35 +656,80 @@ def run_statements(block: CodeBlock, ns: dict, guard) -> None:
 
 
 @pytest.mark.parametrize("block", _python_params())
-def test_readme_python_block(block: CodeBlock, workspace: Path, capsys: pytest.CaptureFixture, no_network) -> None:
+def test_doc_python_block(block: CodeBlock, workspace: Path, capsys: pytest.CaptureFixture, no_network) -> None:
     case = PYTHON_CASES.get(_first_code_line(block))
-    assert case is not None, (f"README.md:{block.first_line} is a new python block: say in PYTHON_CASES what it "
+    assert case is not None, (f"{block.path}:{block.first_line} is a new python block: say in PYTHON_CASES what it "
                               f"must do")
     if "ckpt.safetensors" in block.text:
         write_checkpoint(workspace / "ckpt.safetensors")
-    ns: dict = {"__name__": "__readme__"}
+    ns: dict = {"__name__": "__docs__"}
     exec(compile(PRELUDE + case.model, "<prelude>", "exec"), ns)
     run_statements(block, ns, no_network)
     case.check(ns, workspace)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The tables above and the README agree
+# The tables above and the pages agree
 # --------------------------------------------------------------------------------------------------------------------
 
 
 def test_every_fenced_block_is_covered() -> None:
-    """Every fenced block is bash or python, except the Layout tree (not code)."""
+    """Every fenced block is bash or python, except the blocks marked ```text (diagrams and file trees: not code);
+    an untagged block or one in another language would run nowhere, so it fails here."""
     others = [b for b in BLOCKS if b.lang not in ("bash", "python")]
-    assert len(others) == 1 and others[0].lang == "" and others[0].lines[0] == "csap_zoo/", others
+    assert all(b.lang == "text" for b in others), [(b.path, b.first_line, b.lang) for b in others]
+    layout_trees = [b for b in others if b.path == "docs/layout.md" and b.lines[0] == "csap_zoo/"]
+    assert len(layout_trees) == 1, "docs/layout.md holds the package's file tree"
     assert COMMANDS and PYTHON_BLOCKS
+    assert {b.path for b in BLOCKS if b.lang in ("bash", "python")} >= {"README.md", "docs/guides/inference.md"}
 
 
 def test_no_stale_expectations() -> None:
-    """Every line the tables above describe is still in the README (a removed line must leave the tables too)."""
+    """Every line the tables above describe is still in a page (a removed line must leave the tables too)."""
     commands = {c.text for c in COMMANDS}
     assert set(EXPECTED) <= commands, sorted(set(EXPECTED) - commands)
     python_text = "".join(b.text for b in PYTHON_BLOCKS)
     assert all(text in python_text for text in STATEMENT_ERRORS), [t for t in STATEMENT_ERRORS if t not in python_text]
     firsts = {_first_code_line(b) for b in PYTHON_BLOCKS}
     assert set(PYTHON_CASES) <= firsts, sorted(set(PYTHON_CASES) - firsts)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The documentation site
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_docs_site_builds_without_warnings(tmp_path: Path) -> None:
+    """``mkdocs build --strict`` (what CI runs) passes: every page is in the nav, every link between pages and every
+    anchor resolves, and a link to a file outside docs/ (which would not exist on the site) is refused."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
+                             str(REPO / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "WARNING" not in output, output
+    assert (tmp_path / "site" / "layout" / "index.html").is_file()
+
+
+def layer_matrix(allowed: Dict[str, set]) -> str:
+    """The picture of ``ALLOWED`` in docs/layout.md: one row per part, ``x`` under each part it may import."""
+    parts = list(allowed)
+    short = {part: part[:3] for part in parts}
+    assert len(set(short.values())) == len(parts), "two parts share their first three letters: widen the columns"
+    width = max(map(len, parts)) + 7
+    lines = [" " * width + " ".join(short[part] for part in parts)]
+    for row in parts:
+        cells = ["###" if col == row else (" x " if col in allowed[row] else " . ") for col in parts]
+        lines.append(f"{row} ({short[row]})".ljust(width) + " ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def test_layout_picture_is_the_import_map() -> None:
+    """docs/layout.md draws the import rules as tests/test_layout.py enforces them (its ``ALLOWED`` map)."""
+    from test_layout import ALLOWED
+
+    expected = layer_matrix(ALLOWED)
+    pictures = [b.text.rstrip("\n") for b in BLOCKS if b.path == "docs/layout.md" and b.lang == "text"]
+    assert expected in pictures, f"docs/layout.md should hold this picture of ALLOWED:\n```text\n{expected}\n```"
