@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
+from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 
-from csap_zoo.tools.complexity import COUNTERS, ComplexityReport, _fvcore_by_part, _millions, measure_complexity
+from csap_zoo.fileio import atomic_write
 from csap_zoo.models.registry import build_model, list_models
+from csap_zoo.tools.complexity import COUNTERS, ComplexityReport, _fvcore_by_part, _millions, measure_complexity
 
 SETTINGS = ((512, 150), (1024, 19))
 SIZE_ORDER = {"tiny": 0, "small": 1, "base": 2, "large": 3}
@@ -150,10 +150,8 @@ def main(argv: List[str] | None = None) -> int:
     print(f"counter: {args.counter}\n")
     print(format_table(reports))
     if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as tmp:
-            json.dump([r.to_dict() for r in reports], tmp, indent=2)
-        os.replace(tmp.name, args.json)
+        text = json.dumps([r.to_dict() for r in reports], indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from csap_zoo.fileio import atomic_write
+
 MODES = ("full", "one-step")
 LOSSES = ("image", "stride8")
 IN_CHANNELS = (64, 160, 256)
@@ -173,10 +175,7 @@ def main(argv: List[str] = None) -> int:
     result = {"config": vars(args), "torch": torch.__version__, "rows": rows, "saved_for_backward_mb": saved,
               "ratios_full_over_one_step": ratios}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     print(f"wrote {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""How often csap-zoo's banded resize + arg-max (``csap_zoo.labelmap.resize_rows``, what every torch label map
+"""How often csap-zoo's banded resize + arg-max (``csap_zoo.inference.bands.resize_rows``, what every torch label map
 equals) picks another label than ``F.interpolate(bilinear, align_corners=False)`` + arg-max.
 
     python benchmarks/interpolate_agreement.py [--maps 6] [--classes 150] [--json FILE]
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from csap_zoo.fileio import atomic_write
-from csap_zoo.labelmap import resize_rows
+from csap_zoo.inference.bands import resize_rows
 
 
 def measure(maps: int, classes: int) -> dict:

@@ -1,5 +1,5 @@
 """Label map post-processing: the reference (bilinear resize of every class to every pixel, then arg-max) against
-``csap_zoo.labelmap.label_map_bands`` (the same labels, interpolating only classes that can still win), timed
+``csap_zoo.inference.bands.label_map_bands`` (the same labels, interpolating only classes that can still win), timed
 round-robin in one process on several kinds of logits:
 
 * ``random CSAP-T``: the head logits of a seed-0 random-weights CSAP-T (150 classes) on a random 512x512 image,
@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import csap_zoo  # noqa: E402
-import csap_zoo.labelmap as labelmap  # noqa: E402
+import csap_zoo.inference.bands as labelmap  # noqa: E402
 from csap_zoo.data.synthetic import region_logits  # noqa: E402
 from csap_zoo.fileio import atomic_write  # noqa: E402
-from csap_zoo.labelmap import ResizeStep, label_map_bands  # noqa: E402
+from csap_zoo.inference.bands import ResizeStep, label_map_bands  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,9 +17,10 @@ import json
 import os
 import platform
 import sys
-import tempfile
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from csap_zoo.fileio import atomic_write
 from csap_zoo.tools.profiling import (
     BenchResult, ThroughputResult, bench_cuda_throughput, bench_head, bench_models,
 )
@@ -200,25 +201,15 @@ def plot(results: List[BenchResult], heads: List[BenchResult], path: str) -> Non
     axes[1].set_ylabel("median latency (ms)")
     axes[1].tick_params(axis="x", labelsize=8, rotation=30)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json(payload: Dict[str, Any], path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as tmp:
-        json.dump(payload, tmp, indent=2)
-    os.replace(tmp.name, path)
+    text = json.dumps(payload, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from csap_zoo.fileio import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (4096, 8192, 12288)
 MODES = {
@@ -96,9 +98,8 @@ def _generate(cache: Path, size: int, kind: str) -> Path:
     suffix = {"png": "png", "jpg": "jpg", "1bit": "png"}[kind]
     path = cache / f"bench_{kind}_{size}.{suffix}"
     if not path.is_file():
-        tmp = path.with_name(f".{path.name}.partial.{suffix}")
-        subprocess.run([sys.executable, "-c", _GENERATE, str(size), kind, str(tmp)], check=True)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: subprocess.run([sys.executable, "-c", _GENERATE, str(size), kind, tmp],
+                                                      check=True), suffix=f".{suffix}")
     return path
 
 
@@ -184,10 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(format_table(rows))
     payload = {"rows": rows, "code_root": str(args.code_root), "python": platform.python_version(),
                "machine": platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(f".{args.json.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=list))
-    os.replace(tmp, args.json)
+    text = json.dumps(payload, indent=2, default=list)
+    atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {args.json}")
     return 0
 
