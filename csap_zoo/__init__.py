@@ -27,9 +27,7 @@ _LAZY: Dict[str, str] = {
     **dict.fromkeys(("PretrainedInfo", "create_model", "from_pretrained", "list_models", "list_pretrained"), ".hub"),
     **dict.fromkeys(("DatasetInfo", "custom_dataset_info", "get_dataset_info", "list_datasets"), ".data"),
     **dict.fromkeys(("EvalResult", "Evaluator", "evaluate"), ".evaluation"),
-    "OpenVINONetwork": ".backends",
-    **dict.fromkeys(("InferenceConfig", "Segmenter"), ".inference"),
-    "label_map_bands": ".labelmap",
+    **dict.fromkeys(("InferenceConfig", "OpenVINONetwork", "Segmenter", "label_map_bands"), ".inference"),
     **dict.fromkeys(("colorize", "overlay"), ".visualize"),
     **dict.fromkeys(("TrainConfig", "TrainResult", "train"), ".training"),
 }
@@ -50,12 +48,10 @@ def __dir__() -> List[str]:
 
 
 if TYPE_CHECKING:  # what static checkers and IDEs see: the same names, imported eagerly
-    from .backends import OpenVINONetwork
     from .data import DatasetInfo, custom_dataset_info, get_dataset_info, list_datasets
     from .evaluation import EvalResult, Evaluator, evaluate
     from .hub import PretrainedInfo, create_model, from_pretrained, list_models, list_pretrained
-    from .inference import InferenceConfig, Segmenter
-    from .labelmap import label_map_bands
+    from .inference import InferenceConfig, OpenVINONetwork, Segmenter, label_map_bands
     from .models import (
         MSCAN, Architecture, CSAPHead, CSAPHeadConfig, DataConfig, HamHeadConfig, LightHamHead, Segmentor,
         SegmentorConfig, build_model, optimize_for_inference, register_architecture,

@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, List, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import pytest
 import torch
@@ -236,34 +236,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def interpolated_values(monkeypatch) -> List[int]:
-    """The number of candidate values the label-map shortcut interpolates, one entry per group of pixels (empty
-    when it fell back to the full resize)."""
-    import csap_zoo.labelmap as labelmap
-
-    counts: List[int] = []
-    original = labelmap._Plan._values
-
-    def counting(self, y, x, slot, width, classes):
-        values = original(self, y, x, slot, width, classes)
-        counts.append(values.numel())
-        return values
-
-    monkeypatch.setattr(labelmap._Plan, "_values", counting)
-    return counts
-
-
-@pytest.fixture
-def always_shortcut(monkeypatch) -> None:
-    """Take the label-map shortcut whatever it costs, so that its arithmetic is what a test checks."""
-    import csap_zoo.labelmap as labelmap
-
-    monkeypatch.setattr(labelmap, "_VALUE_COST", {1: 0.0, 2: 0.0})
-    monkeypatch.setattr(labelmap, "_PIXEL_COST", 0.0)
-    monkeypatch.setattr(labelmap, "_MAX_CHANGING", 1.0)
 
 
 @pytest.fixture(scope="module")

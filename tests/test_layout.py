@@ -27,26 +27,25 @@ ALLOWED: Dict[str, Set[str]] = {
     "manifest": {"errors", "fileio", "settings"},
     "models": FOUNDATION | {"manifest"},
     "data": FOUNDATION,
-    "labelmap": set(),  # logits -> label maps: torch and numpy only
-    "backends": FOUNDATION | {"labelmap"},  # where a network runs (OpenVINO); knows nothing of the model's classes
     "evaluation": FOUNDATION | {"data"},
     "visualize": FOUNDATION | {"data"},
-    "inference": FOUNDATION | {"data", "models", "labelmap", "backends"},
-    "predict": FOUNDATION | {"data", "models", "labelmap", "backends", "inference", "visualize"},
+    "inference": FOUNDATION | {"data", "models"},
+    "predict": FOUNDATION | {"data", "models", "inference", "visualize"},
     "hub": FOUNDATION | {"manifest", "models", "data"},  # data: the shipped class names a checkpoint carries
-    "training": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+    "training": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize",
                               "inference", "hub"},
-    "tools": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+    "tools": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize",
                            "inference", "predict", "hub"},
-    "cli": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+    "cli": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize",
                          "inference", "predict", "hub", "training", "tools", "face"},
-    "face": FOUNDATION | {"manifest", "models", "data", "labelmap", "backends", "evaluation", "visualize",
+    "face": FOUNDATION | {"manifest", "models", "data", "evaluation", "visualize",
                           "inference", "hub", "training"},
 }
 # Names that moved modules once had (no alias keeps them: one name per module)
 OLD_NAMES = (
     "csap_zoo.analysis", "csap_zoo.benchmark", "csap_zoo.complexity", "csap_zoo.export", "csap_zoo.engine",
     "csap_zoo.hub.manifest", "csap_zoo.hub.pretrained", "csap_zoo.hub.serialization",
+    "csap_zoo.labelmap", "csap_zoo.backends",
 )
 
 

@@ -34,7 +34,7 @@ def _inputs(root, sizes=((70, 90), (33, 120), (121, 47))):
 @pytest.fixture
 def small_bands(monkeypatch):
     """Bands of a few rows, so that every image is written in many of them."""
-    monkeypatch.setattr(csap_zoo.inference, "_BAND_ELEMENTS", 4096)
+    monkeypatch.setattr(csap_zoo.inference.bands, "BAND_ELEMENTS", 4096)
     monkeypatch.setattr(csap_zoo.predict, "_WRITE_BAND_PIXELS", 700)
     monkeypatch.setattr(csap_zoo.data.io, "_BAND_PIXELS", 3000)
 

@@ -251,7 +251,7 @@ def test_written_label_maps_and_overlays_equal_the_full_size_rendering(tmp_path,
         "many_classes": lambda: (Segmenter(ManyClasses(), resize=(100, 70)), 0.6, False),
     }[setup]()
     # small bands, so that every image is cut into many of them
-    monkeypatch.setattr(csap_zoo.inference, "_BAND_ELEMENTS", 4096)
+    monkeypatch.setattr(csap_zoo.inference.bands, "BAND_ELEMENTS", 4096)
     monkeypatch.setattr(csap_zoo.predict, "_WRITE_BAND_PIXELS", 1500)
     monkeypatch.setattr(csap_zoo.data.io, "_BAND_PIXELS", 5000)
     files = _reference_inputs(tmp_path / "in")

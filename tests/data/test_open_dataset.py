@@ -100,8 +100,8 @@ def test_cli_eval_classes_take_colours_and_comments(shapes_root, tmp_path, capsy
 
 
 def test_keep_ratio_rule_is_shared():
-    from csap_zoo import inference
+    from csap_zoo.inference import windows
     from csap_zoo.data import transforms
 
-    assert inference._keep_ratio_size is transforms.keep_ratio_size
-    assert inference._keep_ratio_size(100, 150, (2048, 512)) == (512, 768)
+    assert windows.keep_ratio_size is transforms.keep_ratio_size
+    assert windows.keep_ratio_size(100, 150, (2048, 512)) == (512, 768)

@@ -121,7 +121,7 @@ def test_segmenter_follows_the_policy_in_whole_and_slide_mode():
     model = _segnext()
     image = torch.rand(3, 97, 131, generator=torch.Generator().manual_seed(4)) * 255
     whole = Segmenter(model, InferenceConfig(mode="whole", resize=None), optimize=False)
-    x = whole._normalize(image.unsqueeze(0).float())
+    x = whole.inputs.normalize(image.unsqueeze(0).float())
     with torch.no_grad():
         expected = _unpadded_reference(model, x).argmax(1)[0]
     assert (torch.as_tensor(whole.predict(image)).long() == expected).float().mean() > 0.999

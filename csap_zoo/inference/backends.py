@@ -44,12 +44,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .constants import BACKENDS
-from .errors import UsageError
-from .fileio import atomic_folder
-from .labelmap import ResizeStep, label_dtype
-from .settings import cache_dir as default_cache_dir
-from .version import __version__
+from ..constants import BACKENDS
+from ..errors import UsageError
+from ..fileio import atomic_folder
+from ..settings import cache_dir as default_cache_dir
+from ..version import __version__
+from .bands import ResizeStep, label_dtype
 
 __all__ = ["LABEL_GRAPH_MAX_BYTES", "OPENVINO_CPU_CONFIG", "OpenVINONetwork", "check_backend",
            "label_map_graph"]
@@ -324,7 +324,7 @@ class OpenVINONetwork:
     def label_map(self, x: torch.Tensor, steps: Sequence[ResizeStep]) -> np.ndarray:
         """The label map (B, H, W) of a normalised batch: the native logits resized through ``steps`` (each
         step's input is the previous step's kept output; the first's is the logits' size) and arg-maxed, in one
-        OpenVINO call, in :func:`csap_zoo.labelmap.label_dtype`."""
+        OpenVINO call, in :func:`csap_zoo.inference.bands.label_dtype`."""
         self._check_input(x)
         shape = tuple(int(s) for s in x.shape)
         steps = tuple(ResizeStep(tuple(s.in_size), tuple(s.out_size), s.keep and tuple(s.keep)) for s in steps)

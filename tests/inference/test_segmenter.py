@@ -8,7 +8,10 @@ from PIL import Image
 
 import csap_zoo
 from csap_zoo.data.io import to_rgb_array
-from csap_zoo.inference import IMAGENET_MEAN, IMAGENET_STD, InferenceConfig, Segmenter, _keep_ratio_size
+from csap_zoo.constants import IMAGENET_MEAN_255 as IMAGENET_MEAN
+from csap_zoo.constants import IMAGENET_STD_255 as IMAGENET_STD
+from csap_zoo.data.transforms import keep_ratio_size as _keep_ratio_size
+from csap_zoo.inference import InferenceConfig, Segmenter
 
 
 class Pointwise(nn.Module):
@@ -281,7 +284,7 @@ def _old_slide(seg, x):
     step = seg.config.slide_batch_size
     for start in range(0, len(boxes), step):
         chunk = boxes[start:start + step]
-        logits = seg._forward(torch.cat([x[:, :, a:b, c:d] for a, b, c, d in chunk], dim=0))
+        logits = seg.passes.forward(torch.cat([x[:, :, a:b, c:d] for a, b, c, d in chunk], dim=0))
         if total is None:
             total = torch.zeros((1, logits.shape[1], height, width))
         for i, (a, b, c, d) in enumerate(chunk):
@@ -295,10 +298,10 @@ def _old_slide(seg, x):
 def test_streamed_slide_gives_the_same_logits_and_labels_as_one_accumulator(tiny, size, crop, stride, batch):
     seg = Segmenter(tiny, mode="slide", crop_size=crop, stride=stride, slide_batch_size=batch)
     image = _image(*size, seed=3)
-    x = seg._normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    x = seg.inputs.normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float())
     with torch.inference_mode():
         expected = _old_slide(seg, x)
-        streamed = torch.cat(list(seg._slide_rows(x)), dim=2)
+        streamed = torch.cat(list(seg.passes.slide_rows(x)), dim=2)
     assert torch.equal(streamed, expected)
     np.testing.assert_array_equal(seg.predict(image), expected.max(1).indices[0].numpy())
 
@@ -471,9 +474,9 @@ def test_peak_memory_of_writing_label_and_overlay_pngs_is_the_decoded_image_plus
 def test_several_views_merged_band_by_band_give_the_full_size_labels(tiny, monkeypatch, mode):
     """Multi-scale + flip labels come from the views' bands merged side by side; they equal the labels of the
     full-size probability average (the return_probs path)."""
-    import csap_zoo.inference as inference
+    import csap_zoo.inference.bands as band_module
 
-    monkeypatch.setattr(inference, "_BAND_ELEMENTS", 3000)
+    monkeypatch.setattr(band_module, "BAND_ELEMENTS", 3000)
     image = _image(77, 103, seed=5)
     seg = Segmenter(tiny, mode=mode, crop_size=48, stride=32, resize=(90, 60), ratios=(0.5, 1.0, 1.5), flip=True)
     bands = list(seg.label_bands(seg.decode_raw(image, seg.decode_target)[0], (77, 103)))
@@ -491,7 +494,7 @@ def test_whole_mode_label_map_takes_the_shortcut_and_equals_resize_then_argmax(a
     steps): the label map equals the head's logits resized band by band and arg-maxed. The shortcut is made to
     run whatever its cost (with 6 classes the reference is cheap), and interpolated a small part of the classes x
     pixels values."""
-    from csap_zoo.labelmap import resize_rows
+    from csap_zoo.inference.bands import resize_rows
     from csap_zoo.models.segmentor import Segmentor
 
     model = Segmentor.from_pretrained(csap_zoo.__path__[0] + "/assets/demo")
@@ -500,11 +503,11 @@ def test_whole_mode_label_map_takes_the_shortcut_and_equals_resize_then_argmax(a
     for resize in (None, (192, 160)):
         seg = Segmenter(model, resize=resize)
         raw, size = seg.decode_raw(image, seg.decode_target)
-        view = seg._view_size(*size, 1.0)
+        view = seg.passes.view_size(*size, 1.0)
         x = raw.float() if view == size else F.interpolate(raw.float(), size=view, mode="bilinear",
                                                            align_corners=False)
         with torch.inference_mode():
-            low = seg.model(seg._normalize(x), upsample=False, crop=False)
+            low = seg.model(seg.inputs.normalize(x), upsample=False, crop=False)
             resized, covered = seg.model.logit_geometry(*view)
             bands = list(resize_rows(resize_rows([low], tuple(low.shape[-2:]), resized, keep=covered), view, size))
         expected = torch.cat(bands, dim=2).max(dim=1).indices[0].numpy()
@@ -519,15 +522,15 @@ def test_slide_windows_are_resized_band_by_band_into_the_same_sums(tiny, monkeyp
     """A Segmentor's slide windows keep their stride-8 logits and are resized into each band of rows: the merged
     logits equal one full-size accumulator of full-size windows to float rounding, and so do the labels (but at
     near-ties); the bands are small."""
-    import csap_zoo.inference as inference
+    import csap_zoo.inference.bands as band_module
 
-    monkeypatch.setattr(inference, "_BAND_ELEMENTS", 4 * 4096)
+    monkeypatch.setattr(band_module, "BAND_ELEMENTS", 4 * 4096)
     seg = Segmenter(tiny, mode="slide", crop_size=crop, stride=stride, slide_batch_size=batch, resize=None)
     raw = torch.from_numpy(_image(*size, seed=3)).permute(2, 0, 1)[None].float()
     with torch.inference_mode():
-        expected = _old_slide(seg, seg._normalize(raw))
-        bands = list(seg._view_bands(raw, size, flip=False))
-    rows = 4 * 4096 // (4 * size[1])  # a band holds about _BAND_ELEMENTS values (4 classes)
+        expected = _old_slide(seg, seg.inputs.normalize(raw))
+        bands = list(seg.passes.view_bands(raw, size, flip=False))
+    rows = 4 * 4096 // (4 * size[1])  # a band holds about BAND_ELEMENTS values (4 classes)
     assert [b.shape[2] for b in bands[:-1]] == [rows] * (len(bands) - 1) and len(bands) == -(-size[0] // rows)
     merged = torch.cat(bands, dim=2)
     torch.testing.assert_close(merged, expected, atol=1e-4, rtol=0)

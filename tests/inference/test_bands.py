@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import csap_zoo.labelmap as labelmap
+import csap_zoo.inference.bands as labelmap
 from csap_zoo.data.synthetic import region_logits
-from csap_zoo.labelmap import ResizeStep, label_map_bands, resize_rows
+from csap_zoo.inference.bands import ResizeStep, label_map_bands, resize_rows
 
 
 def _reference(low, steps):

@@ -16,7 +16,7 @@ import csap_zoo
 
 openvino = pytest.importorskip("openvino")
 
-from csap_zoo.backends import OpenVINONetwork  # noqa: E402  (after the skip)
+from csap_zoo.inference.backends import OpenVINONetwork  # noqa: E402  (after the skip)
 
 SHAPE = (1, 3, 64, 64)
 

@@ -18,8 +18,8 @@ import torch.nn as nn
 from filelock import FileLock
 
 import csap_zoo
-from csap_zoo import backends
-from csap_zoo.backends import OpenVINONetwork
+from csap_zoo.inference import backends
+from csap_zoo.inference.backends import OpenVINONetwork
 from csap_zoo.errors import UsageError
 from csap_zoo.inference import Segmenter
 
@@ -64,9 +64,9 @@ def test_openvino_backend_gives_the_torch_logits_and_labels(model, shared_cache)
     image = _image(*SHAPE[2:])
     reference = Segmenter(model, resize=None, optimize=False)
     seg = Segmenter(model, resize=None, backend="openvino", backend_cache_dir=shared_cache)
-    x = reference._normalize(torch.from_numpy(image).permute(2, 0, 1)[None])
+    x = reference.inputs.normalize(torch.from_numpy(image).permute(2, 0, 1)[None])
     with torch.inference_mode():
-        expected, got = reference._native(x), seg._native(x)
+        expected, got = reference.passes.native(x), seg.passes.native(x)
         torch.testing.assert_close(got, expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
         full = reference.inference(x)
         torch.testing.assert_close(seg.inference(x), full, atol=1e-4 * float(full.abs().max()), rtol=0)
@@ -125,9 +125,9 @@ def _clear_pixels(model, image, resize):
     """Pixels whose two best classes differ by more than float rounding in the float64 reference chain."""
     seg = Segmenter(model, resize=resize, optimize=False)
     raw = torch.from_numpy(image).permute(2, 0, 1)[None]
-    view = seg._view_size(*image.shape[:2], seg.config.ratios[0])
+    view = seg.passes.view_size(*image.shape[:2], seg.config.ratios[0])
     with torch.inference_mode():
-        x = seg._normalize(seg._view_input(raw, view))
+        x = seg.inputs.normalize(seg.passes.view_input(raw, view))
         low = model(x, upsample=False, crop=False).double()
         resized, (kh, kw) = model.logit_geometry(*view)
         up = torch.nn.functional.interpolate(low, size=resized, mode="bilinear", align_corners=False)[..., :kh, :kw]
