@@ -120,6 +120,24 @@ def test_hf_offline_with_empty_cache_is_a_clear_error(hf_env, hf_manifest):
     assert hf_env.server.requests == []
 
 
+def test_a_checkpoint_and_a_model_folder_fail_alike_through_the_one_hub_wrapper(hf_env, hf_manifest):
+    """Manifest checkpoints and from_pretrained("org/name") download through csap_zoo.hf_access.hf_download: not
+    cached while offline and missing on the Hub are the same error class, with the same words, for both."""
+    manifest, _ = hf_manifest
+    hf_env.set_offline(True)
+    with pytest.raises(CheckpointUnavailableError, match="not in the local cache and offline mode is on") as folder:
+        csap_zoo.from_pretrained("zoo-test/not-cached")
+    assert "hf-hub:zoo-test/not-cached" in str(folder.value)
+    hf_env.set_offline(False)
+    missing = dataclasses.replace(manifest.get("csap_tiny.ade20k"), source=HfSource("zoo-test/gone", "0" * 40,
+                                                                                    "model.safetensors"))
+    manifest.upsert(missing)
+    with pytest.raises(CheckpointUnavailableError, match="is missing on the Hub .*stale"):
+        csap_zoo.create_model("csap_tiny.ade20k", pretrained=True, manifest=manifest)
+    with pytest.raises(CheckpointUnavailableError, match="is missing on the Hub .*not a csap-zoo model repository"):
+        csap_zoo.from_pretrained("zoo-test/gone")
+
+
 def test_unpublished_and_unknown_checkpoints(hf_env):
     with pytest.raises(CheckpointUnavailableError, match="'csap_tiny.cocostuff' is not published yet"):
         csap_zoo.create_model("csap_tiny.cocostuff", pretrained=True)
