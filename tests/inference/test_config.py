@@ -23,12 +23,6 @@ def demo():
     return csap_zoo.from_pretrained(DEMO)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return csap_zoo.create_model("csap_tiny", num_classes=3).eval()
-
-
 def _cli_labels(tmp_path: Path, *options: str) -> np.ndarray:
     out = tmp_path / "out"
     assert main(["predict", str(EXAMPLE), "--model", str(DEMO), "--out", str(out), "--no-progress", *options]) == 0
