@@ -4,11 +4,11 @@ The fenced ```bash and ```python blocks are read from the files themselves, so a
 Each bash line is one case and each python block is one case, with an id naming its file and line
 (``README.md:44 csap-zoo predict ...``, ``docs/guides/inference.md:30 python: ...``). A ```text block is not code
 (diagrams, file trees) and is not run; a block of any other kind fails the test. The cases run in a temporary
-working folder prepared so that the pages' placeholder inputs exist (see :func:`workspace`): ``photo.jpg``, ``photos/``, ``a.jpg`` ... ``d.jpg``, a folder
-dataset ``my_data`` (train/val layout and ``classes.txt``) and a ``classes.txt`` beside it, ``run/final`` (a copy of
-the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the shapes-demo preset shrunk to one block per backbone
-stage and two iterations on 64x64 images, so the pages' train commands finish in seconds), ``ckpt.safetensors`` (a real state dict) and
-links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for relative paths such as
+working folder prepared so that the pages' placeholder inputs exist (see :func:`workspace`): ``photo.jpg``,
+``photos/``, ``a.jpg`` ... ``d.jpg``, a folder dataset ``my_data`` (train/val layout and ``classes.txt``) and a
+``classes.txt`` beside it, ``run/final`` (a copy of the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the shapes-demo preset shrunk to one block per backbone
+stage and two iterations on 64x64 images, so the pages' train commands finish in seconds), ``ckpt.safetensors`` (a
+real state dict) and links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for relative paths such as
 ``csap_zoo/assets/demo/example.png``), and ``<this repo>`` (a link to the repository: the pages'
 ``torch.hub.load("<this repo>", ..., source="local")`` placeholder).
 
@@ -175,8 +175,8 @@ def _case_id(path: str, line: int, text: str, variant: str = "") -> str:
 # The prepared working folder
 # --------------------------------------------------------------------------------------------------------------------
 
-# the shapes-demo preset shrunk so that a train command of the pages finishes in seconds: CSAP-T with one MSCAN block per
-# stage, two iterations on two 64x64 images, one 64x64 validation image, a checkpoint every iteration (so a run
+# the shapes-demo preset shrunk so that a train command of the pages finishes in seconds: CSAP-T with one MSCAN block
+# per stage, two iterations on two 64x64 images, one 64x64 validation image, a checkpoint every iteration (so a run
 # killed after its first iteration can be resumed), no TensorBoard, no progress bar
 TINY_TRAIN_CONFIG = """\
 preset: shapes-demo
@@ -626,8 +626,8 @@ def _python_params() -> List:
     for block in PYTHON_BLOCKS:
         case = PYTHON_CASES.get(_first_code_line(block))
         marks = [pytest.mark.slow] if case is not None and case.slow else []
-        params.append(pytest.param(block, id=_case_id(block.path, block.first_line, "python: " + _first_code_line(block)),
-                                   marks=marks))
+        case_id = _case_id(block.path, block.first_line, "python: " + _first_code_line(block))
+        params.append(pytest.param(block, id=case_id, marks=marks))
     return params
 
 
