@@ -6,9 +6,9 @@ Each bash line is one case and each python block is one case, with an id naming 
 (diagrams, file trees) and is not run; a block of any other kind fails the test. The cases run in a temporary
 working folder prepared so that the pages' placeholder inputs exist (see :func:`workspace`): ``photo.jpg``,
 ``photos/``, ``a.jpg`` ... ``d.jpg``, a folder dataset ``my_data`` (train/val layout and ``classes.txt``) and a
-``classes.txt`` beside it, ``run/final`` (a copy of the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the shapes-demo preset shrunk to one block per backbone
-stage and two iterations on 64x64 images, so the pages' train commands finish in seconds), ``ckpt.safetensors`` (a
-real state dict) and links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for relative paths such as
+``classes.txt`` beside it, ``run/final`` (a copy of the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the
+shapes-demo preset shrunk to one block per backbone stage and two iterations on 64x64 images, so the pages' train
+commands finish in seconds), ``ckpt.safetensors`` (a real state dict) and links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for relative paths such as
 ``csap_zoo/assets/demo/example.png``), and ``<this repo>`` (a link to the repository: the pages'
 ``torch.hub.load("<this repo>", ..., source="local")`` placeholder).
 
