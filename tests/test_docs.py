@@ -1,16 +1,16 @@
 """Every command and code block of README.md and of the documentation pages (docs/**/*.md) runs as written.
 
-The fenced ```bash and ```python blocks are read from the files themselves, so a changed line changes the test.
-Each bash line is one case and each python block is one case, with an id naming its file and line
-(``README.md:44 csap-zoo predict ...``, ``docs/guides/inference.md:30 python: ...``). A ```text block is not code
-(diagrams, file trees) and is not run; a block of any other kind fails the test. The cases run in a temporary
-working folder prepared so that the pages' placeholder inputs exist (see :func:`workspace`): ``photo.jpg``,
-``photos/``, ``a.jpg`` ... ``d.jpg``, a folder dataset ``my_data`` (train/val layout and ``classes.txt``) and a
-``classes.txt`` beside it, ``run/final`` (a copy of the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the
-shapes-demo preset shrunk to one block per backbone stage and two iterations on 64x64 images, so the pages' train
-commands finish in seconds), ``ckpt.safetensors`` (a real state dict) and links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for relative paths such as
-``csap_zoo/assets/demo/example.png``), and ``<this repo>`` (a link to the repository: the pages'
-``torch.hub.load("<this repo>", ..., source="local")`` placeholder).
+The fenced ```bash and ```python blocks are read from the files themselves, so a changed line changes the test. Each
+bash line is one case and each python block is one case, with an id naming its file and line (``README.md:44
+csap-zoo predict ...``, ``docs/guides/inference.md:30 python: ...``). A ```text block is not code (diagrams, file
+trees) and is not run; a block of any other kind fails the test. The cases run in a temporary working folder
+prepared so that the pages' placeholder inputs exist (see :func:`workspace`): ``photo.jpg``, ``photos/``, ``a.jpg``
+... ``d.jpg``, a folder dataset ``my_data`` (train/val layout and ``classes.txt``) and a ``classes.txt`` beside it,
+``run/final`` (a copy of the bundled demo folder), ``my.yaml`` / ``runs/my.yaml`` (the shapes-demo preset shrunk to
+one block per backbone stage and two iterations on 64x64 images, so the pages' train commands finish in seconds),
+``ckpt.safetensors`` (a real state dict) and links to the repository's ``csap_zoo/`` and ``benchmarks/`` (for
+relative paths such as ``csap_zoo/assets/demo/example.png``), and ``<this repo>`` (a link to the repository: the
+pages' ``torch.hub.load("<this repo>", ..., source="local")`` placeholder).
 
 How a line runs:
 - ``csap-zoo ARGS``: ``csap_zoo.cli.main(ARGS)`` in this process (the console script's entry point, checked against
