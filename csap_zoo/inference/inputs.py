@@ -63,16 +63,13 @@ class ImageInputs:
         in_chans: the model's input channels (RGB images are converted to 1 channel by luma weights).
         mean, std: per-channel normalisation on the 0-255 scale (default: ImageNet's).
         input_range: the (low, high) values of black and white in float tensors and arrays, mapped onto 0-255.
-        max_pixels: refuse image files and PIL images with more pixels before decoding (see ``InferenceConfig``).
     """
 
     def __init__(self, device: torch.device, in_chans: int = 3, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, input_range: Sequence[float] = DEFAULT_INPUT_RANGE,
-                 max_pixels: Optional[int] = None) -> None:
+                 std: Optional[Sequence[float]] = None, input_range: Sequence[float] = DEFAULT_INPUT_RANGE) -> None:
         self.device = device
         self.in_chans = in_chans
         self.input_range = check_input_range(input_range)
-        self.max_pixels = max_pixels
         mean = IMAGENET_MEAN_255 if mean is None else mean
         std = IMAGENET_STD_255 if std is None else std
         if len(mean) != in_chans or len(std) != in_chans:
@@ -107,9 +104,11 @@ class ImageInputs:
             return x
         return (x - low) * (255.0 / (high - low))
 
-    def decode(self, image: Any, target: Optional[Callable[[int, int], Pair]]) -> Tuple[torch.Tensor, Pair]:
+    def decode(self, image: Any, target: Optional[Callable[[int, int], Pair]],
+               max_pixels: Optional[int] = None) -> Tuple[torch.Tensor, Pair]:
         """A raw 0-255 (1, C, h, w) tensor (uint8 where the input allows) reduced by an integer factor towards
-        ``target(H, W)`` (None: not reduced), and the image's full size (H, W)."""
+        ``target(H, W)`` (None: not reduced), and the image's full size (H, W). Image files and PIL images above
+        ``max_pixels`` are refused before decoding (None: ``CSAP_ZOO_MAX_PIXELS``, else 2**28; 0: no limit)."""
         if isinstance(image, torch.Tensor):
             t = self._tensor_image(image)
             size = (t.shape[-2], t.shape[-1])
@@ -126,7 +125,7 @@ class ImageInputs:
             if finite.size:
                 self._check_float_range(float(finite.min()), float(finite.max()), "array")
             image = self._to_255(image)
-        arr, size = decode_reduced(image, target, max_pixels=self.max_pixels)
+        arr, size = decode_reduced(image, target, max_pixels=max_pixels)
         if not arr.flags.writeable:
             arr = arr.copy()
         tensor = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)

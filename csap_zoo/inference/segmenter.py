@@ -111,7 +111,7 @@ class Segmenter:
         self.inputs = ImageInputs(self.device, in_chans,
                                   mean=mean if mean is not None else getattr(data_config, "mean", None) or None,
                                   std=std if std is not None else getattr(data_config, "std", None) or None,
-                                  input_range=input_range, max_pixels=config.max_pixels)
+                                  input_range=input_range)
         self.passes = WindowPasses(model, config, self.inputs.normalize, self.device, network=network,
                                    amp_dtype=check_amp(amp, self.device), min_size=min_size)
         if config.mode == "slide" and min(config.crop_size) < min_size:
@@ -166,7 +166,7 @@ class Segmenter:
     def decode_raw(self, image: Any, target: Optional[Any]) -> Tuple[torch.Tensor, Pair]:
         """A raw 0-255 (1, C, h, w) tensor (uint8 where the input allows) reduced towards ``target(H, W)``, and the
         image's full size (H, W)."""
-        return self.inputs.decode(image, target)
+        return self.inputs.decode(image, target, max_pixels=self.config.max_pixels)
 
     @torch.inference_mode()
     def inference(self, x: torch.Tensor) -> torch.Tensor:
