@@ -47,6 +47,7 @@ import torch.nn as nn
 from ..constants import BACKENDS
 from ..errors import UsageError
 from ..fileio import atomic_folder
+from ..models.logits import SegmentorLogits
 from ..settings import cache_dir as default_cache_dir
 from ..version import __version__
 from .bands import ResizeStep, label_dtype
@@ -78,17 +79,6 @@ def _import_openvino() -> Any:
     return openvino
 
 
-class _NativeLogits(nn.Module):
-    """The Segmentor's network up to its native (stride-8) logits of the whole prepared input."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, upsample=False, crop=False)
-
-
 def _weights_digest(model: nn.Module) -> str:
     digest = hashlib.sha256(repr(getattr(model, "config", type(model).__name__)).encode())
     for name, tensor in sorted(model.state_dict().items()):
@@ -102,9 +92,9 @@ _CODE_DIGESTS: dict = {}
 
 
 def _code_digest(model: nn.Module) -> str:
-    """sha256 over the source files of the classes the model is built from (and of this module, which builds the
-    graph): what decides the converted graph besides the weights."""
-    files = {os.path.abspath(__file__)}
+    """sha256 over the source files of the classes the model is built from (and of this module and the wrapper it
+    converts through, which build the graph): what decides the converted graph besides the weights."""
+    files = {os.path.abspath(__file__), os.path.abspath(inspect.getsourcefile(SegmentorLogits))}
     for module in model.modules():
         try:
             files.add(os.path.abspath(inspect.getsourcefile(type(module)) or ""))
@@ -244,7 +234,7 @@ class OpenVINONetwork:
 
     def _convert(self, shape: tuple) -> Any:
         example = torch.zeros(shape, dtype=torch.float32)
-        module = _NativeLogits(self.model)
+        module = SegmentorLogits(self.model, upsample=False, crop=False)  # native logits of the whole input
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer / exporter notes: shapes are fixed per converted model
             if self.route == "onnx":
