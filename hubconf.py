@@ -11,7 +11,7 @@ dependencies = ["torch", "torchvision", "timm", "einops", "safetensors", "huggin
 from csap_zoo import create_model as _create_model  # noqa: E402
 from csap_zoo.manifest import default_manifest as _default_manifest  # noqa: E402
 from csap_zoo.models.registry import get_architecture as _get_architecture  # noqa: E402
-from csap_zoo.models.registry import list_models as _list_models  # noqa: E402
+from csap_zoo.models.registry import list_architectures  # noqa: E402
 
 
 def _describe_checkpoint(name: str) -> str:
@@ -44,6 +44,6 @@ def _make_entry(model_name: str):
 
 
 _segmentor_checkpoints = [c.name for c in _default_manifest().checkpoints if c.kind == "segmentor"]
-for _name in _list_models() + _segmentor_checkpoints:
+for _name in list_architectures() + _segmentor_checkpoints:
     globals()[_name.replace(".", "_")] = _make_entry(_name)
 del _name

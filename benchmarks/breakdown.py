@@ -1,7 +1,7 @@
 """Where CSAP-T's CPU time goes, and what that means for its latency ratio to SegNeXt-T.
 
 Times, round-robin on one input, the shared MSCAN-T backbone and each decoder on its features, as built (eager,
-contiguous) and optimized (``csap_zoo.optimize_for_inference``: fused blocks, channels_last, heads projecting before
+contiguous) and optimized (``csap_zoo.models.optimize_for_inference``: fused blocks, channels_last, heads projecting before
 the resize), then prints the torch.profiler operators that dominate the CSAP-T forward before (as built) and after
 optimizing, and OpenVINO's own node counters for what the OpenVINO backend runs per image (network, resize and
 arg-max in one graph) where openvino is installed.

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from csap_zoo.fileio import atomic_write
-from csap_zoo.models.registry import build_model, list_models
+from csap_zoo.models.registry import build_model, list_architectures
 from csap_zoo.tools.complexity import COUNTERS, ComplexityReport, _fvcore_by_part, _millions, measure_complexity
 
 SETTINGS = ((512, 150), (1024, 19))
@@ -130,7 +130,8 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     patterns = args.models or ["*"]
-    names = sorted((n for n in list_models() if any(n in list_models(p) for p in patterns)), key=_size_then_name)
+    names = sorted((n for n in list_architectures() if any(n in list_architectures(p) for p in patterns)),
+                   key=_size_then_name)
     if not names:
         parser.error(f"no architecture matches {patterns}")
     jobs = [(name, name, {}) for name in names]

@@ -139,7 +139,8 @@ def markdown(payload: Dict[str, Any]) -> str:
              f"{payload['date']}; {payload['machine']['cpu_count']} logical CPUs, "
              f"{payload['machine']['threads']} threads; torch {payload['versions']['torch']}; median of "
              f"{payload['repeats']} round-robin rounds. Reference: every class resized to every pixel "
-             "(csap_zoo.labelmap.resize_rows) and arg-maxed; shortcut: csap_zoo.labelmap.label_map_bands.", "",
+             "(csap_zoo.inference.bands.resize_rows) and arg-maxed; shortcut: "
+             "csap_zoo.inference.bands.label_map_bands.", "",
              "| logits | classes | logits -> labels | resize steps | shortcut | blocks with several classes | "
              "reference ms | shortcut ms | speed-up | labels equal |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:

@@ -25,5 +25,5 @@ DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
 }
 DATASET_LAYOUTS: Tuple[str, ...] = tuple(DEFAULT_SPLITS)
 
-# Where a Segmenter's network can run (``csap_zoo.backends``).
+# Where a Segmenter's network can run (``csap_zoo.inference.backends``).
 BACKENDS: Tuple[str, ...] = ("torch", "openvino")

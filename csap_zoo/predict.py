@@ -236,7 +236,7 @@ class _LabelStore:
         return [int(c) for c in np.flatnonzero(self._seen) if c != ignore_index]
 
     def png_mode(self, palette: bool = False) -> str:
-        """The mode ``save_png`` chooses for these labels (``csap_zoo.data.io.label_png_mode``)."""
+        """The mode ``save_png`` chooses for these labels (``csap_zoo.data.png.label_png_mode``)."""
         return label_png_mode(0, self.max_label, palette)
 
     def palette(self, info: DatasetInfo) -> bytes:

@@ -218,3 +218,19 @@ def test_the_hub_builds_models_only_through_the_registry():
                if module.startswith("csap_zoo.hub.")
                for dep in deps if dep.startswith("csap_zoo.models") and dep not in allowed}
     assert reached == set()
+
+
+def test_the_public_face_is_the_names_a_user_needs_first():
+    """``csap_zoo.`` hands on model creation and discovery, inference, evaluation, training and the errors; the rest
+    is in submodules, and there is one ``list_models`` (the models layer's is ``list_architectures``)."""
+    from csap_zoo import errors, models
+    from csap_zoo.models import registry
+
+    face = set(csap_zoo.__all__) - {"__version__"}
+    wanted = {"create_model", "from_pretrained", "list_models", "list_pretrained", "Segmenter", "InferenceConfig",
+              "evaluate", "EvalResult", "train", "TrainConfig"}
+    assert face - set(errors.__all__) == wanted
+    assert len(face) <= 20
+    for name in ("Segmentor", "build_model", "optimize_for_inference", "overlay", "get_dataset_info", "push_to_hub"):
+        assert not hasattr(csap_zoo, name), name
+    assert not hasattr(models, "list_models") and not hasattr(registry, "list_models")

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..models.registry import build_model, get_architecture
-from ..models.registry import list_models as list_architectures
+from ..models.registry import list_architectures
 from ..manifest import HfSource, Manifest, PackageSource, UrlSource, default_manifest
 
 __all__ = ["CatalogRow", "PretrainedInfo", "list_models", "list_pretrained", "model_catalog"]

@@ -51,7 +51,7 @@ class Segmenter:
         amp: None, ``"bf16"`` or ``"fp16"`` (CUDA only) autocast for the model.
         dataset_info: class names and palette for visualisation; default from the model's ``data_config``
             (class names / palette, else its dataset tag), else generated names and colours.
-        optimize: run a fused, channels_last copy of the model (:func:`csap_zoo.optimize_for_inference`; same
+        optimize: run a fused, channels_last copy of the model (:func:`csap_zoo.models.optimize_for_inference`; same
             outputs up to float rounding, the model passed in is left untouched). ``"auto"`` (default) does so
             for a ``Segmentor`` on the CPU without autocast; True for any ``Segmentor``; False never.
         input_range: the (low, high) values of black and white in float tensors and float numpy arrays,

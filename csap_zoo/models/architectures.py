@@ -16,7 +16,7 @@ from .config import HeadConfig
 from .heads.csap import CSAPHeadConfig
 from .heads.ham import HamHeadConfig
 
-__all__ = ["Architecture", "DEFAULT_NUM_CLASSES", "get_architecture", "list_models", "parse_model_name",
+__all__ = ["Architecture", "DEFAULT_NUM_CLASSES", "get_architecture", "list_architectures", "parse_model_name",
            "register_architecture"]
 
 # Class count of a bare architecture name: ADE20K's, the paper's main benchmark.
@@ -73,7 +73,7 @@ def get_architecture(name: str) -> Architecture:
         ) from None
 
 
-def list_models(pattern: str = "*", with_datasets: bool = False) -> List[str]:
+def list_architectures(pattern: str = "*", with_datasets: bool = False) -> List[str]:
     """Registered architecture names matching a shell-style pattern; with ``with_datasets`` every
     ``arch.dataset`` combination instead."""
     names = sorted(_ARCHITECTURES)

@@ -13,14 +13,14 @@ from ..constants import DATASET_NUM_CLASSES, DEMO_DATASET_NUM_CLASSES
 from ..errors import ConfigError
 from . import mscan  # noqa: F401  (registers the MSCAN family with timm)
 from .architectures import (
-    DEFAULT_NUM_CLASSES, Architecture, get_architecture, list_models, parse_model_name, register_architecture,
+    DEFAULT_NUM_CLASSES, Architecture, get_architecture, list_architectures, parse_model_name, register_architecture,
 )
 from .config import DataConfig, HeadConfig, SegmentorConfig
 from .segmentor import Segmentor
 
 __all__ = [
     "Architecture", "DATASET_NUM_CLASSES", "DEFAULT_NUM_CLASSES", "DEMO_DATASET_NUM_CLASSES", "apply_head_overrides",
-    "build_model", "get_architecture", "list_models", "parse_model_name", "register_architecture",
+    "build_model", "get_architecture", "list_architectures", "parse_model_name", "register_architecture",
 ]
 
 

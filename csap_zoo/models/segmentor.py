@@ -65,7 +65,7 @@ class Segmentor(PretrainedMixin, nn.Module):
     """Backbone + head. ``forward`` returns logits (B, num_classes, H, W) for any (B, in_chans, H, W) float input.
 
     ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` come from
-    :class:`~csap_zoo.models.serialization.PretrainedMixin` (the folder format).
+    :class:`~csap_zoo.models.pretrained.PretrainedMixin` (the folder format).
 
     Args:
         backbone: a module returning a list of NCHW features (timm ``features_only`` model).

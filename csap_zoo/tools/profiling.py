@@ -15,7 +15,7 @@ Conventions (benchmarks/latency.py prints them with every table):
 * **ONNX Runtime**: the model exported with :func:`csap_zoo.tools.export.export_onnx` (same forward, native logits),
   run in an onnxruntime CPU session with the same thread count, timed in the same round-robin.
 * **channels_last**: the model and input converted to ``torch.channels_last`` before timing.
-* **optimized**: :func:`csap_zoo.optimize_for_inference` (folded and fused blocks, channels_last) -- what the
+* **optimized**: :func:`csap_zoo.models.optimize_for_inference` (folded and fused blocks, channels_last) -- what the
   ``Segmenter`` and the ``predict`` / ``eval`` commands run on the CPU. Contiguous input, as a user passes it.
 * **CUDA throughput** (:func:`bench_cuda_throughput`): images/s of a batch under fp32, fp16 or bf16 autocast, in
   contiguous and channels_last layouts, timed with CUDA events after warm-up; peak allocated memory.
@@ -171,7 +171,7 @@ def bench_models(
 ) -> List[BenchResult]:
     """Params, GMACs (fvcore, :mod:`csap_zoo.tools.complexity`), peak memory and latency of several models on one
     ``batch x 3 x height x width`` input. Latency variants: eager as built; ``channels_last`` (model and input
-    converted); ``optimized`` (:func:`csap_zoo.optimize_for_inference`, csap_zoo models only: what ``Segmenter``,
+    converted); ``optimized`` (:func:`csap_zoo.models.optimize_for_inference`, csap_zoo models only: what ``Segmenter``,
     ``predict`` and ``eval`` run on the CPU); onnxruntime for the models in ``onnx``. Every variant of every model
     is timed in the same round-robin (:func:`measure_interleaved`)."""
     from ..models.fused import optimize_for_inference

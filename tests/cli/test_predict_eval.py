@@ -149,7 +149,7 @@ def test_eval_folder_with_a_checkpoint_matches_the_api(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sky" in out and "road" in out and "car" in out
     dataset = csap_zoo.data.open_dataset("folder", tmp_path / "data",
-                                         info=csap_zoo.custom_dataset_info(["sky", "road", "car"]))
+                                         info=csap_zoo.data.custom_dataset_info(["sky", "road", "car"]))
     expected = csap_zoo.evaluate(Segmenter(model), dataset, progress=False)
     assert expected.summary() in out
 

@@ -35,7 +35,7 @@ def test_lookup_is_case_insensitive_with_aliases_and_clear_errors():
     assert get_dataset_info("coco-stuff").name == "cocostuff"
     with pytest.raises(ValueError, match="known datasets: ade20k, cityscapes, cocostuff"):
         get_dataset_info("pascal")
-    assert csap_zoo.get_dataset_info("cityscapes").num_classes == 19
+    assert csap_zoo.data.get_dataset_info("cityscapes").num_classes == 19
 
 
 def test_custom_class_sets():

@@ -43,7 +43,7 @@ def test_benchmark_checkpoints_carry_their_datasets_metadata(url_server, tmp_pat
         sha256=hashlib.sha256(weights).hexdigest(), sha256_prefix=None, size_bytes=len(weights)))
     model = csap_zoo.create_model("csap_tiny.cityscapes", pretrained=True, manifest=manifest,
                                   cache_dir=tmp_path / "cache")
-    info = csap_zoo.get_dataset_info("cityscapes")
+    info = csap_zoo.data.get_dataset_info("cityscapes")
     assert model.data_config.class_names == list(info.class_names)
     assert model.data_config.palette == list(info.palette)
     assert csap_zoo.Segmenter(model).dataset_info.class_names == info.class_names

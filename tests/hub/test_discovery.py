@@ -20,9 +20,9 @@ def _manifest_with(tmp_path, changes):
 
 
 def test_list_models_without_pretrained_is_the_registry():
-    assert csap_zoo.list_models() == registry.list_models()
-    assert csap_zoo.list_models("csap_*") == registry.list_models("csap_*")
-    assert csap_zoo.list_models("segnext_t*", with_datasets=True) == registry.list_models("segnext_t*",
+    assert csap_zoo.list_models() == registry.list_architectures()
+    assert csap_zoo.list_models("csap_*") == registry.list_architectures("csap_*")
+    assert csap_zoo.list_models("segnext_t*", with_datasets=True) == registry.list_architectures("segnext_t*",
                                                                                           with_datasets=True)
     assert "csap_tiny" in csap_zoo.list_models()
 
@@ -79,12 +79,12 @@ def test_segmentor_from_pretrained_is_the_module_function(tmp_path):
     torch.manual_seed(0)
     model = csap_zoo.create_model("csap_tiny", num_classes=3, propagation="nearest").eval()
     folder = model.save_pretrained(str(tmp_path / "m"))
-    loaded = csap_zoo.Segmentor.from_pretrained(folder)
+    loaded = csap_zoo.models.Segmentor.from_pretrained(folder)
     reference = csap_zoo.from_pretrained(folder)
-    assert isinstance(loaded, csap_zoo.Segmentor)
+    assert isinstance(loaded, csap_zoo.models.Segmentor)
     assert loaded.config == reference.config == model.config
     x = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), model(x))
     with pytest.raises(Exception, match="neither a model folder nor a Hub repo id"):
-        csap_zoo.Segmentor.from_pretrained(tmp_path / "missing" / "deeper")
+        csap_zoo.models.Segmentor.from_pretrained(tmp_path / "missing" / "deeper")

@@ -10,7 +10,7 @@ import csap_zoo
 from csap_zoo.manifest import (
     MANIFEST_PATH, SCHEMA_PATH, Checkpoint, Manifest, ManifestError, UrlSource, default_manifest, load_manifest,
 )
-from csap_zoo.models.registry import DATASET_NUM_CLASSES, DEMO_DATASET_NUM_CLASSES, list_models
+from csap_zoo.models.registry import DATASET_NUM_CLASSES, DEMO_DATASET_NUM_CLASSES, list_architectures
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_manifest_lists_the_expected_checkpoints():
     assert {f"segnext_{s}.{d}" for s in sizes for d in ("ade20k", "cityscapes")} <= names
     assert {f"csap_{s}.{d}" for s in sizes for d in DATASET_NUM_CLASSES} <= names
     for entry in manifest.checkpoints:
-        assert entry.architecture in list_models() or entry.architecture.startswith("mscan_")
+        assert entry.architecture in list_architectures() or entry.architecture.startswith("mscan_")
         if entry.kind == "segmentor":
             assert entry.num_classes == {**DATASET_NUM_CLASSES, **DEMO_DATASET_NUM_CLASSES}[entry.dataset_tag]
         if entry.published:

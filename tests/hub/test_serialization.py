@@ -9,7 +9,7 @@ import torch
 
 import csap_zoo
 from csap_zoo.cli import main as cli_main
-from csap_zoo.hub import ConversionError, from_pretrained, save_pretrained
+from csap_zoo.hub import ConversionError, from_pretrained, push_to_hub, save_pretrained
 from csap_zoo.hub.cache import sha256_of
 from csap_zoo.manifest import MANIFEST_PATH, load_manifest
 
@@ -352,4 +352,4 @@ def test_push_to_hub_from_python_says_to_log_in_without_a_token(model, tmp_path,
     assert isinstance(info.value.__cause__, OSError)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubError, match="offline mode is on"):
-        csap_zoo.push_to_hub(model, "someone/shapes", token="hf_x")
+        push_to_hub(model, "someone/shapes", token="hf_x")  # the function form: the same checks

@@ -33,7 +33,7 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.fixture(scope="module")
 def csap_tiny():
     torch.manual_seed(0)
-    return randomize_norms(csap_zoo.build_model("csap_tiny", num_classes=5)).eval()
+    return randomize_norms(csap_zoo.models.build_model("csap_tiny", num_classes=5)).eval()
 
 
 def assert_same_logits(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -70,8 +70,8 @@ def test_original_model_is_left_untouched(csap_tiny):
 def test_segnext_and_a_generic_timm_backbone_also_match(one_torch_thread):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 96, 64)
-    for model in (randomize_norms(csap_zoo.build_model("segnext_tiny", num_classes=5)).eval(),
-                  randomize_norms(csap_zoo.build_model("csap_tiny", backbone="resnet18", num_classes=5)).eval()):
+    for model in (randomize_norms(csap_zoo.models.build_model("segnext_tiny", num_classes=5)).eval(),
+                  randomize_norms(csap_zoo.models.build_model("csap_tiny", backbone="resnet18", num_classes=5)).eval()):
         fast = optimize_for_inference(model)
         with torch.inference_mode():
             if model.config.head.__class__.__name__ == "HamHeadConfig":  # NMF draws random bases per call
@@ -226,7 +226,7 @@ def test_segmenter_runs_an_optimized_copy_on_cpu_by_default(csap_tiny):
 
 
 def test_optimize_copies_by_default_and_can_work_in_place():
-    model = csap_zoo.build_model("csap_tiny", num_classes=3).eval()
+    model = csap_zoo.models.build_model("csap_tiny", num_classes=3).eval()
     same = optimize_for_inference(model, inplace=True)
     assert same is model and is_fused(model)
     assert copy.deepcopy(model) is not model
@@ -362,7 +362,7 @@ def test_optimized_csap_head_folds_its_batchnorm_once_not_per_call(csap_tiny, mo
 def test_optimized_csap_head_counts_as_fused_on_any_backbone(tmp_path, one_torch_thread):
     """The head's folded projection alone makes the copy unsavable (no MSCAN blocks to detect here)."""
     torch.manual_seed(0)
-    model = randomize_norms(csap_zoo.build_model("csap_tiny", backbone="resnet18", num_classes=3)).eval()
+    model = randomize_norms(csap_zoo.models.build_model("csap_tiny", backbone="resnet18", num_classes=3)).eval()
     fast = optimize_for_inference(model)
     assert is_fused(fast) and not is_fused(model)
     with pytest.raises(ValueError, match="save the original model"):

@@ -112,6 +112,6 @@ def test_architecture_names_cannot_contain_dots():
 
 def test_config_is_a_dataclass_that_rebuilds_the_model():
     model = csap_zoo.create_model("csap_tiny.cityscapes", propagation="nearest")
-    clone = csap_zoo.Segmentor.from_config(dataclasses.replace(model.config))
+    clone = csap_zoo.models.Segmentor.from_config(dataclasses.replace(model.config))
     clone.load_state_dict(model.state_dict(), strict=True)
     assert clone.config == model.config

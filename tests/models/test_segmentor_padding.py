@@ -86,7 +86,7 @@ def test_raw_logits_and_geometry_reproduce_the_forward(pad_mode):
 @pytest.mark.parametrize("pad_mode", ["none", "zero-to-stride"])
 def test_export_wrapper_and_fused_copy_follow_the_policy(pad_mode):
     model = _segnext(pad_mode)
-    fused = csap_zoo.optimize_for_inference(model)
+    fused = csap_zoo.models.optimize_for_inference(model)
     for size in ODD_SIZES:
         x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
