@@ -74,7 +74,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .. import from_pretrained, push_to_hub
+    from .. import from_pretrained
+    from ..models.hub_transfer import push_to_hub
     from ..models.hub_transfer import check_hub_upload
 
     if not os.path.isdir(args.model_dir):
