@@ -576,7 +576,22 @@ def _check_analysis(ns: dict, root: Path) -> None:
 
 
 def _check_export(ns: dict, root: Path) -> None:
-    assert (root / "csap_tiny.onnx").is_file()
+    """The exported file (already checked by ``export_onnx`` against eager PyTorch at 512x512 and at sizes not
+    divisible by 32, atol 1e-4): opset >= 17, symbolic batch / height / width, a batch of 3 at yet another size
+    equal to eager, and no temporary left beside it."""
+    import onnx
+    import onnxruntime
+
+    path = root / "csap_tiny.onnx"
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version >= 17
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, C, H, W
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 77, 150)  # batch 3, not divisible by 32, not an export or check size
+    with torch.no_grad():
+        assert abs(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]) - ns["model"](x)).max() < 1e-4
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp.onnx")]
 
 
 def _check_options(ns: dict, root: Path) -> None:

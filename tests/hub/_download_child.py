@@ -25,6 +25,7 @@ def _loads(spec: dict) -> int:
     import csap_zoo
     from csap_zoo.manifest import load_manifest
 
+    create_model = csap_zoo.create_model  # imports torch, the models and the hub once, before the forks
     manifest = load_manifest(spec["manifest"])
     print("ready", flush=True)
     start_r, start_w = os.pipe()
@@ -35,7 +36,7 @@ def _loads(spec: dict) -> int:
             os.close(start_w)
             os.read(start_r, 1)
             try:
-                model = csap_zoo.create_model(name, pretrained=True, manifest=manifest, cache_dir=spec["cache"])
+                model = create_model(name, pretrained=True, manifest=manifest, cache_dir=spec["cache"])
                 result = {"name": name, "fingerprint": fingerprint(model.state_dict())}
             except Exception as err:  # reported to the test, which fails on it
                 result = {"name": name, "error": f"{type(err).__name__}: {err}"}
