@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Optional
 
 __all__ = [
-    "DEFAULT_MAX_DOWNLOAD_BYTES", "DEFAULT_READ_TIMEOUT", "PROXY_VARIABLES", "cache_dir", "download_timeout",
-    "is_offline", "manifest_override", "max_download_bytes", "max_image_pixels", "progress_requested",
-    "proxy_configured", "read_timeout",
+    "DEFAULT_MAX_DOWNLOAD_BYTES", "DEFAULT_READ_TIMEOUT", "MAX_PIXELS_ENV", "PROXY_VARIABLES", "cache_dir",
+    "download_timeout", "is_offline", "manifest_override", "max_download_bytes", "max_image_pixels",
+    "progress_requested", "proxy_configured", "read_timeout",
 ]
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 4 << 30
 """The most a download of an entry without ``size_bytes`` may bring (4 GiB: the largest segmentor is ~0.2 GB)."""
 DEFAULT_READ_TIMEOUT = 60.0
 """Seconds a URL download may go without receiving data."""
+MAX_PIXELS_ENV = "CSAP_ZOO_MAX_PIXELS"
+"""The variable that sets the image pixel limit (0 or less: no limit)."""
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -98,11 +100,11 @@ def manifest_override() -> Optional[str]:
 
 def max_image_pixels() -> Optional[int]:
     """The image pixel limit ``CSAP_ZOO_MAX_PIXELS`` asks for (0 or less: no limit), or None when it is unset."""
-    text = os.environ.get("CSAP_ZOO_MAX_PIXELS", "").strip()
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if not text:
         return None
     try:
         return int(float(text))
     except ValueError:
-        raise ValueError(f"CSAP_ZOO_MAX_PIXELS={text!r} is not a number of pixels (use e.g. 300000000, "
+        raise ValueError(f"{MAX_PIXELS_ENV}={text!r} is not a number of pixels (use e.g. 300000000, "
                          f"or 0 for no limit)") from None

@@ -75,8 +75,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 def _cmd_push(args: argparse.Namespace) -> int:
     from .. import from_pretrained
-    from ..models.hub_transfer import push_to_hub
-    from ..models.hub_transfer import check_hub_upload
+    from ..models.hub_transfer import check_hub_upload, push_to_hub
 
     if not os.path.isdir(args.model_dir):
         raise FileNotFoundError(f"{args.model_dir} is not a folder (push takes a save_pretrained folder)")

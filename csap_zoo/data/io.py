@@ -27,10 +27,10 @@ from PIL import Image, ImageOps
 
 from ..errors import ImageTooLargeError
 from ..fileio import not_a_regular_file
-from ..settings import max_image_pixels
+from ..settings import MAX_PIXELS_ENV, max_image_pixels
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError", "MAX_PIXELS_ENV",
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError",
     "decode_reduced", "image_format", "max_pixels_limit", "open_rows", "read_image", "read_mask", "reduce_array",
     "to_rgb_array",
 ]
@@ -38,7 +38,6 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 DEFAULT_MAX_PIXELS = 2 ** 28
-MAX_PIXELS_ENV = "CSAP_ZOO_MAX_PIXELS"
 _BAND_PIXELS = 2 ** 20  # pixels converted / reduced at a time
 _PIL_LIMIT_LOCK = threading.Lock()
 # EXIF orientation -> the PIL transpose that undoes it (what ImageOps.exif_transpose applies)
