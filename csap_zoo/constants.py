@@ -25,5 +25,8 @@ DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
 }
 DATASET_LAYOUTS: Tuple[str, ...] = tuple(DEFAULT_SPLITS)
 
-# Where a Segmenter's network can run (``csap_zoo.inference.backends``).
-BACKENDS: Tuple[str, ...] = ("torch", "openvino")
+# What a Segmenter's network computes in (``csap_zoo.inference.precision``).
+PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+
+# Where a Segmenter's network can run (``csap_zoo.inference.backends``); "auto" picks one of the others.
+BACKENDS: Tuple[str, ...] = ("auto", "torch", "openvino")

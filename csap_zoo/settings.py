@@ -1,7 +1,7 @@
 """Switches csap-zoo reads from the environment, at call time (so a test or a script can change them).
 
 Every ``CSAP_ZOO_*`` variable is read here. torchrun's ``LOCAL_RANK`` / ``WORLD_SIZE`` are read where the process
-group starts (``csap_zoo.training.distributed``): they are torchrun's protocol, not switches of csap-zoo.
+group starts (``csap_zoo.distributed``): they are torchrun's protocol, not switches of csap-zoo.
 """
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .errors import UsageError
+
 __all__ = [
-    "DEFAULT_MAX_DOWNLOAD_BYTES", "DEFAULT_READ_TIMEOUT", "MAX_PIXELS_ENV", "PROXY_VARIABLES", "cache_dir",
+    "DEFAULT_MAX_DOWNLOAD_BYTES", "DEFAULT_READ_TIMEOUT", "MAX_PIXELS_ENV", "PROXY_VARIABLES", "backend_override",
+    "cache_dir",
     "download_timeout", "is_offline", "manifest_override", "max_download_bytes", "max_image_pixels",
     "progress_requested", "proxy_configured", "read_timeout",
 ]
@@ -91,6 +94,17 @@ def progress_requested() -> Optional[bool]:
 def proxy_configured() -> bool:
     """Whether an HTTP(S) proxy is set in the environment (then the Hub endpoint is not probed directly)."""
     return any(os.environ.get(name) for name in PROXY_VARIABLES)
+
+
+def backend_override() -> Optional[str]:
+    """What ``backend="auto"`` runs instead of its own pick: ``CSAP_ZOO_BACKEND`` = ``torch`` or ``openvino``
+    (unset, empty or ``auto``: no override)."""
+    value = os.environ.get("CSAP_ZOO_BACKEND", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("torch", "openvino"):
+        raise UsageError(f"CSAP_ZOO_BACKEND={value!r} is not a backend: use torch, openvino or auto")
+    return value
 
 
 def manifest_override() -> Optional[str]:

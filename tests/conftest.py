@@ -13,6 +13,11 @@
   ``OMP_NUM_THREADS`` for the child processes tests start, are set to ``cores // N`` (at least 1), so that N workers
   do not each run a full set of threads on the same cores.
 
+* ``backend="auto"`` runs PyTorch in the suite (``CSAP_ZOO_BACKEND=torch``, set here for every worker and child
+  process): most tests are about what happens around the network, and an OpenVINO conversion per test model would
+  cost seconds each. The tests of the OpenVINO backend name it, and the tests of the ``"auto"`` pick unset the
+  variable.
+
 The tests folder goes on ``sys.path`` here, so any test module (any folder, any import mode, one file or the whole
 suite) can ``import _servers``.
 """
@@ -45,6 +50,7 @@ def _share_the_cores_between_workers() -> None:
 
 
 _share_the_cores_between_workers()
+os.environ["CSAP_ZOO_BACKEND"] = "torch"
 
 # --------------------------------------------------------------------------------------------------------------------
 # Network guard

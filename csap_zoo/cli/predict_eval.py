@@ -4,13 +4,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
-from ..constants import BACKENDS, DATASET_LAYOUTS
-from ..errors import UsageError
+from ..constants import BACKENDS, DATASET_LAYOUTS, PRECISIONS
+from ..distributed import DEFAULT_COLLECTIVE_TIMEOUT_S
+from ..errors import DistributedError, UsageError
 from .common import is_saved_model, load_model
 
+if TYPE_CHECKING:
+    from ..distributed import DistEnv
+
 _DATASET_CHOICES = DATASET_LAYOUTS
+CALIBRATION_IMAGES = 32  # int8 calibration images taken from --calibration (or predict's inputs)
 
 
 def _inference_config(args: argparse.Namespace, dataset: Optional[str]):
@@ -33,31 +38,80 @@ def _inference_config(args: argparse.Namespace, dataset: Optional[str]):
     return InferenceConfig.for_dataset(dataset, tta=args.tta, **overrides)
 
 
-def _segmenter(args: argparse.Namespace, model, dataset: Optional[str], info=None):
+def calibration_images(specs) -> list:
+    """Up to ``CALIBRATION_IMAGES`` image files named by files, folders or globs, spread evenly over them."""
+    from ..predict import resolve_inputs
+
+    paths = resolve_inputs(specs).paths
+    if len(paths) > CALIBRATION_IMAGES:
+        step = len(paths) / CALIBRATION_IMAGES
+        paths = [paths[int(i * step)] for i in range(CALIBRATION_IMAGES)]
+    return paths
+
+
+def _segmenter(args: argparse.Namespace, model, dataset: Optional[str], info=None, default_calibration=None):
     """The Segmenter that predict and eval run (the model's test size unless a dataset or --resize says else)."""
     from ..inference import Segmenter
 
-    return Segmenter(model, _inference_config(args, dataset), device=args.device, amp=args.amp, dataset_info=info,
-                     backend=getattr(args, "backend", "torch"))
+    calibration = None
+    if args.precision == "int8":
+        specs = args.calibration or default_calibration
+        if not specs:
+            raise UsageError("--precision int8 needs --calibration IMAGES (16-32 images like the ones you will "
+                             "segment: files, folders or globs)")
+        calibration = calibration_images(specs)
+    elif args.calibration:
+        raise UsageError("--calibration is used by --precision int8 only")
+    return Segmenter(model, _inference_config(args, dataset), device=args.device, precision=args.precision,
+                     dataset_info=info, backend=args.backend, calibration=calibration)
+
+
+def _in_process_group(args: argparse.Namespace, run: Callable[["DistEnv"], int]) -> int:
+    """Run a command in torchrun's process group (one process without torchrun): NCCL on GPUs, gloo on the CPU,
+    every collective bounded by --dist-timeout. A failure that every process knows of is printed by rank 0 alone."""
+    from ..distributed import end_distributed, init_distributed
+
+    env = init_distributed(args.device or "cpu", timeout_s=args.dist_timeout)
+    if env.distributed:
+        args.device = str(env.device)  # a bare "cuda": this process's GPU
+    try:
+        return run(env)
+    except DistributedError as err:
+        if err.shared and not env.is_main:
+            return 1
+        raise
+    finally:
+        end_distributed(env)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    return _in_process_group(args, lambda env: _predict(args, env))
+
+
+def _predict(args: argparse.Namespace, env: "DistEnv") -> int:
     from ..predict import predict_paths
 
-    seg = _segmenter(args, load_model(args), None)
+    seg = _segmenter(args, load_model(args), None, default_calibration=args.inputs)
     summary = predict_paths(seg, args.inputs, args.out, alpha=args.alpha, legend=not args.no_legend,
-                            progress=not args.no_progress)
-    print(f"wrote {len(summary.written)} label map(s) to {args.out}/labels and overlay(s) to {args.out}/overlays"
-          + (f"; skipped {len(summary.skipped)} file(s)" if summary.skipped else ""))
+                            progress=not args.no_progress, skip_existing=not args.overwrite, env=env)
+    if env.is_main:
+        print(f"wrote {len(summary.written)} label map(s) to {args.out}/labels and overlay(s) to {args.out}/overlays"
+              + (f"; kept {len(summary.existing)} already there (--overwrite redoes them)" if summary.existing else "")
+              + (f"; skipped {len(summary.skipped)} file(s)" if summary.skipped else ""))
     if summary.failed:
         total = len(summary.written) + len(summary.failed)
-        print(f"error: {len(summary.failed)} of {total} image(s) could not be read (listed above); their outputs "
-              f"were not written", file=sys.stderr)
+        if env.is_main:
+            print(f"error: {len(summary.failed)} of {total} image(s) could not be read (listed above); their "
+                  f"outputs were not written", file=sys.stderr)
         return 1
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    return _in_process_group(args, lambda env: _eval(args, env))
+
+
+def _eval(args: argparse.Namespace, env: "DistEnv") -> int:
     from ..data import folder_dataset_info, get_dataset_info, open_dataset
     from ..evaluation import evaluate
 
@@ -83,11 +137,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     seg = _segmenter(args, model, None if args.dataset == "folder" else args.dataset, info)
     if dataset is None:
         dataset = open_dataset(args.dataset, args.data, split=args.split, info=seg.dataset_info)
-    print(f"evaluating {args.model} on {dataset!r}", file=sys.stderr)
-    result = evaluate(seg, dataset, limit=args.limit, progress=not args.no_progress)
+    if env.is_main:
+        print(f"evaluating {args.model} on {dataset!r}" + (f" with {env.world_size} processes" if env.distributed
+                                                            else ""), file=sys.stderr)
+    result = evaluate(seg, dataset, limit=args.limit, progress=not args.no_progress, env=env)
+    if not env.is_main:
+        return 0
     print(result.table())
     print(result.summary())
+    if args.json:
+        from ..evaluation import write_report
+
+        images = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+        write_report(args.json, result, images, _eval_protocol(args, seg))
     return 0
+
+
+def _eval_protocol(args: argparse.Namespace, seg) -> Dict[str, Any]:
+    """How ``eval`` ran, for --json: what was evaluated and the Segmenter's resolved settings (not the number of
+    processes: the result does not depend on it)."""
+    config = seg.config
+    protocol: Dict[str, Any] = {
+        "model": args.model, "checkpoint": args.checkpoint, "pretrained": bool(args.pretrained),
+        "dataset": args.dataset, "data": args.data, "split": args.split, "limit": args.limit,
+        "mode": config.mode, "resize": None if config.resize is None else list(config.resize),
+        "crop_size": list(config.crop_size), "stride": list(config.stride), "ratios": list(config.ratios),
+        "flip": bool(config.flip),
+    }
+    for option in ("precision", "amp", "backend"):  # how the network ran, where this version has the option
+        if hasattr(args, option):
+            protocol[option] = getattr(args, option)
+    return protocol
 
 
 def _non_negative_int(text: str) -> int:
@@ -117,11 +197,31 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
                         help="refuse images with more pixels before decoding them (default: $CSAP_ZOO_MAX_PIXELS or "
                              "2**28; 0 = no limit)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16: CUDA only)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="where the network runs: torch (default) or openvino (CPU; needs the openvino package; "
-                             "converted once per input size and cached under $CSAP_ZOO_CACHE)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default), bf16 (CPUs with AVX-512 BF16 or AMX, and GPUs), fp16 (CUDA) or int8 "
+                             "(OpenVINO, quantized on --calibration images)")
+    parser.add_argument("--calibration", nargs="+", metavar="IMAGES", default=None,
+                        help=f"int8: images to calibrate on (files, folders, globs; up to {CALIBRATION_IMAGES}, "
+                             "spread over them; predict defaults to its inputs)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="where the network runs: auto (default: openvino on the CPU, torch elsewhere), torch, or "
+                             "openvino (converted once per model and cached under $CSAP_ZOO_CACHE)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dist-timeout", type=_positive_float, default=DEFAULT_COLLECTIVE_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="under torchrun: how long a process waits for the others at the end of each image "
+                             "before a dead or stopped process ends the job with an error (default "
+                             f"{DEFAULT_COLLECTIVE_TIMEOUT_S:g})")
 
 
 def check_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -151,6 +251,10 @@ def add_predict_eval_commands(sub) -> None:
     _add_inference_args(predict)
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     predict.add_argument("--no-legend", action="store_true", help="overlays without the class legend")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="predict every input again; by default an input whose label map and overlay are both "
+                              "in OUT already is left alone, so a rerun of a stopped job does only what is missing")
+    _add_distributed_args(predict)
     predict.set_defaults(func=_cmd_predict)
 
     evaluate = sub.add_parser(
@@ -171,5 +275,9 @@ def add_predict_eval_commands(sub) -> None:
                                                             "`name R G B`, `#` comments (default: DIR/classes.txt, "
                                                             "else the model's classes)")
     evaluate.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    evaluate.add_argument("--json", metavar="FILE", default=None,
+                          help="also write the metrics (percent), per-class IoU/Acc, the image count, the protocol "
+                               "and the confusion matrix as JSON (atomically)")
     _add_inference_args(evaluate)
+    _add_distributed_args(evaluate)
     evaluate.set_defaults(func=_cmd_eval)

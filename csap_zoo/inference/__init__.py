@@ -24,19 +24,22 @@ Conventions (MMSegmentation's test-time ones):
 - ``mode="slide"`` and multi-scale + flip: see :mod:`csap_zoo.inference.windows`.
 - Images smaller than the model's minimum size (32 px for the built-in models) are stretched up to that size along
   the short side(s) before the model and the logits are resized back, so 1x1 images work.
-- ``amp="bf16"`` / ``"fp16"`` runs the model under ``torch.autocast`` (logits are merged in float32). fp16 autocast is
-  CUDA-only here: asking for it on the CPU raises a ValueError (use ``"bf16"`` or ``None`` there). Without autocast
-  the normalised input is cast to the model's parameter dtype (e.g. a ``model.half()`` on CUDA).
+- ``backend="auto"`` (default) runs OpenVINO on the CPU and PyTorch elsewhere (:mod:`.backends`);
+  ``precision="fp32" | "bf16" | "fp16" | "int8"`` says what the network computes in (:mod:`.precision`); logits
+  are merged in float32. With PyTorch at fp32 the normalised input is cast to the model's parameter dtype (e.g. a
+  ``model.half()`` on CUDA).
 - Tensors with NaN or Inf values are refused (ValueError naming how many and the first index).
 
 The modules: :mod:`.config` (options), :mod:`.inputs` (decode, reduce, normalise), :mod:`.windows` (whole / slide /
-views), :mod:`.bands` (banded label maps from low-resolution logits), :mod:`.backends` (torch or OpenVINO) and
-:mod:`.segmenter` (the public API over them).
+views), :mod:`.bands` (banded label maps from low-resolution logits), :mod:`.backends` (torch or OpenVINO, and
+the pick of ``"auto"``), :mod:`.openvino_ir` (conversion, int8 quantization, the on-disk cache), :mod:`.precision`
+(precisions and the CPU's instructions) and :mod:`.segmenter` (the public API over them).
 """
-from .backends import OpenVINONetwork, check_backend
+from .backends import OpenVINONetwork, check_backend, resolve_backend
 from .bands import ResizeStep, label_map_bands, resize_rows
 from .config import AUTO_RESIZE, InferenceConfig
+from .precision import CpuInfo, cpu_info
 from .segmenter import Segmenter
 
-__all__ = ["AUTO_RESIZE", "InferenceConfig", "OpenVINONetwork", "ResizeStep", "Segmenter", "check_backend",
-           "label_map_bands", "resize_rows"]
+__all__ = ["AUTO_RESIZE", "CpuInfo", "InferenceConfig", "OpenVINONetwork", "ResizeStep", "Segmenter", "check_backend",
+           "cpu_info", "label_map_bands", "resize_rows", "resolve_backend"]

@@ -6,12 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-import torch
-
 from ..data.metadata import get_dataset_info
 
-__all__ = ["AUTO_RESIZE", "DEFAULT_INPUT_RANGE", "DEFAULT_WHOLE_MAX_PIXELS", "InferenceConfig", "check_amp",
-           "check_input_range", "check_optimize", "resolve_config"]
+__all__ = ["AUTO_RESIZE", "DEFAULT_INPUT_RANGE", "DEFAULT_WHOLE_MAX_PIXELS", "InferenceConfig", "check_input_range",
+           "check_optimize", "resolve_config"]
 
 Pair = Tuple[int, int]
 
@@ -19,10 +17,8 @@ DEFAULT_WHOLE_MAX_PIXELS = 4096 * 4096
 AUTO_RESIZE = "auto"  # InferenceConfig.resize: the model's data_config.test_size, else native size
 DEFAULT_INPUT_RANGE = (0.0, 255.0)
 # The Segmenter's keyword options that are not InferenceConfig fields (named in the unknown-option error)
-SEGMENTER_OPTIONS = ("mean", "std", "device", "amp", "dataset_info", "optimize", "input_range", "backend",
-                     "backend_cache_dir")
-_AMP_DTYPES: Dict[str, torch.dtype] = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-                                       "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+SEGMENTER_OPTIONS = ("mean", "std", "device", "precision", "dataset_info", "optimize", "input_range", "backend",
+                     "backend_cache_dir", "calibration")
 
 
 def _pair(value: Union[int, Sequence[int]], what: str) -> Pair:
@@ -132,21 +128,6 @@ def check_input_range(value: Sequence[float]) -> Tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and high > low):
         raise ValueError(f"input_range must be a finite (low, high) pair with high > low, got {value!r}")
     return low, high
-
-
-def check_amp(amp: Any, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype an ``amp`` option asks for on ``device`` (None: no autocast)."""
-    if amp is None or amp is False or amp == "none":
-        return None
-    if isinstance(amp, torch.dtype):
-        dtype = amp
-    else:
-        if str(amp).lower() not in _AMP_DTYPES:
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-        dtype = _AMP_DTYPES[str(amp).lower()]
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("fp16 autocast is only supported on CUDA here; on the CPU use amp='bf16' or amp=None")
-    return dtype
 
 
 def check_optimize(optimize: Union[bool, str]) -> Union[bool, str]:

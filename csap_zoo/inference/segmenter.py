@@ -15,20 +15,23 @@ resize, instead of running out of memory inside the model.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence, Tuple, Union
+import copy
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..data.metadata import DatasetInfo, custom_dataset_info, get_dataset_info
+from ..errors import UsageError
 from ..models.fused import optimize_for_inference
 from ..models.segmentor import Segmentor
 from . import bands as _bands  # read as _bands.BAND_ELEMENTS at call time: a test may lower it
-from .backends import OpenVINONetwork, check_backend
+from .backends import OpenVINONetwork, resolve_backend
 from .bands import ResizeStep, label_map_bands, resize_rows
-from .config import DEFAULT_INPUT_RANGE, InferenceConfig, check_amp, check_input_range, check_optimize, resolve_config
+from .config import DEFAULT_INPUT_RANGE, InferenceConfig, check_input_range, check_optimize, resolve_config
 from .inputs import ImageInputs, split_batch
+from .precision import check_precision, torch_dtype
 from .windows import WindowPasses, band_labels, merge_views
 
 __all__ = ["Segmenter"]
@@ -48,23 +51,28 @@ class Segmenter:
         mean, std: per-channel normalisation on the 0-255 scale; default: the model's ``data_config`` (which
             travels with checkpoint weights), else ImageNet's (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375).
         device: where to run; the model is moved there (default: where the model's parameters are).
-        amp: None, ``"bf16"`` or ``"fp16"`` (CUDA only) autocast for the model.
+        precision: ``"fp32"`` (default), ``"bf16"`` (CPU with bf16 instructions, or CUDA), ``"fp16"`` (CUDA) or
+            ``"int8"`` (OpenVINO, quantized with NNCF on ``calibration``): see
+            :mod:`csap_zoo.inference.precision` for what each runs as and its measured accuracy.
         dataset_info: class names and palette for visualisation; default from the model's ``data_config``
             (class names / palette, else its dataset tag), else generated names and colours.
         optimize: run a fused, channels_last copy of the model (:func:`csap_zoo.models.optimize_for_inference`; same
             outputs up to float rounding, the model passed in is left untouched). ``"auto"`` (default) does so
-            for a ``Segmentor`` on the CPU without autocast; True for any ``Segmentor``; False never.
+            for a ``Segmentor`` on the CPU; True for any ``Segmentor``; False never.
         input_range: the (low, high) values of black and white in float tensors and float numpy arrays,
             mapped linearly onto 0-255 before normalisation: (0, 255) by default, ``(0, 1)`` for
             ``torchvision.transforms.ToTensor``-style inputs. Integer inputs (uint8, uint16, ...) keep their own
             scale.
-        backend: where a Segmentor's network runs: ``"torch"`` (default: no extra package, any device, autocast)
-            or ``"openvino"`` (CPU; converted once per input shape and cached on disk, see
+        backend: where a Segmentor's network runs: ``"auto"`` (default: OpenVINO on the CPU where it imports,
+            else PyTorch; ``CSAP_ZOO_BACKEND`` overrides the pick), ``"torch"`` (any device and module) or
+            ``"openvino"`` (CPU; converted once for every input size and cached on disk, see
             :mod:`csap_zoo.inference.backends`). Pre-processing is the same for both; a whole-image label map is
             resized and arg-maxed inside OpenVINO where the full-size scores fit its limit (the same labels up to
-            float rounding ties), by the torch code otherwise.
+            float rounding ties), by the torch code otherwise. ``seg.backend`` says which one runs.
         backend_cache_dir: the cache root for the OpenVINO backend's converted models (default ``CSAP_ZOO_CACHE``
             or ``~/.cache/csap_zoo``; False: memory only).
+        calibration: for ``precision="int8"``: images of your data (anything ``predict`` takes; 16-32 are
+            enough), preprocessed as predictions are; the quantized graph is cached per calibration set.
     """
 
     def __init__(
@@ -75,12 +83,13 @@ class Segmenter:
             mean: Optional[Sequence[float]] = None,
             std: Optional[Sequence[float]] = None,
             device: Optional[Union[str, torch.device]] = None,
-            amp: Optional[str] = None,
+            precision: str = "fp32",
             dataset_info: Optional[DatasetInfo] = None,
             optimize: Union[bool, str] = "auto",
             input_range: Sequence[float] = DEFAULT_INPUT_RANGE,
-            backend: str = "torch",
+            backend: str = "auto",
             backend_cache_dir: Any = None,
+            calibration: Optional[Sequence[Any]] = None,
             **config_overrides: Any,
     ) -> None:
         data_config = getattr(model, "data_config", None)
@@ -91,29 +100,40 @@ class Segmenter:
             device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device)
         model = model.to(self.device).eval()
-        self.backend = check_backend(backend)
-        network: Optional[OpenVINONetwork] = None
+        self.backend = resolve_backend(backend, model, self.device, precision)
+        self.precision = check_precision(precision, self.device, self.backend)
+        if calibration is not None and precision != "int8":
+            raise UsageError("calibration images are used by precision='int8' only; leave calibration unset")
         if self.backend == "openvino":
             if not isinstance(model, Segmentor):
-                raise ValueError(f"backend='openvino' runs a csap_zoo Segmentor's network; got a "
+                raise UsageError(f"backend='openvino' runs a csap_zoo Segmentor's network; got a "
                                  f"{type(model).__name__} (use backend='torch')")
-            if self.device.type != "cpu" or amp is not None:
-                raise ValueError("backend='openvino' runs on the CPU in float32: leave device and amp unset, or use "
+            if self.device.type != "cpu":
+                raise UsageError("backend='openvino' runs on the CPU: leave device unset (or 'cpu'), or use "
                                  "backend='torch'")
-            network = OpenVINONetwork(model, cache_dir=backend_cache_dir)
             optimize = False  # OpenVINO fuses on its own; the PyTorch model stays as given
         check_optimize(optimize)
         in_chans, min_size = int(getattr(model, "in_chans", 3)), int(getattr(model, "min_size", 1))
         self.num_classes = getattr(model, "num_classes", None)
-        if isinstance(model, Segmentor) and (
-                optimize is True or (optimize == "auto" and self.device.type == "cpu" and amp is None)):
+        source = model
+        if isinstance(model, Segmentor) and (optimize is True or (optimize == "auto" and self.device.type == "cpu")):
             model = optimize_for_inference(model)
+        autocast_dtype = None
+        if self.backend == "torch" and self.precision in ("bf16", "fp16"):
+            if self.device.type == "cpu":  # cast once: autocast would cast the weights again on every call
+                model = (model if model is not source else copy.deepcopy(model)).to(torch_dtype(self.precision))
+            else:
+                autocast_dtype = torch_dtype(self.precision)
         self.inputs = ImageInputs(self.device, in_chans,
                                   mean=mean if mean is not None else getattr(data_config, "mean", None) or None,
                                   std=std if std is not None else getattr(data_config, "std", None) or None,
                                   input_range=input_range)
-        self.passes = WindowPasses(model, config, self.inputs.normalize, self.device, network=network,
-                                   amp_dtype=check_amp(amp, self.device), min_size=min_size)
+        self.passes = WindowPasses(model, config, self.inputs.normalize, self.device, autocast_dtype=autocast_dtype,
+                                   min_size=min_size)
+        if self.backend == "openvino":
+            inputs = self.calibration_inputs(calibration) if self.precision == "int8" else None
+            self.passes.network = OpenVINONetwork(model, cache_dir=backend_cache_dir, precision=self.precision,
+                                                  calibration=inputs)
         if config.mode == "slide" and min(config.crop_size) < min_size:
             raise ValueError(f"crop_size {config.crop_size} is below the model's minimum input size {min_size}")
         self._dataset_info = dataset_info
@@ -230,6 +250,24 @@ class Segmenter:
             y += part.shape[0]
         assert filled is not None and y == height
         return filled, None
+
+    @torch.inference_mode()
+    def calibration_inputs(self, images: Optional[Sequence[Any]]) -> List[np.ndarray]:
+        """What int8 calibration runs the network on: each image (anything ``predict`` takes) decoded and resized
+        to the view the model sees, normalised; in slide mode its first window."""
+        if not images:
+            raise UsageError("precision='int8' needs calibration images of your data (calibration=[paths, arrays, "
+                             "...] or --calibration FILES); 16-32 are enough")
+        found = []
+        for image in (images if isinstance(images, (list, tuple)) else list(images)):
+            raw, size = self.decode_raw(image, self.decode_target)
+            view = self.passes.view_size(*size, self.config.ratios[0])
+            x = self.inputs.normalize(self.passes.view_input(raw, view))
+            if self.config.mode == "slide":
+                y1, y2, x1, x2 = self.passes.slide_boxes(*view)[0]
+                x = x[..., y1:y2, x1:x2]
+            found.append(x.float().cpu().numpy())
+        return found
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()

@@ -110,31 +110,31 @@ class WindowPasses:
         normalize: maps a raw 0-255 batch to the model's input.
         device: where the model runs (the autocast device).
         network: where a Segmentor's network runs instead of torch (OpenVINO), or None.
-        amp_dtype: autocast dtype for the model, or None.
+        autocast_dtype: autocast dtype for the model (CUDA), or None.
         min_size: the model's minimum input side; smaller inputs are stretched up to it.
     """
 
     def __init__(self, model: nn.Module, config: InferenceConfig, normalize: Callable[[torch.Tensor], torch.Tensor],
                  device: torch.device, network: Optional[OpenVINONetwork] = None,
-                 amp_dtype: Optional[torch.dtype] = None, min_size: int = 1) -> None:
+                 autocast_dtype: Optional[torch.dtype] = None, min_size: int = 1) -> None:
         self.model = model
         self.config = config
         self.normalize = normalize
         self.device = device
         self.network = network
-        self.amp_dtype = amp_dtype
+        self.autocast_dtype = autocast_dtype
         self.min_size = min_size
         param = next(iter(model.parameters()), None)
         self.param_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     # ------------------------------------------------------------------ one forward
     def _autocast(self) -> ContextManager[Any]:
-        if self.amp_dtype is None:
+        if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _model_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.amp_dtype is not None or x.dtype == self.param_dtype else x.to(self.param_dtype)
+        return x if self.autocast_dtype is not None or x.dtype == self.param_dtype else x.to(self.param_dtype)
 
     def native(self, x: torch.Tensor) -> torch.Tensor:
         """A Segmentor's raw (stride-8) logits of a normalised batch, on the configured backend, in float32."""

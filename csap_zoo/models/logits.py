@@ -22,9 +22,10 @@ class SegmentorLogits(nn.Module):
         upsample: logits at the input's resolution (default), or the head's stride-8 logits.
         crop: with ``upsample=False``, ``False`` returns the raw logits of the whole prepared (padded) input, as
             ``model(x, upsample=False, crop=False)`` does.
-        branch_free: skip the input checks and run ``model.forward_logits``, whose padding has no Python branch
-            on the input size, so that traced and exported graphs stay valid at other sizes. Exported graphs
-            cannot raise: validate inputs before calling them. Needs ``crop=True``.
+        branch_free: skip the input checks and run the padded forward, which has no Python branch on the input
+            size, so that traced and exported graphs stay valid at other sizes (with ``crop=False``: the raw
+            logits of the whole prepared input). Exported graphs cannot raise: validate inputs before calling
+            them.
     """
 
     def __init__(self, model: nn.Module, upsample: bool = True, crop: bool = True,
@@ -34,8 +35,8 @@ class SegmentorLogits(nn.Module):
             if not hasattr(model, attr):
                 raise ValueError(f"{type(self).__name__} needs a csap_zoo Segmentor (with {attr!r}); "
                                  f"got {type(model).__name__}")
-        if branch_free and not crop:
-            raise ValueError("branch_free logits are always cropped to the input: pass crop=True")
+        if not crop and upsample:
+            raise ValueError("crop=False returns the raw logits: pass upsample=False with it")
         self.model = model
         self.upsample = upsample
         self.crop = crop
@@ -43,5 +44,8 @@ class SegmentorLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.branch_free:
+            if not self.crop:
+                model = self.model
+                return model.decode_head(model.forward_features(model.prepare_input(x)))
             return self.model.forward_logits(x, self.upsample)
         return self.model(x, upsample=self.upsample, crop=self.crop)

@@ -34,7 +34,7 @@ def converted(micro, tmp_path_factory):
     network = OpenVINONetwork(micro, cache_dir=root)
     network(torch.zeros(SHAPE))
     assert network.conversions == 1
-    return root, root / "openvino" / network.cache_key(SHAPE)
+    return root, root / "openvino" / network.cache_key()
 
 
 def _copy_cache(converted, tmp_path):
@@ -72,7 +72,7 @@ def test_a_damaged_bin_of_the_same_size_is_converted_again_with_a_warning(micro,
     torch.testing.assert_close(got, expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
     assert network.conversions == 1
     assert json.loads((folder / "entry.json").read_text())["files"]["model.bin"]["sha256"] != ""
-    assert OpenVINONetwork(micro, cache_dir=root)._cached(folder, folder.name) is not None  # replaced: good again
+    assert OpenVINONetwork(micro, cache_dir=root)._cache.load(folder.name) is not None  # replaced: good again
 
 
 @pytest.mark.parametrize("swap", ["another key's entry", "no entry.json", "another graph's bin"])
@@ -92,7 +92,7 @@ def test_files_that_do_not_belong_to_the_entry_are_never_run(micro, converted, t
     else:
         match = "belongs to another key"
     with pytest.warns(UserWarning, match=match):
-        assert network._cached(other, other.name) is None
+        assert network._cache.load(other.name) is None
 
 
 def test_the_key_follows_the_model_code(tmp_path, monkeypatch):
@@ -111,8 +111,8 @@ def test_the_key_follows_the_model_code(tmp_path, monkeypatch):
     import my_layers
 
     network = OpenVINONetwork(my_layers.Head().eval(), cache_dir=tmp_path / "cache")
-    before = network.cache_key(SHAPE)
+    before = network.cache_key()
     source.write_text(source.read_text().replace("nn.Conv2d(3, 2, 1)", "nn.Conv2d(3, 2, 1, bias=False)  # edited"))
-    network._digest = None  # what a new process computes
-    assert network.cache_key(SHAPE) != before
+    network._keys = None  # what a new process computes
+    assert network.cache_key() != before
     sys.modules.pop("my_layers", None)

@@ -1,12 +1,11 @@
-"""Segmenter's OpenVINO backend: the torch model's logits and labels, converted models cached on disk per
-weights and shape, one clear error for each misuse.
+"""Segmenter's OpenVINO backend: the torch model's logits and labels, one conversion for every input size cached
+on disk, static compiles for shapes that repeat, one clear error for each misuse, and what ``backend="auto"``
+picks (with and without openvino).
 
-A conversion (torch's ONNX exporter, then OpenVINO) costs seconds per model and input shape, so every test here
-runs one small model (``model``), at one input shape (``SHAPE``) wherever it can, and the tests that only read
-its converted network share one on-disk cache (``shared_cache``: one per run, shared by the xdist workers, filled
-under a file lock). The tests about converting and caching (``test_converted_models_...``,
-``test_both_conversion_routes_...``) and the tie test (another model) convert for real, in a cache of their own
-or in memory."""
+A conversion costs a second or two for the small model here, so every test runs one small model (``model``), and
+the tests that only read its converted network share one on-disk cache (``shared_cache``: one per run, shared by
+the xdist workers, filled under a file lock). The tests about converting and caching and the tie test (another
+model) convert for real, in a cache of their own or in memory."""
 import copy
 import os
 import sys
@@ -25,7 +24,7 @@ from csap_zoo.inference import Segmenter
 
 openvino = pytest.importorskip("openvino")
 
-# The one input shape of the shared tests: 92 is no multiple of the stride 32, so the network pads and crops.
+# The main input shape of the shared tests: 92 is no multiple of the stride 32, so the network pads and crops.
 SHAPE = (1, 3, 64, 92)
 
 
@@ -47,12 +46,12 @@ def shared_cache(tmp_path_factory):
     return root / "shared_openvino_cache"
 
 
-def _warm(cache, model, shape=SHAPE):
-    """Convert ``model`` at ``shape`` into ``cache`` unless it is there already (one worker at a time), so that
-    the test reads it from disk and converts nothing."""
+def _warm(cache, model):
+    """Convert ``model`` into ``cache`` unless it is there already (one worker at a time), so that the test reads
+    it from disk and converts nothing."""
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache) + ".lock"):
-        OpenVINONetwork(model, cache_dir=cache).network_model(shape)
+        OpenVINONetwork(model, cache_dir=cache).network_model()
 
 
 def _image(h, w, seed=0):
@@ -82,43 +81,89 @@ def test_openvino_backend_gives_the_torch_logits_and_labels(model, shared_cache)
     assert seg.network.conversions == 0 and slid.network.conversions == 0  # all read from the shared cache
 
 
-def test_converted_models_are_cached_on_disk_per_weights_and_shape(model, tmp_path, monkeypatch):
-    x = torch.randn(2, 3, 64, 64)  # a batch of two: the converted graph keeps the batch size too
+def test_one_conversion_serves_every_shape_and_is_cached_on_disk(model, tmp_path, monkeypatch):
+    shapes = [(2, 3, 64, 64), (1, 3, 45, 70), (1, 3, 96, 33)]  # batches, odd sizes: one dynamic-shape graph
     first = OpenVINONetwork(model, cache_dir=tmp_path)
-    out = first(x)
+    outs = [first(torch.randn(shape, generator=torch.Generator().manual_seed(i))) for i, shape in enumerate(shapes)]
     assert first.conversions == 1 and len(list((tmp_path / "openvino").glob("*/model.xml"))) == 1
-    with torch.inference_mode():
-        expected = model(x, upsample=False, crop=False)
-    torch.testing.assert_close(out, expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
-    assert first(x) is not out and first.conversions == 1  # compiled once per shape, kept in memory
+    for i, (shape, out) in enumerate(zip(shapes, outs)):
+        with torch.inference_mode():
+            expected = model(torch.randn(shape, generator=torch.Generator().manual_seed(i)), upsample=False,
+                             crop=False)
+        torch.testing.assert_close(out, expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
+        assert first.native_shape(shape) == tuple(expected.shape)
 
     def no_conversion(*args, **kwargs):
-        raise AssertionError("converted again although the cache holds this model and shape")
+        raise AssertionError("converted again although the cache holds this model")
 
     monkeypatch.setattr(openvino, "convert_model", no_conversion)
-    monkeypatch.setattr(torch.onnx, "export", no_conversion)
     second = OpenVINONetwork(model, cache_dir=tmp_path)  # a new process would start like this
-    assert torch.equal(second(x), out) and second.conversions == 0
+    x = torch.randn(shapes[1], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(second(x), outs[1]) and second.conversions == 0
     changed = copy.deepcopy(model)
     with torch.no_grad():
         next(changed.parameters()).add_(1.0)
-    keys = {second.cache_key(x.shape), OpenVINONetwork(changed, cache_dir=tmp_path).cache_key(x.shape),
-            second.cache_key((2, 3, 64, 96))}
-    assert len(keys) == 3  # other weights or another shape never read this graph
+    assert second.cache_key() != OpenVINONetwork(changed, cache_dir=tmp_path).cache_key()
     assert not list(tmp_path.rglob("*.tmp*")) and not [p for p in (tmp_path / "openvino").iterdir()
                                                         if p.name.startswith(".")]
 
 
+def test_a_shape_that_comes_a_third_time_gets_its_own_static_compile(model, shared_cache):
+    """New shapes run on the dynamic graph at once (no compile per image); the third call of a shape compiles it
+    statically (faster from then on), with the same logits; at most ``max_shapes`` static compiles are kept."""
+    _warm(shared_cache, model)
+    network = OpenVINONetwork(model, cache_dir=shared_cache, max_shapes=1)
+    x, other = torch.randn(SHAPE), torch.randn(1, 3, 64, 64)
+    outs = []
+    for _ in range(3):
+        outs.append(network(x))
+        assert network.static_compiles == (len(outs) == 3)
+    torch.testing.assert_close(outs[2], outs[0], atol=1e-4 * float(outs[0].abs().max()), rtol=0)
+    for _ in range(3):
+        network(other)
+    assert network.static_compiles == 2 and list(network._static.items) == [tuple(other.shape)]
+    assert network.conversions == 0
+
+
 def test_backend_misuse_gets_one_clear_error(model, monkeypatch):
-    with pytest.raises(UsageError, match=r"backend must be one of \['torch', 'openvino'\], got 'onnx'"):
+    with pytest.raises(UsageError, match=r"backend must be one of \['auto', 'torch', 'openvino'\], got 'onnx'"):
         Segmenter(model, backend="onnx")
-    with pytest.raises(ValueError, match="runs a csap_zoo Segmentor's network; got a Conv2d"):
+    with pytest.raises(UsageError, match="runs a csap_zoo Segmentor's network; got a Conv2d"):
         Segmenter(nn.Conv2d(3, 4, 1), backend="openvino")
-    with pytest.raises(ValueError, match="on the CPU in float32"):
-        Segmenter(model, backend="openvino", amp="bf16")
+    with pytest.raises(UsageError, match="precision='fp16' runs on CUDA only"):
+        Segmenter(model, backend="openvino", precision="fp16")
+    with pytest.raises(UsageError, match="precision=.int8. runs on the OpenVINO backend"):
+        Segmenter(model, backend="torch", precision="int8")
+    with pytest.raises(UsageError, match="needs calibration images"):
+        Segmenter(model, backend="openvino", precision="int8")
+    with pytest.raises(UsageError, match="used by precision='int8' only"):
+        Segmenter(model, backend="openvino", calibration=[_image(32, 32)])
+    monkeypatch.setenv("CSAP_ZOO_BACKEND", "tensorrt")
+    with pytest.raises(UsageError, match="CSAP_ZOO_BACKEND='tensorrt' is not a backend"):
+        Segmenter(model)
     monkeypatch.setitem(sys.modules, "openvino", None)
-    with pytest.raises(UsageError, match=r"needs the openvino package: pip install openvino"):
+    with pytest.raises(UsageError, match=r"needs the openvino package \(pip install openvino\)"):
         Segmenter(model, backend="openvino")
+
+
+def test_auto_runs_openvino_on_the_cpu_and_torch_elsewhere(model, shared_cache, monkeypatch):
+    """The default pick: OpenVINO for a Segmentor on the CPU; torch for other modules, under
+    ``CSAP_ZOO_BACKEND=torch``, and on a machine without openvino (where predictions still work)."""
+    _warm(shared_cache, model)
+    monkeypatch.delenv("CSAP_ZOO_BACKEND")
+    image = _image(*SHAPE[2:])
+    seg = Segmenter(model, resize=None, backend_cache_dir=shared_cache)
+    assert seg.backend == "openvino" and seg.network is not None
+    assert Segmenter(nn.Conv2d(3, 4, 1)).backend == "torch"
+    monkeypatch.setenv("CSAP_ZOO_BACKEND", "torch")
+    assert Segmenter(model).backend == "torch"
+    assert Segmenter(model, backend="openvino", backend_cache_dir=shared_cache).backend == "openvino"  # explicit wins
+    monkeypatch.delenv("CSAP_ZOO_BACKEND")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # a machine without openvino
+    without = Segmenter(model, resize=None)
+    assert without.backend == "torch" and without.network is None
+    clear = _clear_pixels(model, image, None)
+    np.testing.assert_array_equal(without.predict(image)[clear], seg.predict(image)[clear])
 
 
 def _clear_pixels(model, image, resize):
@@ -149,7 +194,7 @@ def test_label_map_comes_out_of_openvino_with_the_torch_labels(model, shared_cac
     seg = Segmenter(model, resize=resize, backend="openvino", backend_cache_dir=shared_cache)
     got = seg.predict(image)
     assert seg.network.label_maps == 1
-    assert seg.network.conversions == 0  # the network ran at SHAPE, read from the shared cache
+    assert seg.network.conversions == 0  # read from the shared cache
     expected = Segmenter(model, resize=resize, optimize=False).predict(image)
     clear = _clear_pixels(model, image, resize)
     assert clear.mean() > 0.99
@@ -184,41 +229,20 @@ def test_score_maps_above_the_limit_take_the_banded_torch_path(model, shared_cac
     np.testing.assert_array_equal(got[clear], Segmenter(model, resize=None).predict(image)[clear])
 
 
-def test_both_conversion_routes_give_the_torch_logits(model, shared_cache):
-    """The ONNX route (default where onnx and onnxscript are installed) and openvino.convert_model's trace agree
-    with torch; each route has its own cache key. (The trace route converts here, in memory; the ONNX route's
-    model comes from the shared cache, which that route wrote: test_converted_models_... converts it in a fresh
-    cache and checks its logits too.)"""
-    pytest.importorskip("onnxscript")
-    _warm(shared_cache, model)
-    x = torch.randn(SHAPE)
-    with torch.inference_mode():
-        expected = model(x, upsample=False, crop=False)
-    onnx_route, trace_route = OpenVINONetwork(model, cache_dir=shared_cache), OpenVINONetwork(model, cache_dir=False,
-                                                                                             route="trace")
-    assert onnx_route.route == "onnx"
-    for network in (onnx_route, trace_route):
-        torch.testing.assert_close(network(x), expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
-    assert trace_route.conversions == 1
-    assert onnx_route.cache_key(x.shape) != trace_route.cache_key(x.shape)
-    with pytest.raises(UsageError, match=r"route must be one of \['onnx', 'trace'\] or None, got 'tflite'"):
-        OpenVINONetwork(model, route="tflite")
-
-
 def test_label_map_graphs_held_in_memory_are_bounded(model, shared_cache):
-    """Each label-map graph keeps its full-size scores while compiled: a folder of images of many sizes keeps only
-    the most recent ``max_label_graphs`` of them (and stays correct when an evicted size comes back). The sizes
-    are resized into one network input (one converted network), each with its own resizes: its own graph."""
+    """A new size takes the label-map graph whose sizes are inputs (one per chain structure); a size that comes a
+    third time gets its own static graph, which keeps its full-size scores while compiled: only the most recent
+    ``max_label_graphs`` of them are kept, and an evicted size that comes back is still right."""
     _warm(shared_cache, model)
     resize = (96, 64)
     seg = Segmenter(model, resize=resize, backend="openvino", backend_cache_dir=shared_cache)
     reference = Segmenter(model, resize=resize)
-    sizes = [SHAPE[2:], (32, 46), (128, 184), SHAPE[2:]]
+    sizes = [SHAPE[2:], (32, 46), (128, 184)] * 3 + [SHAPE[2:]]
     for h, w in sizes:
         image = _image(h, w, seed=h + w)
         got = seg.predict(image)
         clear = _clear_pixels(model, image, resize)
         np.testing.assert_array_equal(got[clear], reference.predict(image)[clear])
         assert seg.network.compiled_label_graphs <= 2
-    assert seg.network.label_maps == 4 and seg.network.compiled_label_graphs == 2
-    assert seg.network.conversions == 0  # one network input (SHAPE) for every size, read from the shared cache
+    assert seg.network.label_maps == len(sizes) and seg.network.compiled_label_graphs == 2
+    assert seg.network.conversions == 0  # one network for every size, read from the shared cache

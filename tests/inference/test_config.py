@@ -2,6 +2,7 @@
 declared scale (``input_range``) with warnings that point at the caller's line."""
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def demo():
 
 
 def _cli_labels(tmp_path: Path, *options: str) -> np.ndarray:
-    out = tmp_path / "out"
+    out = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh folder per run: predict skips outputs that exist
     assert main(["predict", str(EXAMPLE), "--model", str(DEMO), "--out", str(out), "--no-progress", *options]) == 0
     return read_mask(out / "labels" / "example.png")
 

@@ -1,4 +1,4 @@
-"""Segmenter: input decoding, normalisation, whole / slide / multi-scale + flip, odd sizes, devices, amp."""
+"""Segmenter: input decoding, normalisation, whole / slide / multi-scale + flip, odd sizes, devices, precisions."""
 import numpy as np
 import pytest
 import torch
@@ -11,7 +11,7 @@ from csap_zoo.data.io import to_rgb_array
 from csap_zoo.constants import IMAGENET_MEAN_255 as IMAGENET_MEAN
 from csap_zoo.constants import IMAGENET_STD_255 as IMAGENET_STD
 from csap_zoo.data.transforms import keep_ratio_size as _keep_ratio_size
-from csap_zoo.inference import InferenceConfig, Segmenter
+from csap_zoo.inference import InferenceConfig, Segmenter, cpu_info
 
 
 class Pointwise(nn.Module):
@@ -209,19 +209,25 @@ def test_dataset_presets():
     assert InferenceConfig.for_dataset(None, mode="slide", crop_size=64).crop_size == (64, 64)
 
 
-def test_amp_on_cpu():
-    with pytest.raises(ValueError, match="fp16 autocast is only supported on CUDA"):
-        Segmenter(Pointwise(), amp="fp16")
-    labels = Segmenter(Pointwise(), amp="bf16").predict(_image(16, 16))
-    assert labels.shape == (16, 16)
-    with pytest.raises(ValueError, match="amp must be"):
-        Segmenter(Pointwise(), amp="int8")
+def test_precisions_of_any_module_on_the_cpu():
+    with pytest.raises(ValueError, match="precision='fp16' runs on CUDA only"):
+        Segmenter(Pointwise(), precision="fp16")
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16', 'fp16', 'int8'\]"):
+        Segmenter(Pointwise(), precision="fp8")
+    with pytest.raises(ValueError, match="runs on the OpenVINO backend"):
+        Segmenter(Pointwise(), precision="int8")  # any module runs on torch
+    module = Pointwise()
+    if cpu_info().bf16:
+        seg = Segmenter(module, precision="bf16")
+        assert next(seg.model.parameters()).dtype == torch.bfloat16  # a bf16 copy, cast once
+        assert next(module.parameters()).dtype == torch.float32  # the caller's module is left alone
+        assert seg.predict(_image(16, 16)).shape == (16, 16)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("amp", [None, "fp16", "bf16"])
-def test_cuda_with_autocast(tiny, amp):
-    seg = Segmenter(csap_zoo.create_model("csap_tiny", num_classes=4), device="cuda", amp=amp)
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_with_autocast(tiny, precision):
+    seg = Segmenter(csap_zoo.create_model("csap_tiny", num_classes=4), device="cuda", precision=precision)
     labels, probs = seg.predict(_image(70, 90), return_probs=True)
     assert labels.shape == (70, 90) and probs.dtype == np.float32
     assert np.isfinite(probs).all()

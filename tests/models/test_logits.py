@@ -37,5 +37,12 @@ def test_checked_forward_keeps_the_input_checks_and_branch_free_skips_them(model
 def test_clear_errors(model):
     with pytest.raises(ValueError, match="Segmentor"):
         SegmentorLogits(torch.nn.Conv2d(3, 3, 1))
-    with pytest.raises(ValueError, match="crop=True"):
-        SegmentorLogits(model, upsample=False, crop=False, branch_free=True)
+    with pytest.raises(ValueError, match="upsample=False"):
+        SegmentorLogits(model, upsample=True, crop=False)
+
+
+def test_branch_free_raw_logits_are_the_whole_prepared_input(model):
+    x = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        raw = SegmentorLogits(model, upsample=False, crop=False, branch_free=True)(x)
+        assert torch.equal(raw, model(x, upsample=False, crop=False))
