@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 __all__ = [
     "CheckpointError", "CheckpointIntegrityError", "CheckpointUnavailableError", "ConfigError", "ConversionError",
-    "CsapZooError", "DatasetError", "DiskFullError", "HubError", "ImageTooLargeError", "ManifestError", "UnsafePathError",
+    "CsapZooError", "DatasetError", "DiskFullError", "DistributedError", "HubError", "ImageTooLargeError",
+    "ManifestError", "UnsafePathError",
     "UsageError",
 ]
 
@@ -99,3 +100,13 @@ class ImageTooLargeError(CsapZooError, ValueError):
 
 class UsageError(CsapZooError, ValueError):
     """A command-line value that cannot work here (exit status 2, like argparse's own errors)."""
+
+
+class DistributedError(CsapZooError, RuntimeError):
+    """A process of a torchrun job failed, died or stopped answering; names the rank (and the item it failed on),
+    and every process of the job stops with it instead of waiting. ``shared``: every process raised this same
+    report (so one of them, rank 0, need print it)."""
+
+    def __init__(self, message: str, shared: bool = False) -> None:
+        super().__init__(message)
+        self.shared = shared

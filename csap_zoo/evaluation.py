@@ -15,13 +15,18 @@ the model-card values all go through :func:`to_percent`, the one conversion.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["EvalResult", "Evaluator", "evaluate", "percent_metrics", "to_percent"]
+from .distributed import DistEnv, all_reduce_sum, run_in_rounds
+from .fileio import atomic_write
+
+__all__ = ["EvalResult", "Evaluator", "evaluate", "percent_metrics", "to_percent", "write_report"]
 
 _HEADLINE = ("aAcc", "mIoU", "mAcc")
 
@@ -100,6 +105,17 @@ class EvalResult:
         }
         return percent_metrics(out) if percent else out
 
+    def report(self, images: int, protocol: Mapping[str, Any]) -> Dict[str, Any]:
+        """What ``csap-zoo eval --json`` writes: aAcc / mIoU / mAcc and each class's IoU and Acc in percent (None
+        where undefined), the number of images, how they were evaluated (``protocol``: model, dataset, split,
+        inference settings) and the int64 confusion matrix (rows: ground truth), so two runs compare exactly."""
+        summary = self.to_dict(percent=True)
+        classes = [{"index": i, "name": name, "IoU": _percent_or_none(iou), "Acc": _percent_or_none(acc)}
+                   for i, (name, iou, acc) in enumerate(zip(self.class_names, self.iou.tolist(), self.acc.tolist()))]
+        return {"unit": "percent", "aAcc": summary["aAcc"], "mIoU": summary["mIoU"], "mAcc": summary["mAcc"],
+                "images": int(images), "protocol": dict(protocol), "classes": classes,
+                "confusion_matrix": self.confusion_matrix.astype(np.int64).tolist()}
+
     def card_metrics(self) -> Dict[str, float]:
         """aAcc / mIoU / mAcc in percent rounded to 2 decimals (undefined ones left out): what
         ``model.save_pretrained(folder, metrics=...)`` records in config.json and the model card."""
@@ -120,6 +136,10 @@ class EvalResult:
 
     def __str__(self) -> str:
         return f"{self.table()}\n{self.summary()}"
+
+
+def _percent_or_none(value: float) -> Optional[float]:
+    return None if math.isnan(value) else to_percent(value)
 
 
 def _pct(v: Optional[float]) -> str:
@@ -201,16 +221,22 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def evaluate(segmenter: Any, dataset: Any, *, limit: Optional[int] = None, progress: bool = True) -> EvalResult:
+def evaluate(segmenter: Any, dataset: Any, *, limit: Optional[int] = None, progress: bool = True,
+             env: Optional[DistEnv] = None) -> EvalResult:
     """Predict every sample of a dataset (``csap_zoo.data.datasets``) and score it.
 
     Args:
         segmenter: a ``Segmenter`` whose model has the dataset's class count.
         dataset: a reader returning ``(image (H, W, 3) uint8, mask (H, W) int64)`` per index, with ``info`` and
-            ``mask_path(i)``.
+            ``mask_path(i)`` (any object with ``len()`` and index access does, besides those).
         limit: evaluate only the first ``limit`` samples.
-        progress: show a progress bar.
+        progress: show a progress bar (in a distributed job: one, on rank 0, for the whole job).
+        env: the process group of a torchrun job (``csap_zoo.distributed.init_distributed``): each process
+            predicts its share of the samples (``shard_indices``), the int64 confusion matrices are summed, and every
+            process returns the same result, bit for bit that of one process. A sample that fails in one process
+            stops every process with one ``DistributedError`` naming the rank and the mask.
     """
+    env = env or DistEnv()
     info = dataset.info
     k = getattr(segmenter, "num_classes", None)
     if k is not None and k != info.num_classes:
@@ -218,14 +244,46 @@ def evaluate(segmenter: Any, dataset: Any, *, limit: Optional[int] = None, progr
                          f"built for this dataset (e.g. a '.{info.name}' model name)")
     evaluator = Evaluator(info.num_classes, info.ignore_index, info.class_names)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    indices: Iterable[int] = range(count)
-    if progress:
+    bar = None
+    if progress and env.is_main:
         try:
             from tqdm.auto import tqdm
-            indices = tqdm(indices, total=count, unit="img", desc="eval")
+            bar = tqdm(total=count, unit="img", desc="eval")
         except ImportError:  # pragma: no cover
             pass
-    for i in indices:
+
+    def score(i: int) -> None:
         image, mask = dataset[i]
-        evaluator.update(segmenter.predict(image), mask, name=str(dataset.mask_path(i)))
+        evaluator.update(segmenter.predict(image), mask, name=_sample_path(dataset, "mask_path", i))
+
+    try:
+        run_in_rounds(env, count, score, describe=lambda i: _sample_path(dataset, "image_path", i),
+                      after_round=None if bar is None else lambda done: bar.update(len(done)))
+    finally:
+        if bar is not None:
+            bar.close()
+    evaluator.confusion_matrix = all_reduce_sum(env, evaluator.confusion_matrix)
     return evaluator.compute()
+
+
+def _sample_path(dataset: Any, method: str, index: int) -> str:
+    """``dataset.image_path(i)`` / ``mask_path(i)`` as text, or ``sample i`` for a dataset without paths."""
+    path_of = getattr(dataset, method, None)
+    return str(path_of(index)) if path_of is not None else f"sample {index}"
+
+
+def write_report(path: "os.PathLike[str] | str", result: EvalResult, images: int,
+                 protocol: Mapping[str, Any]) -> None:
+    """Write :meth:`EvalResult.report` to ``path`` as JSON, atomically (a reader never sees half a file); the
+    confusion matrix gets one line per row."""
+    report = result.report(images, protocol)
+    matrix = report.pop("confusion_matrix")
+    head = json.dumps(report, indent=2, allow_nan=False)
+    rows = ",\n".join("    " + json.dumps(row) for row in matrix)
+    text = head[:-2] + ',\n  "confusion_matrix": [\n' + rows + "\n  ]\n}\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)

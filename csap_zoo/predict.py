@@ -12,7 +12,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,12 +20,14 @@ import torch
 from .data.io import IMAGE_EXTENSIONS, ImageRows, image_format, open_rows
 from .data.png import label_palette, label_png_mode, write_png
 from .data.metadata import DatasetInfo
-from .fileio import atomic_write_all
+from .distributed import DistEnv, broadcast_object, gather_objects, run_in_rounds
+from .errors import DistributedError
+from .fileio import atomic_write_all, clean_stale_temp
 from .inference import Segmenter
 from .visualize import legend as draw_legend
 from .visualize import OUTLINE_COLOUR, boundaries, legend_extent, overlay
 
-__all__ = ["PredictSummary", "ResolvedInputs", "predict_paths", "resolve_inputs"]
+__all__ = ["PredictSummary", "ResolvedInputs", "outputs_exist", "predict_paths", "resolve_inputs"]
 
 Pair = Tuple[int, int]
 _WRITE_BAND_PIXELS = 2 ** 18  # pixels per band of rows when storing labels and writing PNGs
@@ -35,10 +37,12 @@ _WRITE_BAND_PIXELS = 2 ** 18  # pixels per band of rows when storing labels and 
 class PredictSummary:
     """What ``predict_paths`` did, per input: ``written`` (input, label PNG, overlay PNG); ``skipped`` (path,
     reason): files it did not predict by design (hidden files of a folder, files without an image extension that
-    did not decode); ``failed`` (path, reason): image files that could not be read. ``csap-zoo predict`` exits 1
-    when ``failed`` is not empty."""
+    did not decode); ``failed`` (path, reason): image files that could not be read; ``existing`` (input, label
+    PNG, overlay PNG): inputs left alone because both outputs were already there (``skip_existing``).
+    ``csap-zoo predict`` exits 1 when ``failed`` is not empty."""
 
     written: List[Tuple[Path, Path, Path]] = field(default_factory=list)
+    existing: List[Tuple[Path, Path, Path]] = field(default_factory=list)
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
     failed: List[Tuple[Path, str]] = field(default_factory=list)
 
@@ -99,6 +103,16 @@ def _output_names(paths: Sequence[Path]) -> List[str]:
     return names
 
 
+def _outputs(out_dir: Path, name: str) -> Tuple[Path, Path]:
+    return out_dir / "labels" / f"{name}.png", out_dir / "overlays" / f"{name}.png"
+
+
+def outputs_exist(out_dir: Union[str, os.PathLike], name: str) -> bool:
+    """Whether the label map and the overlay of output ``name`` are both in ``out_dir``: each is written
+    atomically, so a file that exists is complete; only a job killed between the two renames leaves one alone."""
+    return all(path.is_file() for path in _outputs(Path(out_dir), name))
+
+
 def predict_paths(
         segmenter: Segmenter,
         inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
@@ -109,6 +123,8 @@ def predict_paths(
         progress: bool = True,
         palette_labels: bool = True,
         outline: Optional[Tuple[int, int, int]] = OUTLINE_COLOUR,
+        skip_existing: bool = False,
+        env: Optional[DistEnv] = None,
 ) -> PredictSummary:
     """Predict image files and write ``out_dir/labels/<stem>.png`` (class indices) and
     ``out_dir/overlays/<stem>.png`` (colour overlay, with a legend of the classes present).
@@ -131,7 +147,18 @@ def predict_paths(
     colour; the stored values are still the class indices (``read_mask``, PIL and MMSegmentation read them back
     unchanged). Label maps with a label above 255 cannot be palette PNGs and are 16-bit grayscale;
     ``palette_labels=False`` writes 8-bit grayscale instead of a palette.
+
+    ``skip_existing``: leave alone the inputs whose label map and overlay are both there already
+    (:func:`outputs_exist`), so a rerun of a stopped job does only what is missing; the temporaries a killed
+    process left in the output folders are removed first.
+
+    ``env``: the process group of a torchrun job (``csap_zoo.distributed.init_distributed``). Every process
+    resolves the same sorted list of inputs (checked), rank 0 decides which are still to do, and each process
+    predicts its share of those (``shard_indices``), one image per round: each output is written once, by one
+    process, byte-identical to a single-process run. Every process returns the summary of the whole job, and
+    only rank 0 draws the progress bar and warns.
     """
+    env = env or DistEnv()
     paths, single, hidden = resolve_inputs(inputs)
     out_dir = Path(out_dir)
     names = _output_names(paths)
@@ -140,48 +167,63 @@ def predict_paths(
     info = segmenter.dataset_info
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    iterator = list(zip(paths, names))
+    _check_same_inputs(env, paths)
+    for folder in ("labels", "overlays"):
+        clean_stale_temp(out_dir / folder)
+    todo = list(range(len(paths)))
+    if skip_existing:
+        missing = [i for i in todo if not outputs_exist(out_dir, names[i])] if env.is_main else None
+        todo = broadcast_object(env, missing)  # every process takes rank 0's list, so the shares agree
+        done = set(todo)
+        summary.existing = [(paths[i], *_outputs(out_dir, names[i])) for i in range(len(paths)) if i not in done]
     bar = None
-    if progress:
+    if progress and env.is_main:
         try:
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(iterator), unit="img", desc="predict")
+            bar = tqdm(total=len(paths), initial=len(summary.existing), unit="img", desc="predict")
         except ImportError:  # pragma: no cover - tqdm ships with huggingface_hub
             bar = None
+
+    def predict_one(position: int) -> Tuple[str, Path, Any]:
+        path, name = paths[todo[position]], names[todo[position]]
+        try:
+            rows, labels = _predict_file(segmenter, path)
+        except (ValueError, OSError) as err:
+            if single:
+                raise  # a clear ValueError before anything is written
+            cause = err.__cause__ or err
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                return "failed", path, f"unreadable image ({type(cause).__name__}: {cause})"
+            return "skipped", path, f"not an image file ({type(cause).__name__}: {cause})"
+        label_path, overlay_path = _outputs(out_dir, name)
+        overlay_size, overlay_bands = _overlay_bands(rows, labels, info, alpha=alpha, with_legend=legend,
+                                                     outline=outline)
+        mode = labels.png_mode(palette=palette_labels)
+        plte = labels.palette(info) if mode == "P" else None
+        atomic_write_all([  # the label map and its overlay appear together or not at all
+            (label_path, lambda tmp: write_png(tmp, labels.bands(), labels.size, mode, palette=plte)),
+            (overlay_path, lambda tmp: write_png(tmp, overlay_bands, overlay_size, "RGB")),
+        ])
+        return "written", path, (label_path, overlay_path)
+
+    def record(results: Sequence[Tuple[int, Tuple[str, Path, Any]]]) -> None:
+        for _, (kind, path, detail) in results:
+            if kind == "written":
+                summary.written.append((path, *detail))
+            else:
+                (summary.failed if kind == "failed" else summary.skipped).append((path, detail))
+        if bar is not None:
+            bar.update(len(results))
+
     try:
-        for path, name in iterator:
-            try:
-                rows, labels = _predict_file(segmenter, path)
-            except (ValueError, OSError) as err:
-                if single:
-                    raise  # a clear ValueError before anything is written
-                cause = err.__cause__ or err
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    summary.failed.append((path, f"unreadable image ({type(cause).__name__}: {cause})"))
-                else:
-                    summary.skipped.append((path, f"not an image file ({type(cause).__name__}: {cause})"))
-                if bar is not None:
-                    bar.update(1)
-                continue
-            label_path = out_dir / "labels" / f"{name}.png"
-            overlay_path = out_dir / "overlays" / f"{name}.png"
-            overlay_size, overlay_bands = _overlay_bands(rows, labels, info, alpha=alpha, with_legend=legend,
-                                                         outline=outline)
-            mode = labels.png_mode(palette=palette_labels)
-            plte = labels.palette(info) if mode == "P" else None
-            atomic_write_all([  # the label map and its overlay appear together or not at all
-                (label_path, lambda tmp: write_png(tmp, labels.bands(), labels.size, mode, palette=plte)),
-                (overlay_path, lambda tmp: write_png(tmp, overlay_bands, overlay_size, "RGB")),
-            ])
-            del rows, labels, overlay_bands
-            summary.written.append((path, label_path, overlay_path))
-            if bar is not None:
-                bar.update(1)
+        run_in_rounds(env, len(todo), predict_one, describe=lambda i: str(paths[todo[i]]), after_round=record)
     finally:
         if bar is not None:
             bar.close()
-        if created and not summary.written:
+        if created and not summary.written and env.is_main:
             _remove_empty_tree(out_dir)
+    if not env.is_main:
+        return summary
     if summary.skipped:
         listed = "\n".join(f"  {p}: {why}" for p, why in summary.skipped)
         warnings.warn(f"skipped {len(summary.skipped)} file(s) that are not images or are hidden:\n{listed}",
@@ -190,6 +232,19 @@ def predict_paths(
         listed = "\n".join(f"  {p}: {why}" for p, why in summary.failed)
         warnings.warn(f"failed on {len(summary.failed)} unreadable image file(s):\n{listed}", stacklevel=2)
     return summary
+
+
+def _check_same_inputs(env: DistEnv, paths: Sequence[Path]) -> None:
+    """In a distributed job, refuse inputs that the processes resolve differently (the shares would overlap or
+    leave gaps): a folder or glob must name the same files on every node."""
+    if not env.distributed:
+        return
+    listing = "\n".join(str(p) for p in paths)
+    digests = gather_objects(env, (len(paths), zlib.crc32(listing.encode())))
+    if len(set(digests)) > 1:
+        seen = ", ".join(f"rank {r}: {n} file(s)" for r, (n, _) in enumerate(digests))
+        raise DistributedError(f"the processes see different input files ({seen}); the inputs must name the same "
+                               f"files on every node (a shared file system, the same sorted folder)", shared=True)
 
 
 class _LabelStore:

@@ -15,7 +15,7 @@ import csap_zoo
 PACKAGE = Path(csap_zoo.__file__).resolve().parent
 
 # What each part of the package may import (besides itself). "face" is csap_zoo/__init__.py.
-FOUNDATION = {"version", "errors", "constants", "settings", "fileio", "validation", "hf_access"}
+FOUNDATION = {"version", "errors", "constants", "settings", "fileio", "validation", "hf_access", "distributed"}
 ALLOWED: Dict[str, Set[str]] = {
     "version": set(),
     "errors": set(),
@@ -24,6 +24,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "fileio": {"errors"},  # UnsafePathError for names that would leave their folder
     "validation": {"errors"},
     "hf_access": {"errors", "settings"},  # the one Hugging Face download wrapper, below models/ and hub/
+    "distributed": {"errors"},  # torchrun's process group, shared by training, eval and predict
     "manifest": {"errors", "fileio", "settings"},
     "models": FOUNDATION | {"manifest"},
     "data": FOUNDATION,

@@ -1,9 +1,10 @@
 """Training: ``TrainConfig`` (+ presets) and ``train``; the trainer handles AMP, DDP, checkpoints and resume.
 
 Modules: ``config`` (TrainConfig, presets, YAML/JSON), ``data`` (datasets, their check, the loader), ``model`` (the
-model a config describes), ``optim`` (parameter groups, LR schedule, AMP dtype), ``distributed`` (process group),
-``checkpoint`` (iter_<N>.pt files, resume and retention), ``history`` (log.jsonl), ``trainer`` (the loop). The trainer
-and checkpoints (with torch) load on first use of their names, so reading a config or listing presets stays cheap.
+model a config describes), ``optim`` (parameter groups, LR schedule, AMP dtype), ``checkpoint`` (iter_<N>.pt files,
+resume and retention), ``history`` (log.jsonl), ``trainer`` (the loop; its process group is
+``csap_zoo.distributed``'s, which eval and predict share). The trainer and checkpoints (with torch) load on first use
+of their names, so reading a config or listing presets stays cheap.
 """
 import importlib
 from typing import Any

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.datasets import DatasetError, SegmentationDataset, check_dataset, open_train_val
 from ..data.transforms import TrainTransform
+from ..distributed import DistEnv, gather_objects
 from .config import TrainConfig
-from .distributed import DistEnv, gather_objects
 
 __all__ = ["AugmentedDataset", "GlobalBatchSampler", "build_datasets", "train_loader", "validate_datasets"]
 

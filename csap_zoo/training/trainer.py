@@ -31,7 +31,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..evaluation import Evaluator, percent_metrics, to_percent
+from ..distributed import end_distributed, gather_objects, init_distributed
+from ..evaluation import evaluate, percent_metrics, to_percent
 from ..models.segmentor import Segmentor
 from .checkpoint import (
     CHECKPOINT_FORMAT, CheckpointFolder, check_optimizer_fits, iteration_in_name, load_training_checkpoint, rng_state,
@@ -39,7 +40,6 @@ from .checkpoint import (
 )
 from .config import TrainConfig, get_preset, load_config
 from .data import build_datasets, train_loader, validate_datasets
-from .distributed import gather_objects, init_distributed
 from .history import RunLog
 from .model import build_model
 from .optim import amp_dtype, autocast, build_optimizer, describe_param_groups, param_groups
@@ -200,20 +200,13 @@ class Trainer:
             overrides["crop_size"] = tuple(cfg.eval_crop_size)
         if cfg.eval_stride:
             overrides["stride"] = tuple(cfg.eval_stride)
-        evaluator = Evaluator(self.info.num_classes, self.info.ignore_index, list(self.info.class_names))
         devices = [env.device] if env.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
-            segmenter = Segmenter(module, InferenceConfig(**overrides), device=env.device,
-                                  amp="bf16" if self.amp_dtype == torch.bfloat16 else None, optimize=False)
-            for i in range(env.rank, len(self.val_set), env.world_size):
-                image, mask = self.val_set[i]
-                evaluator.update(segmenter.predict(image), mask, name=str(self.val_set.mask_path(i)))
-        matrix = torch.from_numpy(evaluator.confusion_matrix)
-        if env.distributed:
-            matrix = matrix.to(env.device)
-            dist.all_reduce(matrix)
-        evaluator.confusion_matrix = matrix.cpu().numpy()
-        result = evaluator.compute()
+            # the module being trained, as it is (torch, no fused copy); bf16 autocast on GPUs trained in bf16
+            bf16 = self.amp_dtype == torch.bfloat16 and env.device.type == "cuda"
+            segmenter = Segmenter(module, InferenceConfig(**overrides), device=env.device, backend="torch",
+                                  precision="bf16" if bf16 else "fp32", optimize=False)
+            result = evaluate(segmenter, self.val_set, progress=False, env=env)
         module.train(was_training)
         metrics = {k: v for k, v in result.to_dict().items() if k != "per_class"}
         metrics["IoU"] = {name: v["IoU"] for name, v in result.to_dict()["per_class"].items()}
@@ -221,9 +214,7 @@ class Trainer:
 
     def close(self) -> None:
         self.run_log.close()
-        if self.env.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.env.owns_group = False
+        end_distributed(self.env)
 
     # ------------------------------------------------------------------ the loop
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
