@@ -174,8 +174,8 @@ def predict_paths(
     if skip_existing:
         missing = [i for i in todo if not outputs_exist(out_dir, names[i])] if env.is_main else None
         todo = broadcast_object(env, missing)  # every process takes rank 0's list, so the shares agree
-        done = set(todo)
-        summary.existing = [(paths[i], *_outputs(out_dir, names[i])) for i in range(len(paths)) if i not in done]
+        pending = set(todo)
+        summary.existing = [(paths[i], *_outputs(out_dir, names[i])) for i in range(len(paths)) if i not in pending]
     bar = None
     if progress and env.is_main:
         try:

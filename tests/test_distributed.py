@@ -134,7 +134,7 @@ def test_the_json_report_holds_the_metrics_classes_protocol_and_matrix(tmp_path)
     assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
 
 
-def test_a_rerun_predicts_only_what_is_missing(tmp_path, capsys, demo_segmenter):
+def test_a_rerun_predicts_only_what_is_missing(tmp_path, capsys, demo_segmenter, one_torch_thread):
     src = _images(tmp_path / "in", 3, size=32)
     out = tmp_path / "out"
     predict_paths(demo_segmenter, src, out, progress=False)

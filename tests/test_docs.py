@@ -432,6 +432,9 @@ EXPECTED: Dict[str, Expect] = {
     "torchrun --nproc_per_node=8 -m csap_zoo.cli train --preset cityscapes --data-root /data/cityscapes":
         Expect(error=MISSING_DATA),
     "csap-zoo train --config my.yaml --resume auto": Expect(check=_resumed, setup=_killed_run),
+    # docs/guides/distributed.md: what each rank runs, in this one process
+    "torchrun --nproc_per_node=8 -m csap_zoo.cli eval --model segnext_tiny.ade20k --pretrained --data /data/ade "
+    "--dataset ade20k --json ade20k.json": Expect(error=MISSING_DATA),
 }
 
 
@@ -606,6 +609,10 @@ def _check_torch_hub(ns: dict, root: Path) -> None:
     assert list(model.data_config.class_names) == list(SHAPES_CLASSES)
 
 
+def _check_asserts(ns: dict, root: Path) -> None:
+    """The block's own ``assert`` statements are the check."""
+
+
 @dataclass(frozen=True)
 class PythonCase:
     """What a python block is checked for after it ran (its first code line names it); ``slow``: mark it slow;
@@ -629,6 +636,7 @@ PYTHON_CASES: Dict[str, PythonCase] = {
     'csap_zoo.create_model("csap_tiny", num_classes=5, in_chans=4)': PythonCase(_check_options),
     'model = torch.hub.load("<this repo>", "csap_tiny_shapes", source="local", pretrained=True).eval()':
         PythonCase(_check_torch_hub, model=""),  # the block makes its own model
+    "from csap_zoo.distributed import shard_indices": PythonCase(_check_asserts, model=""),
 }
 
 
