@@ -118,6 +118,14 @@ def test_a_process_that_stops_answering_ends_the_collective_after_the_timeout(tm
     assert not env.owns_group
 
 
+def test_the_timeout_must_be_a_positive_number_of_seconds(capsys):
+    for value in ("0", "-5"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["predict", "in", "--out", "out", "--dist-timeout", value, *RUN])
+        assert exit_.value.code == 2
+        assert "--dist-timeout: expected a positive number of seconds" in capsys.readouterr().err
+
+
 def test_the_json_report_holds_the_metrics_classes_protocol_and_matrix(tmp_path):
     evaluator = Evaluator(3, class_names=["sky", "road", "sky"])  # a repeated name keeps its own entry
     evaluator.update(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [1, 255]]))
