@@ -38,6 +38,7 @@ import csap_zoo.inference.bands as labelmap  # noqa: E402
 from csap_zoo.data.synthetic import region_logits  # noqa: E402
 from csap_zoo.fileio import atomic_write  # noqa: E402
 from csap_zoo.inference.bands import ResizeStep, label_map_bands  # noqa: E402
+from csap_zoo.inference.precision import cpu_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         print(f"{name:28s} ref {ref_ms:8.2f} ms  shortcut {fast_ms:8.2f} ms  x{ref_ms / fast_ms:5.2f}  "
               f"{'taken' if plan is not None else 'fallback'}  equal={equal}", flush=True)
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "machine": {"cpu": cpu_info().to_dict(), "cpu_count": os.cpu_count(),
                         "threads": args.threads},
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
             "repeats": args.repeats, "rows": rows}
@@ -136,7 +137,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 def markdown(payload: Dict[str, Any]) -> str:
     lines = ["# Label map post-processing: reference vs shortcut", "",
-             f"{payload['date']}; {payload['machine']['cpu_count']} logical CPUs, "
+             f"{payload['date']}; {payload['machine']['cpu']['model']} "
+             f"({' '.join(payload['machine']['cpu']['flags']) or 'no AVX2'}), {payload['machine']['cpu_count']} logical CPUs, "
              f"{payload['machine']['threads']} threads; torch {payload['versions']['torch']}; median of "
              f"{payload['repeats']} round-robin rounds. Reference: every class resized to every pixel "
              "(csap_zoo.inference.bands.resize_rows) and arg-maxed; shortcut: "

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from csap_zoo.fileio import atomic_write
+from csap_zoo.inference.precision import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (4096, 8192, 12288)
@@ -184,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print()
     print(format_table(rows))
     payload = {"rows": rows, "code_root": str(args.code_root), "python": platform.python_version(),
-               "machine": platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "machine": platform.machine(), "cpu": cpu_info().to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     text = json.dumps(payload, indent=2, default=list)
     atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {args.json}")

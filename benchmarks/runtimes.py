@@ -70,16 +70,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from csap_zoo.fileio import atomic_write
+from csap_zoo.inference import cpu_info
 from csap_zoo.tools.measurement import LatencyStats, gemm_call, measure_interleaved
 from csap_zoo.tools.runtimes import (
     RUNTIMES, RuntimeCall, RuntimeCase, build_runtime_call, export_runtime_onnx, label_map, runtime_gmacs,
-    runtime_peak_memory,
+    runtime_peak_memory, supported_precisions,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MODELS = ("csap_tiny", "segnext_tiny", "segformer_b0")
 MODEL_LABELS = {"csap_tiny": "CSAP-T", "segnext_tiny": "SegNeXt-T", "segformer_b0": "SegFormer-B0"}
-RUNTIME_LABELS = {"csap-zoo": "csap-zoo (Segmenter)", "csap-zoo-openvino": "csap-zoo (Segmenter, OpenVINO backend)",
+RUNTIME_LABELS = {"csap-zoo": "csap-zoo default (Segmenter)", "csap-zoo-torch": "csap-zoo (Segmenter, torch backend)",
+                  "csap-zoo-openvino": "csap-zoo (Segmenter, OpenVINO backend)",
                   "torch": "torch", "onnxruntime": "onnxruntime", "openvino": "OpenVINO",
                   "openvino-labels": "OpenVINO, resize + arg-max in its graph"}
 GEMM_KEY, POST_KEY = "gemm", "post-processing"
@@ -87,23 +89,27 @@ GEMM_KEY, POST_KEY = "gemm", "post-processing"
 
 # ----------------------------------------------------------------------------------------------- setup
 def contenders_for(models: Sequence[str], runtimes: Optional[Sequence[str]], batch: int,
-                    whole: bool = True) -> List[Tuple[str, str]]:
-    """(model, runtime) pairs in timing order. Default runtimes: csap-zoo (csap_zoo models; plus torch on a batch,
-    which csap-zoo predicts image by image) or torch (SegFormer, transformers eager), then onnxruntime and
-    OpenVINO. An explicit list is taken as given, skipping csap-zoo for SegFormer (it has no such path)."""
-    pairs = []
+                    whole: bool = True, precisions: Optional[Sequence[str]] = None) -> List[Tuple[str, str, str]]:
+    """(model, runtime, precision) triples in timing order, each runtime in every precision it runs on this CPU
+    (``precisions`` narrows that). Default runtimes: csap-zoo's default path and its torch backend (csap_zoo
+    models; plus torch on a batch, which csap-zoo predicts image by image) or torch (SegFormer, transformers
+    eager), then onnxruntime and OpenVINO. An explicit list is taken as given, skipping csap-zoo for SegFormer (it
+    has no such path)."""
+    triples = []
     for model in models:
         if runtimes:
             chosen = [r for r in runtimes if not (r.startswith("csap-zoo") and model == "segformer_b0")]
         elif model == "segformer_b0":
             chosen = ["torch", "onnxruntime", "openvino"]
         else:
-            chosen = ["csap-zoo", "csap-zoo-openvino"] + (["torch"] if batch > 1 else []) + ["onnxruntime",
-                                                                                              "openvino"]
+            chosen = ["csap-zoo", "csap-zoo-torch"] + (["torch"] if batch > 1 else []) + ["onnxruntime",
+                                                                                           "openvino"]
             if batch == 1 and whole:
                 chosen.append("openvino-labels")
-        pairs.extend((model, runtime) for runtime in chosen)
-    return pairs
+        for runtime in chosen:
+            triples.extend((model, runtime, p) for p in supported_precisions(runtime)
+                           if precisions is None or p in precisions)
+    return triples
 
 
 def export_all(models: Sequence[str], directory: str, classes: int, size: Tuple[int, int],
@@ -150,17 +156,6 @@ def static_shapes(cases: Sequence[RuntimeCase]) -> Dict[str, Tuple[int, int, int
     return {model: next(iter(found)) for model, found in shapes.items() if len(found) == 1}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def versions() -> Dict[str, Optional[str]]:
     found: Dict[str, Optional[str]] = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("onnxruntime", "openvino", "onnx", "transformers", "numpy"):
@@ -189,7 +184,8 @@ def summarize(cases: List[RuntimeCase], stats: Dict[str, LatencyStats], gmacs: D
     for case in cases:
         s = stats[case.key]
         per_call = gmacs[case.model]["gmacs"] * case.windows() * case.batch
-        rows.append({"key": case.key, "model": case.model, "runtime": case.runtime, "median_ms": s.median_ms,
+        rows.append({"key": case.key, "model": case.model, "runtime": case.runtime, "precision": case.precision,
+                     "median_ms": s.median_ms,
                      "p90_ms": s.p90_ms, "min_ms": s.min_ms, "runs": s.runs,
                      "images_per_s": case.batch * 1000.0 / s.median_ms, "gmacs_per_call": per_call,
                      "floor_ms": per_call / gmac_rate * 1000.0, "memory": memory.get(case.key),
@@ -201,55 +197,51 @@ def summarize(cases: List[RuntimeCase], stats: Dict[str, LatencyStats], gmacs: D
     return rows
 
 
-def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The issue's targets for csap-zoo's CSAP-T default path, from the medians: faster than CSAP-T in onnxruntime
-    and in OpenVINO; <= 0.83x the fastest SegNeXt-T contender; <= 0.4x the fastest SegFormer-B0 contender;
-    within 1.4x of its compute floor. A target whose contenders were not run is reported as not evaluated."""
+def targets(rows: List[Dict[str, Any]], bf16_cpu: bool) -> List[Dict[str, Any]]:
+    """The issue's targets from the medians, every precision included: csap-zoo's default path (fp32) within 1.1x
+    of its fastest fp32 path; CSAP-T's best path (the fastest csap-zoo contender, any precision) <= 0.83x the
+    fastest SegNeXt-T and <= 0.40x the fastest SegFormer-B0 contender (any runtime, any precision); csap-zoo
+    faster than CSAP-T in every other runtime at the same precision; and, on a CPU with bf16, the best path within
+    1.0x of the fp32 compute floor. A target whose contenders were not run is reported as not evaluated."""
     by = {r["key"]: r for r in rows}
-    ours = by.get("csap_tiny|csap-zoo")
     out: List[Dict[str, Any]] = []
 
-    def check(label: str, other: Optional[float], limit: float, strict: bool, missing: str,
-              subject: Optional[Dict[str, Any]] = None) -> None:
-        subject = subject or ours
+    def check(label: str, subject: Optional[Dict[str, Any]], other: Optional[float], limit: float, strict: bool,
+              missing: str) -> None:
         if subject is None or other is None:
             out.append({"label": label, "met": None, "note": f"not evaluated (needs {missing})"})
             return
         ratio = subject["median_ms"] / other
         out.append({"label": label, "ratio": ratio, "limit": limit, "op": "<" if strict else "<=",
-                    "met": ratio < limit if strict else ratio <= limit})
+                    "met": ratio < limit if strict else ratio <= limit, "subject": subject["key"]})
 
-    def fastest(model: str) -> Optional[float]:
-        times = [r["median_ms"] for r in rows if r["model"] == model]
-        return min(times) if times else None
+    def fastest(model: str, where=lambda r: True) -> Optional[Dict[str, Any]]:
+        found = [r for r in rows if r["model"] == model and where(r)]
+        return min(found, key=lambda r: r["median_ms"]) if found else None
 
-    def median(key: str) -> Optional[float]:
-        return by[key]["median_ms"] if key in by else None
+    def ms(row: Optional[Dict[str, Any]]) -> Optional[float]:
+        return row["median_ms"] if row else None
 
-    check("CSAP-T csap-zoo / CSAP-T onnxruntime (faster)", median("csap_tiny|onnxruntime"), 1.0, True,
-          "csap_tiny in csap-zoo and onnxruntime")
-    check("CSAP-T csap-zoo / CSAP-T OpenVINO (faster)", median("csap_tiny|openvino"), 1.0, True,
-          "csap_tiny in csap-zoo and openvino")
-    if "csap_tiny|openvino-labels" in by:
-        check("CSAP-T csap-zoo / CSAP-T OpenVINO, labels in its graph (faster)", median("csap_tiny|openvino-labels"),
-              1.0, True, "")
-    check("CSAP-T csap-zoo / fastest SegNeXt-T", fastest("segnext_tiny"), 0.83, False, "segnext_tiny")
-    check("CSAP-T csap-zoo / fastest SegFormer-B0", fastest("segformer_b0"), 0.4, False, "segformer_b0")
-    check("CSAP-T csap-zoo / its compute floor", ours["floor_ms"] if ours else None, 1.4, False,
-          "csap_tiny in csap-zoo")
-    backend = by.get("csap_tiny|csap-zoo-openvino")  # the same targets for Segmenter's OpenVINO backend
-    if backend is not None:
-        label = "CSAP-T csap-zoo backend=openvino"
-        check(f"{label} / CSAP-T onnxruntime (faster)", median("csap_tiny|onnxruntime"), 1.0, True,
-              "csap_tiny in onnxruntime", backend)
-        check(f"{label} / CSAP-T OpenVINO (faster)", median("csap_tiny|openvino"), 1.0, True,
-              "csap_tiny in openvino", backend)
-        if "csap_tiny|openvino-labels" in by:
-            check(f"{label} / CSAP-T OpenVINO, labels in its graph (faster)", median("csap_tiny|openvino-labels"),
-                  1.0, True, "", backend)
-        check(f"{label} / fastest SegNeXt-T", fastest("segnext_tiny"), 0.83, False, "segnext_tiny", backend)
-        check(f"{label} / fastest SegFormer-B0", fastest("segformer_b0"), 0.4, False, "segformer_b0", backend)
-        check(f"{label} / its compute floor", backend["floor_ms"], 1.4, False, "", backend)
+    ours = lambda r: r["runtime"].startswith("csap-zoo")  # noqa: E731
+    default = by.get("csap_tiny|csap-zoo|fp32")
+    check("CSAP-T default path (Segmenter(model), fp32) / its fastest fp32 path", default,
+          ms(fastest("csap_tiny", lambda r: ours(r) and r["precision"] == "fp32")), 1.1, False, "csap-zoo fp32")
+    best = fastest("csap_tiny", ours)
+    name = f"CSAP-T best path ({best['runtime']}, {best['precision']})" if best else "CSAP-T best path"
+    check(f"{name} / fastest SegNeXt-T", best, ms(fastest("segnext_tiny")), 0.83, False, "segnext_tiny")
+    check(f"{name} / fastest SegFormer-B0", best, ms(fastest("segformer_b0")), 0.4, False, "segformer_b0")
+    for precision in ("fp32", "bf16", "int8"):
+        mine = fastest("csap_tiny", lambda r: ours(r) and r["precision"] == precision)
+        other = fastest("csap_tiny", lambda r: not ours(r) and r["precision"] == precision)
+        if mine is not None and other is not None:
+            check(f"CSAP-T csap-zoo {precision} / fastest other CSAP-T {precision} ({other['runtime']}; faster)",
+                  mine, other["median_ms"], 1.0, True, "")
+    if bf16_cpu:
+        check(f"{name} / CSAP-T fp32 compute floor", best, best["floor_ms"] if best else None, 1.0, False,
+              "csap_tiny")
+    else:
+        out.append({"label": "CSAP-T best path / fp32 compute floor", "met": None,
+                    "note": "not evaluated (this CPU has no bf16 instructions)"})
     return out
 
 
@@ -270,12 +262,12 @@ def _mb(memory: Optional[Dict[str, Any]], key: str) -> str:
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| contender | model | median ms | p90 ms | images/s | vs fastest of model | vs compute floor "
-             "| call peak MiB | process peak MiB | labels = first contender |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| contender | precision | model | median ms | p90 ms | images/s | vs fastest of model "
+             "| vs fp32 compute floor | call peak MiB | process peak MiB | labels = first contender |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         agree = "-" if r["label_agreement"] is None else f"{100 * r['label_agreement']:.1f}%"
-        lines.append(f"| {RUNTIME_LABELS[r['runtime']]} | {MODEL_LABELS.get(r['model'], r['model'])} "
+        lines.append(f"| {RUNTIME_LABELS[r['runtime']]} | {r['precision']} | {MODEL_LABELS.get(r['model'], r['model'])} "
                      f"| {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['images_per_s']:.2f} | {r['vs_fastest']:.2f}x "
                      f"| {r['vs_floor']:.2f}x (floor {r['floor_ms']:.1f} ms) | {_mb(r['memory'], 'call_peak_mb')} "
                      f"| {_mb(r['memory'], 'process_peak_mb')} | {agree} |")
@@ -287,7 +279,8 @@ def format_markdown(payload: Dict[str, Any]) -> str:
     gemm = payload["gemm"]
     post = payload.get("post_processing")
     lines = [f"# Runtimes side by side ({payload['scenario']})", "",
-             f"{payload['date']}; {payload['machine']['cpu_model']} ({payload['machine']['cpu_count']} logical CPUs); "
+             f"{payload['date']}; {payload['machine']['cpu_model']} ({payload['machine']['cpu_count']} logical CPUs; "
+             f"{' '.join(payload['machine']['cpu']['flags']) or 'no AVX2'}); "
              f"load average before {payload['machine']['load_avg_before']}, after "
              f"{payload['machine']['load_avg_after']}; " + ", ".join(f"{k} {v}" for k, v in payload["versions"].items()
                                                                       if v),
@@ -298,7 +291,8 @@ def format_markdown(payload: Dict[str, Any]) -> str:
              + f", {s['classes']} classes"
              + (f", csap_zoo models with {'-'.join(map(str, s['depths']))} MSCAN blocks per stage" if s.get("depths")
                 else "")
-             + f", fp32, {s['threads']} threads everywhere; median / p90 of {s['repeats']} "
+             + f", every precision each runtime has on this CPU, {s['threads']} threads everywhere; median / p90 of "
+               f"{s['repeats']} "
                f"round-robin rounds after {s['warmup']} warm-up calls each. Post-processing (bilinear resize of the "
                "native logits to the image, arg-max) is the same banded torch code for every contender except "
                "csap-zoo's (its exact label-map shortcut, falling back to that code), its OpenVINO backend and "
@@ -330,7 +324,7 @@ def plot(payload: Dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = payload["contenders"]
-    colors = {"csap-zoo": "tab:blue", "csap-zoo-openvino": "tab:cyan",
+    colors = {"csap-zoo": "tab:blue", "csap-zoo-torch": "tab:olive", "csap-zoo-openvino": "tab:cyan",
               "torch": "tab:gray", "onnxruntime": "tab:orange", "openvino": "tab:purple",
               "openvino-labels": "tab:pink"}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4.5))
@@ -343,7 +337,7 @@ def plot(payload: Dict[str, Any], path: str) -> None:
                    yerr=[[0], [max(0.0, r["p90_ms"] - r["median_ms"])]], capsize=3)
             ax.text(x, max(r["median_ms"], r["p90_ms"]), f"{r['median_ms']:.0f}", ha="center", va="bottom", fontsize=7)
             position.append(x)
-            ticks.append(f"{MODEL_LABELS.get(model, model)}\n{r['runtime']}")
+            ticks.append(f"{MODEL_LABELS.get(model, model)}\n{r['runtime']}\n{r['precision']}")
             x += 1.0
         ax.hlines(group[0]["floor_ms"], start - 0.45, x - 0.55, colors="black", linestyles="dashed", linewidth=1)
         x += 0.6
@@ -354,7 +348,7 @@ def plot(payload: Dict[str, Any], path: str) -> None:
     ax.set_ylabel("median ms, image to label map")
     s = payload["settings"]
     ax.set_title(f"{payload['scenario']}: batch {s['batch']}, {s['height']}x{s['width']}, {s['threads']} threads, "
-                 f"fp32 - {payload['machine']['cpu_model']}", fontsize=8)
+                 f"- {payload['machine']['cpu_model']}", fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
@@ -379,6 +373,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--contenders", nargs="+", choices=RUNTIMES, default=None,
                         help="runtimes to run for every model (default: see the module docstring)")
     parser.add_argument("--classes", type=int, default=150)
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16", "int8"), default=None,
+                        help="precisions to run (default: every one each runtime has on this CPU)")
     parser.add_argument("--cityscapes", action="store_true",
                         help="1024x2048 images in 1024 windows every 768 pixels (slide mode)")
     parser.add_argument("--crop", type=int, default=1024, help="slide window (with --cityscapes)")
@@ -440,20 +436,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         (f", batch {args.batch}" if args.batch > 1 else "") + (" (quick)" if args.quick else "")
     load_before = load_average()
     torch.set_num_threads(args.threads)
-    pairs = contenders_for(args.models, args.contenders, args.batch, whole=not args.cityscapes)
-    exported_models = sorted({m for m, r in pairs if r in ("onnxruntime", "openvino")}, key=args.models.index)
+    triples = contenders_for(args.models, args.contenders, args.batch, whole=not args.cityscapes,
+                             precisions=args.precisions)
+    exported_models = sorted({m for m, r, _ in triples if r in ("onnxruntime", "openvino", "openvino-labels")},
+                             key=args.models.index)
 
-    def make_case(model: str, runtime: str, onnx_path: Optional[str] = None) -> RuntimeCase:
+    def make_case(model: str, runtime: str, precision: str, onnx_path: Optional[str] = None) -> RuntimeCase:
         return RuntimeCase(model, runtime, args.height, args.width, args.batch, args.classes, args.threads, mode,
-                           args.crop, args.stride, args.slide_batch, onnx_path, backbone_args(model, args.depths))
+                           args.crop, args.stride, args.slide_batch, onnx_path, backbone_args(model, args.depths),
+                           precision)
 
     with tempfile.TemporaryDirectory() as tmp:
-        static = static_shapes([make_case(m, r, "-") for m, r in pairs]) if args.static_onnx else None
+        static = static_shapes([make_case(m, r, p, "-") for m, r, p in triples]) if args.static_onnx else None
         exports = export_all(exported_models, args.onnx_dir or tmp, args.classes, (args.height, args.width)
                              if mode == "whole" else (min(args.crop, args.height), min(args.crop, args.width)),
                              static, args.depths)
-        cases = [make_case(model, runtime, exports[model]["path"] if model in exports else None)
-                 for model, runtime in pairs]
+        cases = [make_case(model, runtime, precision, exports[model]["path"] if model in exports else None)
+                 for model, runtime, precision in triples]
         calls: Dict[str, RuntimeCall] = {}
         for case in cases:
             print(f"preparing {case.key} ...", file=sys.stderr, flush=True)
@@ -497,13 +496,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     payload = {
         "scenario": scenario,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu_model": cpu_info().model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "cpu": cpu_info().to_dict(),
                     "load_avg_before": load_before, "load_avg_after": load_average()},
         "versions": versions(),
         "settings": {"height": args.height, "width": args.width, "batch": args.batch, "threads": args.threads,
                      "classes": args.classes, "mode": mode, "crop": [args.crop, args.crop],
                      "stride": [args.stride, args.stride], "slide_batch": args.slide_batch, "repeats": args.repeats,
-                     "warmup": args.warmup, "pause_s": args.pause, "dtype": "fp32", "quick": args.quick,
+                     "warmup": args.warmup, "pause_s": args.pause, "precisions": args.precisions, "quick": args.quick,
                      "static_onnx": args.static_onnx, "depths": args.depths},
         "contenders": rows,
         "gemm": {"size": args.gemm, "median_ms": gemm_stats.median_ms, "p90_ms": gemm_stats.p90_ms,
@@ -514,7 +514,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "onnx_exports": exports,
         "timing_seconds": timing_s,
     }
-    payload["targets"] = targets(rows)
+    payload["targets"] = targets(rows, cpu_info().bf16)
     markdown = format_markdown(payload)
     print(markdown)
     _write_text(args.json, json.dumps(payload, indent=2) + "\n")

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from csap_zoo.fileio import atomic_write
+from csap_zoo.inference.precision import CPU_FLAGS, cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT / "csap_zoo" / "assets" / "demo" / "example.png"
 COMMANDS = ("models", "predict", "eval", "download", "convert", "publish", "push", "export", "bench", "train")
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def cli_prefix() -> List[str]:
@@ -64,21 +64,6 @@ def time_once(argv: List[str]) -> float:
     return elapsed
 
 
-def cpu_info() -> Dict[str, object]:
-    """The CPU model and the vector / matrix extensions it has (from /proc/cpuinfo on Linux)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in _CPU_FLAGS if f in flags]}
-
-
 def run(rounds: int, commands: Sequence[str], predict: bool) -> Dict[str, object]:
     with tempfile.TemporaryDirectory() as out_dir:
         chosen = cases(out_dir, commands, predict)
@@ -89,7 +74,7 @@ def run(rounds: int, commands: Sequence[str], predict: bool) -> Dict[str, object
             for name, argv in chosen:
                 times[name].append(time_once(argv))
     return {
-        "cpu": cpu_info(), "python": platform.python_version(), "rounds": rounds,
+        "cpu": cpu_info().to_dict(), "python": platform.python_version(), "rounds": rounds,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cases": {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)} for name, t in times.items()},
@@ -99,7 +84,7 @@ def run(rounds: int, commands: Sequence[str], predict: bool) -> Dict[str, object
 def table(result: Dict[str, object], help_target: float) -> str:
     cpu = result["cpu"]
     lines = [f"Start-up times, {result['rounds']} rounds round-robin, {result['date']}; {cpu['model']}, "
-             f"{cpu['cores']} cores, flags {' '.join(cpu['flags']) or 'none of ' + ', '.join(_CPU_FLAGS)}; "
+             f"{cpu['cores']} cores, flags {' '.join(cpu['flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; "
              f"Python {result['python']}; load {result['load_avg_1_5_15']}", "",
              "| case | median s | min s | max s |", "|---|---|---|---|"]
     for name, t in result["cases"].items():

@@ -22,7 +22,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else:
             model = create_model(args.model, pretrained=args.checkpoint or False, **options).eval()
         kwargs = dict(height=args.size[0], width=args.size[1], check=not args.no_check)
-        if args.format == "onnx":
+        if args.precision != "fp32" and args.format != "openvino":
+            raise UsageError(f"--precision {args.precision} is exported as an OpenVINO IR (--format openvino); "
+                             f"{args.format} files are fp32")
+        if args.calibration and args.precision != "int8":
+            raise UsageError("--calibration is used by --precision int8 only")
+        if args.format == "openvino":
+            kwargs.update(precision=args.precision)
+            if args.precision == "int8":
+                if not args.calibration:
+                    raise UsageError("--precision int8 needs --calibration IMAGES (16-32 images like the ones the "
+                                     "model will see: files, folders or globs)")
+                from ..inference import Segmenter
+                from .predict_eval import calibration_images
+
+                kwargs["calibration"] = Segmenter(model, backend="torch").calibration_inputs(
+                    calibration_images(args.calibration))
+        elif args.format == "onnx":
             kwargs.update(opset=args.opset, dynamic=not args.static)
         elif args.format == "torch-export":
             kwargs.update(dynamic=not args.static)
@@ -86,12 +102,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def add_bench_export_commands(sub) -> None:
     """Add ``export`` and ``bench`` to the subcommands."""
     export = sub.add_parser(
-        "export", help="export a model to ONNX, torch.export (.pt2) or TorchScript",
+        "export", help="export a model to ONNX, torch.export (.pt2), TorchScript or an OpenVINO IR (fp32 / int8)",
         description="Export a model (random weights, or a safetensors state dict with --checkpoint) and check "
                     "the file against eager PyTorch at several sizes, including sizes not divisible by 32.")
     export.add_argument("model", help="model name (csap_tiny.ade20k), a save_pretrained folder or hf-hub:org/repo")
-    export.add_argument("output", help="file to write (.onnx, .pt2, .pt)")
-    export.add_argument("--format", choices=("onnx", "torch-export", "torchscript"), default="onnx")
+    export.add_argument("output", help="file to write (.onnx, .pt2, .pt, or .xml for openvino: + .bin beside it)")
+    export.add_argument("--format", choices=("onnx", "torch-export", "torchscript", "openvino"), default="onnx")
+    export.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="fp32 (default, every format) or int8 (openvino: NNCF on --calibration images); bf16 "
+                             "is chosen when an fp32 IR is compiled (INFERENCE_PRECISION_HINT=bf16)")
+    export.add_argument("--calibration", nargs="+", metavar="IMAGES", default=None,
+                        help="int8: images to calibrate on (files, folders, globs; up to 32, spread over them)")
     export.add_argument("--checkpoint", default=None,
                         help="weights: a checkpoint file or a saved model folder (default: random weights)")
     export.add_argument("--num-classes", type=int, default=None)

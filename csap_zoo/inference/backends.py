@@ -197,6 +197,7 @@ class OpenVINONetwork:
         self._cache = IRCache(root, self._ov, self._core)
         self.cache_root = root
         self._ir: Any = None
+        self.static_shapes = True  # whether repeated shapes get static compiles (see network_model)
         self._keys: Optional[Tuple[str, str]] = None
         self._dynamic: Any = None
         self._static = _Compiled(max_shapes)
@@ -238,6 +239,9 @@ class OpenVINONetwork:
             base = self._keys[0]  # type: ignore[index]
             network = self._cache.get(base, self._convert)
             self._ir = network if key == base else self._cache.get(key, lambda: self._quantize(network))
+            # OpenVINO 2026.4's CPU plugin crashes compiling a RandomUniform graph (SegNeXt's NMF bases) reshaped
+            # to a static shape: such graphs run on the dynamic compile only
+            self.static_shapes = not any(op.get_type_name() == "RandomUniform" for op in self._ir.get_ops())
         return self._ir
 
     def _compile(self, model: Any) -> Any:
@@ -263,10 +267,11 @@ class OpenVINONetwork:
         """The compiled network for an input shape (B, C, H, W): a static compile for a repeated shape, else the
         dynamic one."""
         shape = tuple(int(s) for s in shape)
-        if shape in self._static.items or self._repeated(("network", shape)):
+        model = self.network_model()
+        if self.static_shapes and (shape in self._static.items or self._repeated(("network", shape))):
             return self._static.get(shape, lambda: self._compile(self._static_model(shape)))
         if self._dynamic is None:
-            self._dynamic = self._compile(self.network_model())
+            self._dynamic = self._compile(model)
         return self._dynamic
 
     @property
@@ -303,7 +308,7 @@ class OpenVINONetwork:
         classes = self.native_shape(shape)[1]
         image = np.ascontiguousarray(x.detach().float().numpy())
         key = (shape, steps)
-        if key in self._label_graphs.items or self._repeated(("labels", key)):
+        if self.static_shapes and (key in self._label_graphs.items or self._repeated(("labels", key))):
             compiled = self._label_graphs.get(key, lambda: self._compile(label_map_graph(
                 self._ov, self._static_model(shape), steps, classes)))
             result = compiled(image)[0]

@@ -129,11 +129,12 @@ def int8_key(base_key: str, inputs: Sequence[np.ndarray]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def convert_network(ov: Any, model: nn.Module) -> Any:
-    """The model's raw-logit network as an OpenVINO model with a dynamic batch, height and width."""
+def convert_network(ov: Any, model: nn.Module, upsample: bool = False) -> Any:
+    """The model's network as an OpenVINO model with a dynamic batch, height and width: the raw logits of the whole
+    prepared input, or (``upsample``) the logits at the input's resolution, what ``model(x)`` returns."""
     in_chans = int(getattr(model, "in_chans", 3))
     side = max(64, int(getattr(model, "min_size", 32)))
-    module = SegmentorLogits(model, upsample=False, crop=False, branch_free=True).eval()
+    module = SegmentorLogits(model, upsample=upsample, crop=upsample, branch_free=True).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about the example's sizes: the padding has no size branch
         return ov.convert_model(module, example_input=torch.zeros(1, in_chans, side, side),

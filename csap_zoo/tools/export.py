@@ -21,6 +21,10 @@ What each format supports (checked by tests/tools/test_export.py):
   size arithmetic of the padding, so the trace runs at other sizes too (checked at the same sizes as ONNX); the
   batch is checked at the traced size only. TorchScript is deprecated upstream (torch warns on save/load):
   prefer ONNX or torch.export.
+* **OpenVINO IR** (``.xml`` + ``.bin``, :func:`export_openvino`): dynamic batch, height and width, converted by
+  ``openvino.convert_model``; ``precision="int8"`` quantizes it with NNCF on calibration inputs of the user's
+  images. fp32 IRs should be compiled with ``INFERENCE_PRECISION_HINT=f32``: OpenVINO's CPU default on CPUs with
+  bf16 instructions is bf16, which is how a bf16 deployment runs the same file.
 * **torch.compile**: :func:`compile_model` compiles the wrapper once per input size (CPU needs a C++
   compiler; ``dynamic=True`` fails inside inductor on torch 2.14 for this model).
 
@@ -44,10 +48,10 @@ from ..models.logits import SegmentorLogits
 
 __all__ = [
     "EXPORT_FORMATS", "ExportResult", "check_parity", "compile_model", "export_model", "export_onnx",
-    "export_program", "export_torchscript", "load_program", "onnx_session",
+    "export_openvino", "export_program", "export_torchscript", "load_program", "onnx_session",
 ]
 
-EXPORT_FORMATS = ("onnx", "torch-export", "torchscript")
+EXPORT_FORMATS = ("onnx", "torch-export", "torchscript", "openvino")
 DEFAULT_CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((512, 512), (333, 517), (200, 96), (97, 1000))
 MIN_OPSET = 17
 
@@ -332,9 +336,73 @@ def compile_model(model: nn.Module, dynamic: Optional[bool] = False, **compile_k
     return torch.compile(_wrapped(model), dynamic=dynamic, **compile_kwargs)
 
 
+# ----------------------------------------------------------------------------------------------- OpenVINO
+def export_openvino(
+        model: nn.Module,
+        path: PathLike,
+        height: int = 512,
+        width: int = 512,
+        precision: str = "fp32",
+        calibration: Optional[Sequence[Any]] = None,
+        check: bool = True,
+        check_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        atol: float = 1e-4,
+) -> ExportResult:
+    """Export to an OpenVINO IR: ``path`` (``.xml``) and the ``.bin`` beside it, input ``image`` (B, C, H, W) with
+    dynamic axes, output the logits at the input's resolution.
+
+    ``precision``: ``"fp32"``, or ``"int8"`` (NNCF post-training quantization; ``calibration``: normalised
+    (1, C, H, W) inputs of your images, e.g. ``Segmenter(model).calibration_inputs(paths)``). ``check`` compares
+    an fp32 file with eager PyTorch on ``check_sizes`` (raises above ``atol``) and reports, for int8, the largest
+    difference without enforcing it. Both files are written atomically.
+    """
+    from ..errors import UsageError
+    from ..fileio import atomic_write_all
+    from ..inference.openvino_ir import convert_network, import_openvino, quantize
+
+    if precision not in ("fp32", "int8"):
+        raise UsageError(f"an OpenVINO IR is exported at precision 'fp32' or 'int8', got {precision!r} (bf16 is a "
+                         "compile-time choice: export fp32 and compile with INFERENCE_PRECISION_HINT=bf16)")
+    target = Path(path)
+    if target.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin), got {target}")
+    ov = import_openvino()
+    _wrapped(model)  # eval-mode and Segmentor checks
+    _example(model, 1, height, width)  # size checks
+    network = convert_network(ov, model, upsample=True)
+    if precision == "int8":
+        network = quantize(network, [torch.as_tensor(c).float().numpy() for c in calibration or []])
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="csap_zoo_ir_", dir=target.parent if target.parent.is_dir() else None
+                                     ) as folder:
+        ov.save_model(network, os.path.join(folder, "model.xml"), compress_to_fp16=False)
+        data = {name: Path(folder, f"model{name}").read_bytes() for name in (".xml", ".bin")}
+
+        def writer(suffix: str) -> Callable[[str], None]:
+            return lambda tmp: Path(tmp).write_bytes(data[suffix])
+
+        atomic_write_all([(target.with_suffix(".bin"), writer(".bin")), (target, writer(".xml"))])
+    result = ExportResult("openvino", str(target), (1, getattr(model, "in_chans", 3), height, width),
+                          {"batch": True, "height": True, "width": True}, notes=f"precision {precision}")
+    if check:
+        sizes = list(check_sizes or ([(height, width)] + list(DEFAULT_CHECK_SIZES[1:])))
+        compiled = ov.Core().compile_model(str(target), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result.max_abs_diff, result.eager_max_abs_diff = check_parity(
+            model, lambda x: compiled(x.cpu().numpy())[0], sizes)
+        result.checked_sizes = sizes
+        if precision == "fp32":
+            _enforce(result, atol)
+        else:
+            result.notes += "; int8: the difference to eager fp32 is reported, not enforced"
+    return result
+
+
 # ----------------------------------------------------------------------------------------------- dispatch
 def export_model(model: nn.Module, path: PathLike, format: str = "onnx", **kwargs: Any) -> ExportResult:
     """Export to ``format`` (one of :data:`EXPORT_FORMATS`); keyword arguments go to the format's exporter."""
+    if format == "openvino":
+        return export_openvino(model, path, **kwargs)
     if format == "onnx":
         return export_onnx(model, path, **kwargs)
     if format == "torch-export":

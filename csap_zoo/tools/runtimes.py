@@ -17,15 +17,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..inference.backends import OPENVINO_CPU_CONFIG
+from ..inference.precision import cpu_info
 from .profiling import build_bench_model, segformer_b0
 
 __all__ = [
-    "OPENVINO_CONFIG", "RUNTIMES", "RuntimeCall", "RuntimeCase", "build_runtime_call", "export_runtime_onnx",
-    "flop_counter_gmacs", "label_map", "openvino_model", "ort_session", "runtime_gmacs", "runtime_peak_memory",
+    "OPENVINO_CONFIG", "RUNTIMES", "RUNTIME_PRECISIONS", "RuntimeCall", "RuntimeCase", "build_runtime_call",
+    "calibration_images", "export_runtime_onnx", "flop_counter_gmacs", "label_map", "openvino_model", "ort_session",
+    "runtime_gmacs", "runtime_peak_memory", "supported_precisions",
 ]
 
-RUNTIMES = ("csap-zoo", "csap-zoo-openvino", "torch", "onnxruntime", "openvino", "openvino-labels")
-_SEGMENTER_RUNTIMES = ("csap-zoo", "csap-zoo-openvino")
+RUNTIMES = ("csap-zoo", "csap-zoo-torch", "csap-zoo-openvino", "torch", "onnxruntime", "openvino", "openvino-labels")
+_SEGMENTER_RUNTIMES = ("csap-zoo", "csap-zoo-torch", "csap-zoo-openvino")
+# The precisions each runtime runs here (bf16 only on CPUs with bf16 instructions: see supported_precisions)
+RUNTIME_PRECISIONS: Dict[str, Tuple[str, ...]] = {
+    "csap-zoo": ("fp32", "bf16", "int8"), "csap-zoo-torch": ("fp32", "bf16"),
+    "csap-zoo-openvino": ("fp32", "bf16", "int8"), "torch": ("fp32", "bf16"), "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16", "int8"), "openvino-labels": ("fp32", "bf16", "int8")}
+CALIBRATION_IMAGES = 8  # int8 contenders calibrate on this many smooth random images of the case's size
 _EXPORT_MULTIPLE = 32  # exported graphs return the cropped stride-8 cells: sizes must not need padding
 
 
@@ -40,13 +48,16 @@ class RuntimeCase:
     (``mode="slide"``, ``slide_batch`` windows per call), from the image to its label map; see
     :func:`build_runtime_call`. Plain data, so that a fresh process can rebuild it (:func:`runtime_peak_memory`).
 
-    Runtimes: ``csap-zoo`` (``Segmenter``: what ``Segmenter(model)`` runs on the CPU), ``csap-zoo-openvino``
-    (``Segmenter(model, backend="openvino")``: the same pre- and post-processing, the network in OpenVINO),
+    Runtimes: ``csap-zoo`` (what ``Segmenter(model, precision=...)`` runs by default: ``backend="auto"``),
+    ``csap-zoo-torch`` (``backend="torch"``), ``csap-zoo-openvino`` (``backend="openvino"``: the same pre- and
+    post-processing, the network in OpenVINO),
     ``torch`` (the PyTorch module on the whole batch: csap_zoo models through ``optimize_for_inference``,
     SegFormer as ``transformers`` builds it), ``onnxruntime`` and ``openvino`` (the ONNX file ``onnx_path``, native
     logits), ``openvino-labels`` (that file in OpenVINO with the resize and the arg-max appended to its graph, as
     ``Segmenter``'s OpenVINO backend builds them; whole images, batch 1). ``backbone_args`` go to the csap_zoo
-    model's backbone (e.g. ``{"depths": (1, 1, 1, 1)}``: smaller networks for a smoke run)."""
+    model's backbone (e.g. ``{"depths": (1, 1, 1, 1)}``: smaller networks for a smoke run). ``precision``: fp32, bf16
+    (torch: a bf16 copy of the module; OpenVINO: the bf16 precision hint) or int8 (OpenVINO: NNCF, calibrated on
+    ``CALIBRATION_IMAGES`` smooth random images), where the runtime has it (:data:`RUNTIME_PRECISIONS`)."""
 
     model: str
     runtime: str
@@ -61,8 +72,12 @@ class RuntimeCase:
     slide_batch: int = 4
     onnx_path: Optional[str] = None
     backbone_args: Optional[Dict[str, Any]] = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in RUNTIME_PRECISIONS.get(self.runtime, ()):
+            raise ValueError(f"the {self.runtime} contender runs {RUNTIME_PRECISIONS.get(self.runtime)}, not "
+                             f"{self.precision!r}")
         self.crop, self.stride = _hw(self.crop), _hw(self.stride)
         if self.backbone_args and self.model == "segformer_b0":
             raise ValueError("backbone_args are for csap_zoo models, not segformer_b0")
@@ -84,7 +99,7 @@ class RuntimeCase:
 
     @property
     def key(self) -> str:
-        return f"{self.model}|{self.runtime}"
+        return f"{self.model}|{self.runtime}|{self.precision}"
 
     def window(self) -> Tuple[int, int]:
         """The size of one network input: the image (whole), or a window (shrunk to the image when larger)."""
@@ -174,6 +189,23 @@ class _WindowLogits(nn.Module):
         return logits[:, :, :keep_h, :keep_w]
 
 
+def supported_precisions(runtime: str) -> Tuple[str, ...]:
+    """The precisions ``runtime`` runs on this CPU (bf16 only with bf16 instructions)."""
+    return tuple(p for p in RUNTIME_PRECISIONS[runtime] if p != "bf16" or cpu_info().bf16)
+
+
+def calibration_images(case: RuntimeCase) -> List[torch.Tensor]:
+    """Smooth random uint8 (3, H, W) images of the case's size (low-frequency noise, closer to photographs than
+    white noise), the int8 contenders' calibration set."""
+    gen = torch.Generator().manual_seed(1)
+    images = []
+    for _ in range(CALIBRATION_IMAGES):
+        low = torch.rand(1, 3, 8, 8, generator=gen) * 255
+        images.append(F.interpolate(low, size=case.window(), mode="bilinear", align_corners=False)[0]
+                      .round().clamp(0, 255).to(torch.uint8))
+    return images
+
+
 def _seeded_model(case: RuntimeCase) -> nn.Module:
     """The case's eval-mode PyTorch model with seed-0 random weights (the ONNX exports use the same seed)."""
     torch.manual_seed(0)
@@ -214,19 +246,38 @@ def ort_session(path: str, threads: int, shape: Optional[Sequence[int]] = None):
 OPENVINO_CONFIG = OPENVINO_CPU_CONFIG  # the same compilation as Segmenter's OpenVINO backend
 
 
-def openvino_model(path: str, threads: int, shape: Optional[Sequence[int]] = None):
-    """The ONNX file compiled by OpenVINO for the CPU: latency hint (one stream), f32 precision (no bf16 / fp16
-    down-casting on CPUs that have it), ``threads`` inference threads; ``shape`` reshapes the input to it first
-    (static shapes are what OpenVINO's CPU plugin plans best for)."""
-    try:
-        import openvino as ov
-    except ImportError as err:
-        raise ImportError("the openvino contender needs openvino: pip install openvino") from err
+def openvino_model(path: str, threads: int, shape: Optional[Sequence[int]] = None, precision: str = "fp32",
+                   calibration: Optional[Sequence[Any]] = None, labels: Optional[Callable[[Any], Any]] = None):
+    """The ONNX file compiled by OpenVINO for the CPU: latency hint (one stream), ``threads`` inference threads,
+    f32 precision (no down-casting on CPUs that have bf16), or the bf16 hint, or quantized to int8 by NNCF on
+    ``calibration`` (normalised inputs) first; ``shape`` reshapes the input to it first (static shapes are what
+    OpenVINO's CPU plugin plans best for); ``labels`` edits the (quantized) graph before compiling."""
+    import openvino as ov
+
     core = ov.Core()
     model = core.read_model(path)
     if shape is not None:
         model.reshape(list(shape))
-    return core.compile_model(model, "CPU", {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": threads})
+    if precision == "int8":
+        from ..inference.openvino_ir import quantize
+
+        model = quantize(model, [c.numpy() for c in calibration or []])
+    if labels is not None:
+        model = labels(model)
+    hint = "bf16" if precision == "bf16" else "f32"
+    return core.compile_model(model, "CPU", {**OPENVINO_CONFIG, "INFERENCE_PRECISION_HINT": hint,
+                                             "INFERENCE_NUM_THREADS": threads})
+
+
+def _calibration_inputs(case: RuntimeCase) -> Optional[List[torch.Tensor]]:
+    """The normalised calibration images of an int8 contender that runs an exported graph (else None)."""
+    if case.precision != "int8":
+        return None
+    from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
+
+    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
+    return [((image[None].float() - mean) / std) for image in calibration_images(case)]
 
 
 def _native_runner(case: RuntimeCase) -> Tuple[Callable[[torch.Tensor], torch.Tensor],
@@ -236,13 +287,16 @@ def _native_runner(case: RuntimeCase) -> Tuple[Callable[[torch.Tensor], torch.Te
     shape = shapes[0] if len(shapes) == 1 else None
     if case.runtime == "torch":
         model = _seeded_model(case)
+        dtype = torch.bfloat16 if case.precision == "bf16" else torch.float32
         if case.model == "segformer_b0":
-            return (lambda x: model(pixel_values=x).logits), _same_size, {"variant": "transformers eager"}
+            model = model.to(dtype)
+            return ((lambda x: model(pixel_values=x.to(dtype)).logits.float()), _same_size,
+                    {"variant": f"transformers eager, {dtype}"})
         from ..models.fused import optimize_for_inference
 
-        fast = optimize_for_inference(model)
-        return ((lambda x: fast(x, upsample=False, crop=False)), fast.logit_geometry,
-                {"variant": "optimize_for_inference"})
+        fast = optimize_for_inference(model).to(dtype)
+        return ((lambda x: fast(x.to(dtype), upsample=False, crop=False).float()), fast.logit_geometry,
+                {"variant": f"optimize_for_inference, {dtype}"})
     path = str(case.onnx_path)
     if case.runtime == "onnxruntime":
         import onnxruntime as ort
@@ -252,7 +306,7 @@ def _native_runner(case: RuntimeCase) -> Tuple[Callable[[torch.Tensor], torch.Te
         info = {"onnxruntime": ort.__version__, "intra_op_num_threads": case.threads, "inter_op_num_threads": 1,
                 "allow_spinning": "0", "static_shape": list(shape) if shape else None}
         return (lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])), _same_size, info
-    compiled = openvino_model(path, case.threads, shape)
+    compiled = openvino_model(path, case.threads, shape, case.precision, _calibration_inputs(case))
     request = compiled.create_infer_request()
     info = {}
     for key in ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS",
@@ -282,15 +336,17 @@ def build_runtime_call(case: RuntimeCase) -> RuntimeCall:
     image = torch.randint(0, 256, (case.batch, 3, case.height, case.width), generator=gen, dtype=torch.uint8)
     one = image[0] if case.batch == 1 else image
     slide = dict(mode="slide", crop_size=case.crop, stride=case.stride, slide_batch_size=case.slide_batch)
-    if case.runtime == "csap-zoo":
-        seg = Segmenter(_seeded_model(case), resize=None, **(slide if case.mode == "slide" else {}))
-        return RuntimeCall(case, lambda: seg.predict(one), {"variant": "Segmenter (optimize_for_inference)"})
-    if case.runtime == "csap-zoo-openvino":
-        seg = Segmenter(_seeded_model(case), resize=None, backend="openvino", backend_cache_dir=False,
-                        **(slide if case.mode == "slide" else {}))
-        seg.predict(one)  # setup: convert and compile every input shape (what a cached conversion saves later)
-        return RuntimeCall(case, lambda: seg.predict(one), {"variant": "Segmenter(backend='openvino')",
-                                                             "threads": seg.network.threads})
+    if case.runtime in _SEGMENTER_RUNTIMES:
+        backend = {"csap-zoo": "auto", "csap-zoo-torch": "torch", "csap-zoo-openvino": "openvino"}[case.runtime]
+        calibration = calibration_images(case) if case.precision == "int8" else None
+        seg = Segmenter(_seeded_model(case), resize=None, backend=backend, backend_cache_dir=False,
+                        precision=case.precision, calibration=calibration, **(slide if case.mode == "slide" else {}))
+        for _ in range(3):  # setup: convert once, then the static compile a repeated shape gets
+            seg.predict(one)
+        info = {"variant": f"Segmenter(backend={backend!r}) -> {seg.backend}", "precision": case.precision}
+        if seg.network is not None:
+            info["threads"] = seg.network.threads
+        return RuntimeCall(case, lambda: seg.predict(one), info)
     mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
 
@@ -323,13 +379,14 @@ def _openvino_labels_call(case: RuntimeCase, normalized: Callable[[], torch.Tens
     from ..inference.bands import ResizeStep
 
     shape = case.network_shapes()[0]
-    core = ov.Core()
-    network = core.read_model(str(case.onnx_path))
-    network.reshape(list(shape))
-    low = tuple(int(d) for d in network.output(0).get_shape())
     resized, covered = _same_size(case.height, case.width)
-    graph = label_map_graph(ov, network, [ResizeStep(low[-2:], resized, covered)], low[1])
-    compiled = core.compile_model(graph, "CPU", {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": case.threads})
+
+    def labels(network: Any) -> Any:
+        low = tuple(int(d) for d in network.output(0).get_shape())
+        return label_map_graph(ov, network, [ResizeStep(low[-2:], resized, covered)], low[1])
+
+    compiled = openvino_model(str(case.onnx_path), case.threads, shape, case.precision, _calibration_inputs(case),
+                              labels)
     request = compiled.create_infer_request()
 
     def call() -> Any:

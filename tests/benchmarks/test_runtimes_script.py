@@ -11,15 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from csap_zoo.inference.precision import CpuInfo, cpu_info
+from csap_zoo.tools import runtimes
 from csap_zoo.tools.measurement import measure_interleaved
 from csap_zoo.tools.runtimes import RuntimeCase, label_map
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "runtimes.py"
-ALL_CONTENDERS = ["csap_tiny|csap-zoo", "csap_tiny|csap-zoo-openvino", "csap_tiny|onnxruntime", "csap_tiny|openvino",
-                  "csap_tiny|openvino-labels", "segnext_tiny|csap-zoo", "segnext_tiny|csap-zoo-openvino",
-                  "segnext_tiny|onnxruntime", "segnext_tiny|openvino", "segnext_tiny|openvino-labels",
-                  "segformer_b0|torch", "segformer_b0|onnxruntime", "segformer_b0|openvino"]
+ALL_CONTENDERS = ["csap_tiny|csap-zoo|fp32", "csap_tiny|csap-zoo-torch|fp32", "csap_tiny|onnxruntime|fp32",
+                  "csap_tiny|openvino|fp32", "csap_tiny|openvino-labels|fp32", "segnext_tiny|csap-zoo|fp32",
+                  "segnext_tiny|csap-zoo-torch|fp32", "segnext_tiny|onnxruntime|fp32", "segnext_tiny|openvino|fp32",
+                  "segnext_tiny|openvino-labels|fp32", "segformer_b0|torch|fp32", "segformer_b0|onnxruntime|fp32",
+                  "segformer_b0|openvino|fp32"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,54 +51,58 @@ for argv in json.loads(sys.argv[2]):
 
 def run_script(*runs: list) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CSAP_ZOO_BACKEND")  # csap-zoo's default path is what the script times
     return subprocess.run([sys.executable, "-c", _DRIVER, str(SCRIPT), json.dumps(list(runs))], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
 
 
-def test_default_contenders_add_batched_torch_for_a_batch_and_skip_csap_zoo_for_segformer():
+def test_default_contenders_add_batched_torch_for_a_batch_and_skip_csap_zoo_for_segformer(monkeypatch):
     script = load_script()
-    assert [f"{m}|{r}" for m, r in script.contenders_for(script.DEFAULT_MODELS, None, 1)] == ALL_CONTENDERS
-    batched = script.contenders_for(["csap_tiny"], None, 8)
-    assert [r for _, r in batched] == ["csap-zoo", "csap-zoo-openvino", "torch", "onnxruntime", "openvino"]
-    assert "openvino-labels" not in [r for _, r in script.contenders_for(["csap_tiny"], None, 1, whole=False)]
-    chosen = script.contenders_for(["csap_tiny", "segformer_b0"], ["csap-zoo", "openvino"], 1)
-    assert chosen == [("csap_tiny", "csap-zoo"), ("csap_tiny", "openvino"), ("segformer_b0", "openvino")]
+    fp32 = ["fp32"]
+    assert ["|".join(t) for t in script.contenders_for(script.DEFAULT_MODELS, None, 1, precisions=fp32)] == \
+        ALL_CONTENDERS
+    batched = script.contenders_for(["csap_tiny"], None, 8, precisions=fp32)
+    assert [r for _, r, _ in batched] == ["csap-zoo", "csap-zoo-torch", "torch", "onnxruntime", "openvino"]
+    assert "openvino-labels" not in [r for _, r, _ in script.contenders_for(["csap_tiny"], None, 1, whole=False)]
+    chosen = script.contenders_for(["csap_tiny", "segformer_b0"], ["csap-zoo", "openvino"], 1, precisions=fp32)
+    assert chosen == [("csap_tiny", "csap-zoo", "fp32"), ("csap_tiny", "openvino", "fp32"),
+                      ("segformer_b0", "openvino", "fp32")]
+    # every precision each runtime has on this CPU: bf16 only with bf16 instructions
+    monkeypatch.setattr(runtimes, "cpu_info", lambda: CpuInfo("x", 2, ("avx2",)))
+    assert script.contenders_for(["segformer_b0"], None, 1) == [
+        ("segformer_b0", "torch", "fp32"), ("segformer_b0", "onnxruntime", "fp32"),
+        ("segformer_b0", "openvino", "fp32"), ("segformer_b0", "openvino", "int8")]
+    monkeypatch.setattr(runtimes, "cpu_info", lambda: CpuInfo("x", 2, ("avx2", "avx512_bf16")))
+    assert [p for _, r, p in script.contenders_for(["csap_tiny"], None, 1) if r == "csap-zoo"] == \
+        ["fp32", "bf16", "int8"]
+    with pytest.raises(ValueError, match="runs .*'fp32'.*, not 'int8'"):
+        RuntimeCase("csap_tiny", "onnxruntime", onnx_path="x.onnx", precision="int8")
 
 
 def test_targets_from_medians():
     script = load_script()
 
-    def row(model, runtime, ms, floor=10.0):
-        return {"key": f"{model}|{runtime}", "model": model, "runtime": runtime, "median_ms": ms, "floor_ms": floor}
+    def row(model, runtime, ms, precision="fp32", floor=10.0):
+        return {"key": f"{model}|{runtime}|{precision}", "model": model, "runtime": runtime, "precision": precision,
+                "median_ms": ms, "floor_ms": floor}
 
-    rows = [row("csap_tiny", "csap-zoo", 40.0, floor=30.0), row("csap_tiny", "onnxruntime", 50.0),
-            row("csap_tiny", "openvino", 38.0), row("segnext_tiny", "csap-zoo", 60.0),
-            row("segnext_tiny", "openvino", 45.0), row("segformer_b0", "torch", 120.0),
-            row("segformer_b0", "openvino", 90.0)]
-    lines = script.target_lines(script.targets(rows))
+    rows = [row("csap_tiny", "csap-zoo", 40.0, floor=30.0), row("csap_tiny", "csap-zoo-torch", 38.0, floor=30.0),
+            row("csap_tiny", "csap-zoo", 24.0, "int8", floor=30.0), row("csap_tiny", "onnxruntime", 50.0),
+            row("csap_tiny", "openvino", 37.0), row("csap_tiny", "openvino", 25.0, "int8"),
+            row("segnext_tiny", "csap-zoo", 60.0), row("segnext_tiny", "openvino", 30.0, "int8"),
+            row("segformer_b0", "torch", 120.0), row("segformer_b0", "openvino", 50.0, "bf16")]
+    lines = script.target_lines(script.targets(rows, bf16_cpu=True))
     assert lines == [
-        "- CSAP-T csap-zoo / CSAP-T onnxruntime (faster): 0.80x (target < 1.0x) met",
-        "- CSAP-T csap-zoo / CSAP-T OpenVINO (faster): 1.05x (target < 1.0x) NOT met",
-        "- CSAP-T csap-zoo / fastest SegNeXt-T: 0.89x (target <= 0.83x) NOT met",  # 40 / 45 (OpenVINO)
-        "- CSAP-T csap-zoo / fastest SegFormer-B0: 0.44x (target <= 0.4x) NOT met",  # 40 / 90
-        "- CSAP-T csap-zoo / its compute floor: 1.33x (target <= 1.4x) met",
+        "- CSAP-T default path (Segmenter(model), fp32) / its fastest fp32 path: 1.05x (target <= 1.1x) met",
+        "- CSAP-T best path (csap-zoo, int8) / fastest SegNeXt-T: 0.80x (target <= 0.83x) met",  # 24 / 30
+        "- CSAP-T best path (csap-zoo, int8) / fastest SegFormer-B0: 0.48x (target <= 0.4x) NOT met",  # 24 / 50
+        "- CSAP-T csap-zoo fp32 / fastest other CSAP-T fp32 (openvino; faster): 1.03x (target < 1.0x) NOT met",
+        "- CSAP-T csap-zoo int8 / fastest other CSAP-T int8 (openvino; faster): 0.96x (target < 1.0x) met",
+        "- CSAP-T best path (csap-zoo, int8) / CSAP-T fp32 compute floor: 0.80x (target <= 1.0x) met",
     ]
-    partial = script.targets([r for r in rows if r["model"] == "csap_tiny"])
-    assert partial[2]["met"] is None and "not evaluated" in script.target_lines(partial)[2]
-    with_backend = script.target_lines(script.targets(rows + [row("csap_tiny", "csap-zoo-openvino", 36.0, 30.0)]))
-    assert with_backend[5:] == [  # the same targets for Segmenter's OpenVINO backend
-        "- CSAP-T csap-zoo backend=openvino / CSAP-T onnxruntime (faster): 0.72x (target < 1.0x) met",
-        "- CSAP-T csap-zoo backend=openvino / CSAP-T OpenVINO (faster): 0.95x (target < 1.0x) met",
-        "- CSAP-T csap-zoo backend=openvino / fastest SegNeXt-T: 0.80x (target <= 0.83x) met",
-        "- CSAP-T csap-zoo backend=openvino / fastest SegFormer-B0: 0.40x (target <= 0.4x) met",
-        "- CSAP-T csap-zoo backend=openvino / its compute floor: 1.20x (target <= 1.4x) met",
-    ]
-    with_labels = script.target_lines(script.targets(rows + [row("csap_tiny", "csap-zoo-openvino", 36.0, 30.0),
-                                                              row("csap_tiny", "openvino-labels", 32.0)]))
-    assert with_labels[2] == ("- CSAP-T csap-zoo / CSAP-T OpenVINO, labels in its graph (faster): 1.25x "
-                              "(target < 1.0x) NOT met")
-    assert with_labels[8] == ("- CSAP-T csap-zoo backend=openvino / CSAP-T OpenVINO, labels in its graph (faster): "
-                              "1.12x (target < 1.0x) NOT met")
+    partial = script.targets([r for r in rows if r["model"] == "csap_tiny"], bf16_cpu=False)
+    assert partial[1]["met"] is None and "not evaluated" in script.target_lines(partial)[1]
+    assert "no bf16 instructions" in script.target_lines(partial)[-1]
 
 
 def test_cityscapes_windows_and_network_shapes():
@@ -147,15 +154,22 @@ def test_quick_runs_whole_images_and_cityscapes_slide(tmp_path):
     ``test_quick_cityscapes_slide_reports_memory_per_contender``) in one child process. ``--quick``: static ONNX
     graphs of one-block-per-stage CSAP-T / SegNeXt-T, a fraction of the dynamic full-depth exports' time, which was
     the bulk of these tests."""
-    r, c = tmp_path / "r", tmp_path / "c"
+    r, c, q = tmp_path / "r", tmp_path / "c", tmp_path / "q"
     proc = run_script(
         ["--quick", "--threads", "1", "--onnx-dir", str(tmp_path / "onnx"), "--json", f"{r}.json", "--md", f"{r}.md",
-         "--png", f"{r}.png"],
+         "--png", f"{r}.png", "--precisions", "fp32"],
         ["--quick", "--cityscapes", "--threads", "1", "--models", "csap_tiny", "--json", f"{c}.json", "--md",
-         f"{c}.md", "--png", f"{c}.png"])
+         f"{c}.md", "--png", f"{c}.png", "--precisions", "fp32"],
+        ["--quick", "--threads", "1", "--models", "csap_tiny", "--contenders", "csap-zoo", "openvino-labels",
+         "--precisions", "bf16", "int8", "--onnx-dir", str(tmp_path / "onnx"), "--json", f"{q}.json", "--md",
+         f"{q}.md", "--png", f"{q}.png"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_quick_run_writes_every_contender_and_the_targets(r)
     _check_quick_cityscapes_slide_reports_memory_per_contender(c)
+    reduced = json.loads(Path(f"{q}.json").read_text())["contenders"]
+    expected = [f"csap_tiny|{runtime}|{p}" for runtime in ("csap-zoo", "openvino-labels")
+                for p in (("bf16", "int8") if cpu_info().bf16 else ("int8",))]
+    assert [row["key"] for row in reduced] == expected and all(row["median_ms"] > 0 for row in reduced)
 
 
 def _check_quick_run_writes_every_contender_and_the_targets(out):
@@ -173,15 +187,18 @@ def _check_quick_run_writes_every_contender_and_the_targets(out):
     assert all(r["floor_ms"] > 0 and r["vs_fastest"] >= 1.0 for r in data["contenders"])
     csap = {r["runtime"]: r for r in data["contenders"] if r["model"] == "csap_tiny"}
     assert csap["onnxruntime"]["label_agreement"] > 0.99 and csap["openvino"]["label_agreement"] > 0.99
-    assert csap["csap-zoo-openvino"]["label_agreement"] > 0.99 and csap["openvino-labels"]["label_agreement"] > 0.99
+    assert csap["csap-zoo-torch"]["label_agreement"] > 0.99 and csap["openvino-labels"]["label_agreement"] > 0.99
     assert csap["openvino"]["setup"]["INFERENCE_NUM_THREADS"] == "1"
-    assert len(data["targets"]) == 12 and all(t["met"] in (True, False) for t in data["targets"])
+    assert "-> openvino" in csap["csap-zoo"]["setup"]["variant"]  # the default path runs OpenVINO here
+    assert data["machine"]["cpu"]["flags"] == list(cpu_info().flags)
+    evaluated = [t for t in data["targets"] if t["met"] is not None]
+    assert len(evaluated) == 4 + cpu_info().bf16 and all(t["met"] in (True, False) for t in evaluated)
     md = Path(f"{out}.md").read_text()
-    for runtime, model in (("csap-zoo (Segmenter)", "CSAP-T"), ("csap-zoo (Segmenter, OpenVINO backend)", "CSAP-T"),
+    for runtime, model in (("csap-zoo default (Segmenter)", "CSAP-T"), ("csap-zoo (Segmenter, torch backend)", "CSAP-T"),
                            ("onnxruntime", "SegNeXt-T"), ("OpenVINO, resize + arg-max in its graph", "CSAP-T"),
                            ("OpenVINO", "SegFormer-B0"), ("torch", "SegFormer-B0")):
-        assert f"| {runtime} | {model} |" in md
-    assert "## Targets" in md and md.count("(target ") == 12
+        assert f"| {runtime} | fp32 | {model} |" in md
+    assert "## Targets" in md and md.count("(target ") == len(evaluated)
     assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -191,7 +208,7 @@ def _check_quick_cityscapes_slide_reports_memory_per_contender(out):
     assert data["onnx_exports"]["csap_tiny"]["static_shape"] == [3, 3, 64, 64]  # 3 windows in one network call
     assert data["settings"]["depths"] == [1, 1, 1, 1]
     rows = data["contenders"]
-    assert [r["runtime"] for r in rows] == ["csap-zoo", "csap-zoo-openvino", "onnxruntime", "openvino"]
+    assert [r["runtime"] for r in rows] == ["csap-zoo", "csap-zoo-torch", "onnxruntime", "openvino"]
     for r in rows:
         assert r["memory"]["process_peak_mb"] > 0 and r["memory"]["call_peak_mb"] >= 0
         assert r["label_agreement"] > 0.99  # the same slide merge for every runtime

@@ -56,3 +56,37 @@ def test_bench(capsys):
 def test_bench_unknown_model(capsys):
     assert main(["bench", "nope_tiny", "--no-memory"]) == 1
     assert "unknown architecture" in capsys.readouterr().err
+
+
+def test_export_openvino_fp32_checked_and_int8_calibrated(tmp_path, capsys):
+    """An OpenVINO IR (.xml + .bin, dynamic axes): fp32 checked against eager at several sizes, int8 quantized on
+    --calibration images; the precisions a format does not have are one clear error."""
+    pytest.importorskip("nncf")
+    import numpy as np
+
+    from csap_zoo.data.png import save_png
+
+    import csap_zoo
+
+    save_png(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8), tmp_path / "c.png")
+    torch.manual_seed(0)
+    small = tmp_path / "small"
+    csap_zoo.create_model("csap_tiny", num_classes=3, backbone_args={"depths": (1, 1, 1, 1)}).save_pretrained(small)
+    common = ["--size", "64", "64"]
+    assert main(["export", str(small), str(tmp_path / "f.xml"), "--format", "openvino", *common]) == 0
+    out = capsys.readouterr().out
+    assert "max abs difference to eager PyTorch" in out and (tmp_path / "f.bin").is_file()
+    assert main(["export", str(small), str(tmp_path / "q.xml"), "--format", "openvino", "--precision", "int8",
+                 "--calibration", str(tmp_path / "c.png"), "--no-check", *common]) == 0
+    assert (tmp_path / "q.xml").is_file() and (tmp_path / "q.bin").is_file()
+    import openvino as ov
+
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "q.xml")).get_ops()}
+    assert "FakeQuantize" in ops and "FakeQuantize" not in {
+        op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "f.xml")).get_ops()}
+    capsys.readouterr()
+    assert main(["export", "csap_tiny", str(tmp_path / "m.onnx"), "--precision", "int8", *common]) == 2
+    assert "exported as an OpenVINO IR" in capsys.readouterr().err
+    assert main(["export", "csap_tiny", str(tmp_path / "n.xml"), "--format", "openvino", "--precision", "int8",
+                 *common]) == 2
+    assert "needs --calibration" in capsys.readouterr().err

@@ -322,3 +322,23 @@ def test_backend_openvino_predicts_and_without_openvino_is_one_line(tmp_path, sm
                   "--no-progress"])
     _assert_one_line_error(result, "needs the openvino package", "pip install openvino", code=2)
     assert not (tmp_path / "out2").exists()
+
+
+def test_precision_options_predict_int8_on_the_inputs_and_misuse_is_one_line(tmp_path, small_folder, cli,
+                                                                               monkeypatch):
+    """``--precision int8`` calibrates on predict's own inputs unless --calibration names others; the options that
+    cannot work here are one line each (exit status 2)."""
+    pytest.importorskip("nncf")
+    _image(tmp_path / "a.png", h=40, w=48)
+    monkeypatch.setenv("CSAP_ZOO_CACHE", str(tmp_path / "cache"))
+    result = cli(["predict", "a.png", "--model", str(small_folder), "--out", "out", "--precision", "int8",
+                  "--backend", "openvino", "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "labels" / "a.png").is_file()
+    assert len(list((tmp_path / "cache" / "openvino").glob("*/model.xml"))) == 2  # the float network and its int8
+    result = cli(["predict", "a.png", "--model", str(small_folder), "--out", "out2", "--calibration", "a.png",
+                  "--no-progress"])
+    _assert_one_line_error(result, "--calibration is used by --precision int8 only", code=2)
+    result = cli(["predict", "a.png", "--model", str(small_folder), "--out", "out3", "--precision", "fp16",
+                  "--no-progress"])
+    _assert_one_line_error(result, "precision='fp16' runs on CUDA only", code=2)

@@ -125,6 +125,18 @@ def test_a_shape_that_comes_a_third_time_gets_its_own_static_compile(model, shar
     assert network.conversions == 0
 
 
+def test_a_graph_with_random_bases_stays_on_the_dynamic_compile():
+    """SegNeXt's NMF draws random bases (a RandomUniform node): OpenVINO's CPU plugin crashes compiling that graph
+    reshaped to a static shape, so it never gets one, however often a shape comes."""
+    torch.manual_seed(0)
+    segnext = csap_zoo.create_model("segnext_tiny", num_classes=5, backbone_args={"depths": (1, 1, 1, 1)}).eval()
+    seg = Segmenter(segnext, resize=None, backend="openvino", backend_cache_dir=False)
+    for _ in range(4):
+        assert seg.predict(_image(64, 64)).shape == (64, 64)
+    assert seg.network.static_shapes is False and seg.network.static_compiles == 0
+    assert seg.network.label_maps == 4
+
+
 def test_backend_misuse_gets_one_clear_error(model, monkeypatch):
     with pytest.raises(UsageError, match=r"backend must be one of \['auto', 'torch', 'openvino'\], got 'onnx'"):
         Segmenter(model, backend="onnx")
