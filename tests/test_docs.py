@@ -609,6 +609,14 @@ def _check_torch_hub(ns: dict, root: Path) -> None:
     assert list(model.data_config.class_names) == list(SHAPES_CLASSES)
 
 
+def _check_precision(ns: dict, root: Path) -> None:
+    """The block's last Segmenter is int8 in OpenVINO (whatever CSAP_ZOO_BACKEND says: only OpenVINO runs int8),
+    calibrated on the four images, and its labels have the photo's size."""
+    seg = ns["seg"]
+    assert seg.precision == "int8" and seg.backend == "openvino" and seg.network.quantizations == 1
+    assert ns["labels"].shape == Image.open(root / "photo.jpg").size[::-1]
+
+
 def _check_asserts(ns: dict, root: Path) -> None:
     """The block's own ``assert`` statements are the check."""
 
@@ -637,6 +645,7 @@ PYTHON_CASES: Dict[str, PythonCase] = {
     'model = torch.hub.load("<this repo>", "csap_tiny_shapes", source="local", pretrained=True).eval()':
         PythonCase(_check_torch_hub, model=""),  # the block makes its own model
     "from csap_zoo.distributed import shard_indices": PythonCase(_check_asserts, model=""),
+    "from csap_zoo.inference import cpu_info": PythonCase(_check_precision, model=""),  # the block makes its own
 }
 
 

@@ -3,7 +3,7 @@
 ``backend="auto"`` (the default) runs OpenVINO on the CPU for a csap-zoo ``Segmentor`` at fp32, bf16 or int8
 when the openvino package imports (it is a core dependency), and PyTorch otherwise: on CUDA, for any other module,
 at fp16, or where openvino is missing. ``CSAP_ZOO_BACKEND=torch|openvino`` replaces what ``"auto"`` picks (a
-deployment setting); an explicit ``backend=`` always wins.
+deployment setting), except at int8, which only OpenVINO runs; an explicit ``backend=`` always wins.
 
 ``OpenVINONetwork`` maps a normalised (B, 3, H, W) batch to the model's native logits, what
 ``model(x, upsample=False, crop=False)`` returns, with OpenVINO on the CPU:
@@ -76,6 +76,8 @@ def resolve_backend(backend: str, model: nn.Module, device: torch.device, precis
     check_backend(backend)
     if backend != "auto":
         return backend
+    if precision == "int8":  # only OpenVINO runs it (without openvino, precision's check says what to install)
+        return "openvino" if openvino_available() else "torch"
     override = backend_override()
     if override is not None:
         return override

@@ -169,6 +169,8 @@ def test_auto_runs_openvino_on_the_cpu_and_torch_elsewhere(model, shared_cache, 
     assert Segmenter(nn.Conv2d(3, 4, 1)).backend == "torch"
     monkeypatch.setenv("CSAP_ZOO_BACKEND", "torch")
     assert Segmenter(model).backend == "torch"
+    int8 = Segmenter(model, precision="int8", calibration=[image], backend_cache_dir=shared_cache)
+    assert int8.backend == "openvino" and int8.network.quantizations == 0  # only OpenVINO runs int8; lazily
     assert Segmenter(model, backend="openvino", backend_cache_dir=shared_cache).backend == "openvino"  # explicit wins
     monkeypatch.delenv("CSAP_ZOO_BACKEND")
     monkeypatch.setitem(sys.modules, "openvino", None)  # a machine without openvino
