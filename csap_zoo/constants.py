@@ -22,8 +22,12 @@ DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
     "cityscapes": ("train", "val"),
     "cocostuff": ("train2017", "val2017"),
     "folder": ("train", "val"),
+    "hf": ("train", "validation"),  # Hugging Face datasets (csap_zoo.data.hf_datasets): the Hub's split names
 }
 DATASET_LAYOUTS: Tuple[str, ...] = tuple(DEFAULT_SPLITS)
+# The Image columns an "hf" dataset's images and masks are read from unless named (scene_parse_150's names).
+HF_IMAGE_COLUMN = "image"
+HF_MASK_COLUMN = "annotation"
 
 # What a Segmenter's network computes in (``csap_zoo.inference.precision``).
 PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")

@@ -410,6 +410,25 @@ def _resumed(root: Path, outcome: Outcome) -> None:
     assert [e["iter"] for e in events if e.get("event") == "train"] == [1, 2]
 
 
+HF_HUB_ERROR = r"the Hub dataset 'scene_parse_150' \(the Hub is unreachable"
+
+
+def _hf_dataset(root: Path, capsys: pytest.CaptureFixture) -> None:
+    """``my_hf``: the workspace's shapes folder dataset saved as a DatasetDict (splits train and validation)."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    splits = {}
+    for folder, split in (("train", "train"), ("val", "validation")):
+        pairs = zip(sorted((root / "my_data" / folder / "images").iterdir()),
+                    sorted((root / "my_data" / folder / "masks").iterdir()))
+        rows = [({"bytes": i.read_bytes(), "path": None}, {"bytes": m.read_bytes(), "path": None}) for i, m in pairs]
+        splits[split] = datasets.Dataset.from_dict({"image": [r[0] for r in rows], "annotation": [r[1] for r in rows]},
+                                                   features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(root / "my_hf"))
+    capsys.readouterr()
+
+
 NOT_RUN = ("not run inside the test suite: it is what CI runs (the install made this environment, and the tests "
            "are what is running now)")
 
@@ -435,6 +454,16 @@ EXPECTED: Dict[str, Expect] = {
     # docs/guides/distributed.md: what each rank runs, in this one process
     "torchrun --nproc_per_node=8 -m csap_zoo.cli eval --model segnext_tiny.ade20k --pretrained --data /data/ade "
     "--dataset ade20k --json ade20k.json": Expect(error=MISSING_DATA),
+    'pip install "csap-zoo[hf-datasets]"': Expect(skip=NOT_RUN),
+    # docs/guides/hf-datasets.md: the Hub's copy of ADE20K is opened before any weights, and needs the network
+    "csap-zoo eval --model segnext_tiny.ade20k --pretrained --dataset hf --data scene_parse_150 "
+    "--reduce-zero-label": Expect(error=HF_HUB_ERROR, network=True),
+    "csap-zoo train --preset ade20k --dataset hf --data scene_parse_150 --set dataset_name=ade20k "
+    "--set reduce_zero_label=true --out runs/sp150": Expect(error=HF_HUB_ERROR, network=True),
+    "csap-zoo eval --model csap_tiny --checkpoint run/final --dataset hf --data my_hf":
+        Expect(check=_evaluated, setup=_hf_dataset),
+    "csap-zoo train --config my.yaml --dataset hf --data my_hf --set classes_file=classes.txt --out runs/my":
+        Expect(check=_trained(2), setup=_hf_dataset),
 }
 
 
@@ -645,6 +674,7 @@ PYTHON_CASES: Dict[str, PythonCase] = {
     'model = torch.hub.load("<this repo>", "csap_tiny_shapes", source="local", pretrained=True).eval()':
         PythonCase(_check_torch_hub, model=""),  # the block makes its own model
     "from csap_zoo.distributed import shard_indices": PythonCase(_check_asserts, model=""),
+    "import datasets, numpy as np, csap_zoo": PythonCase(_check_asserts),
     "from csap_zoo.inference import cpu_info": PythonCase(_check_precision, model=""),  # the block makes its own
 }
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..distributed import DistEnv
 
 _DATASET_CHOICES = DATASET_LAYOUTS
+_OWN_CLASS_LAYOUTS = ("folder", "hf")  # layouts whose classes are a classes file's or the model's
 CALIBRATION_IMAGES = 32  # int8 calibration images taken from --calibration (or predict's inputs)
 
 
@@ -112,31 +113,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace, env: "DistEnv") -> int:
-    from ..data import folder_dataset_info, get_dataset_info, open_dataset
+    from ..data import folder_dataset_info, get_dataset_info
     from ..evaluation import evaluate
 
     info = None
     num_classes = None
-    if args.dataset == "folder":
-        if args.classes or os.path.isfile(os.path.join(args.data, "classes.txt")):
-            info = folder_dataset_info(args.data, args.classes, name="folder")
+    if args.dataset in _OWN_CLASS_LAYOUTS:
+        if args.classes or (args.dataset == "folder" and os.path.isfile(os.path.join(args.data, "classes.txt"))):
+            info = folder_dataset_info(args.data if args.dataset == "folder" else None, args.classes,
+                                       name=args.dataset)
             num_classes = info.num_classes
     elif not is_saved_model(args.model) and "." not in args.model:
         num_classes = get_dataset_info(args.dataset).num_classes
     # a wrong --data fails here, before weights are loaded (or downloaded); only a folder dataset without a classes
     # file waits for the model, whose classes it takes
-    dataset = None
-    if args.dataset != "folder" or info is not None:
-        dataset = open_dataset(args.dataset, args.data, split=args.split, info=info)
+    dataset = hf_table = None
+    if args.dataset not in _OWN_CLASS_LAYOUTS or info is not None:
+        dataset = _open_eval_dataset(args, info)
+    elif args.dataset == "hf":  # the split and its columns are checked before the model is loaded
+        hf_table = _load_hf_table(args)
     elif not os.path.isdir(args.data):
         raise UsageError(f"--data {args.data}: no such folder (a folder dataset: <root>/images and <root>/masks, "
                          "or <root>/<split>/...)")
     # loaded weights keep their own classes: evaluating a re-initialised classifier would be meaningless, so a
     # class-count mismatch with the dataset is reported by evaluate() instead
     model = load_model(args, None if (args.checkpoint or args.pretrained) else num_classes)
-    seg = _segmenter(args, model, None if args.dataset == "folder" else args.dataset, info)
+    seg = _segmenter(args, model, None if args.dataset in _OWN_CLASS_LAYOUTS else args.dataset, info)
     if dataset is None:
-        dataset = open_dataset(args.dataset, args.data, split=args.split, info=seg.dataset_info)
+        dataset = _open_eval_dataset(args, seg.dataset_info, hf_table)
     if env.is_main:
         print(f"evaluating {args.model} on {dataset!r}" + (f" with {env.world_size} processes" if env.distributed
                                                             else ""), file=sys.stderr)
@@ -153,6 +157,23 @@ def _eval(args: argparse.Namespace, env: "DistEnv") -> int:
     return 0
 
 
+def _load_hf_table(args: argparse.Namespace):
+    from ..data.hf_datasets import load_hf_table
+
+    return load_hf_table(args.data, args.split, image_column=args.image_column, mask_column=args.mask_column)
+
+
+def _open_eval_dataset(args: argparse.Namespace, info, hf_table=None):
+    """The split eval reads: a Hugging Face dataset (csap_zoo.data.hf_datasets; ``hf_table`` when already
+    loaded) or a folder layout."""
+    if args.dataset == "hf":
+        return (hf_table or _load_hf_table(args)).reader(info, args.reduce_zero_label)
+    from ..data import open_dataset
+
+    return open_dataset(args.dataset, args.data, split=args.split, info=info,
+                        reduce_zero_label=args.reduce_zero_label)
+
+
 def _eval_protocol(args: argparse.Namespace, seg) -> Dict[str, Any]:
     """How ``eval`` ran, for --json: what was evaluated and the Segmenter's resolved settings (not the number of
     processes: the result does not depend on it)."""
@@ -164,6 +185,10 @@ def _eval_protocol(args: argparse.Namespace, seg) -> Dict[str, Any]:
         "crop_size": list(config.crop_size), "stride": list(config.stride), "ratios": list(config.ratios),
         "flip": bool(config.flip),
     }
+    if args.reduce_zero_label:
+        protocol["reduce_zero_label"] = True
+    if args.dataset == "hf":
+        protocol.update(image_column=args.image_column, mask_column=args.mask_column)
     for option in ("precision", "amp", "backend"):  # how the network ran, where this version has the option
         if hasattr(args, option):
             protocol[option] = getattr(args, option)
@@ -224,6 +249,17 @@ def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_COLLECTIVE_TIMEOUT_S:g})")
 
 
+def add_hf_column_args(parser: argparse.ArgumentParser, with_defaults: bool = True) -> None:
+    """--image-column and --mask-column: the Image columns of a --dataset hf table (eval; train, where None leaves
+    the config's value, ``with_defaults=False``)."""
+    from ..constants import HF_IMAGE_COLUMN, HF_MASK_COLUMN
+
+    parser.add_argument("--image-column", default=HF_IMAGE_COLUMN if with_defaults else None, metavar="NAME",
+                        help=f"hf datasets: the column of images (default {HF_IMAGE_COLUMN})")
+    parser.add_argument("--mask-column", default=HF_MASK_COLUMN if with_defaults else None, metavar="NAME",
+                        help=f"hf datasets: the column of masks (default {HF_MASK_COLUMN}, as in scene_parse_150)")
+
+
 def check_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a --crop-size, --stride or --resize of the wrong length through the parser's usage error."""
     for name in ("crop_size", "stride"):
@@ -267,13 +303,19 @@ def add_predict_eval_commands(sub) -> None:
                           help="dataset root: ADEChallengeData2016 (or its parent); the Cityscapes root with "
                                "leftImg8bit/ and gtFine/; the COCO-Stuff root with images/ and annotations/; "
                                "or, for folder, the training layout SPLIT/images, SPLIT/masks (+ classes.txt), "
-                               "or a folder with images/ and masks/")
+                               "or a folder with images/ and masks/; for hf, a Hub dataset id, a save_to_disk "
+                               "folder or a folder of parquet files (Hub layout)")
     evaluate.add_argument("--dataset", required=True, choices=_DATASET_CHOICES, help="dataset layout")
     evaluate.add_argument("--split", default=None, help="split to evaluate (default: the validation split; for "
-                                                        "folder: DIR/images if it exists, else DIR/val)")
-    evaluate.add_argument("--classes", metavar="FILE", help="folder datasets: one class per line, `name` or "
-                                                            "`name R G B`, `#` comments (default: DIR/classes.txt, "
-                                                            "else the model's classes)")
+                                                        "folder: DIR/images if it exists, else DIR/val; for hf: "
+                                                        "validation, else val, else the only split)")
+    evaluate.add_argument("--classes", metavar="FILE", help="folder and hf datasets: one class per line, `name` or "
+                                                            "`name R G B`, `#` comments (default: DIR/classes.txt "
+                                                            "for folder, else the model's classes)")
+    add_hf_column_args(evaluate)
+    evaluate.add_argument("--reduce-zero-label", action="store_true",
+                          help="folder and hf datasets: stored 0 is 'other' (ignored) and 1..K are the classes, as in "
+                               "ADE20K and scene_parse_150 (default: the stored values are the labels)")
     evaluate.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     evaluate.add_argument("--json", metavar="FILE", default=None,
                           help="also write the metrics (percent), per-class IoU/Acc, the image count, the protocol "

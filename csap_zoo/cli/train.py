@@ -5,6 +5,9 @@ import argparse
 import sys
 from typing import List
 
+from ..constants import DATASET_LAYOUTS
+from .predict_eval import add_hf_column_args
+
 # the training presets (csap_zoo.training.config.PRESETS; a test checks that the two agree)
 PRESET_NAMES = ("ade20k", "cityscapes", "cocostuff", "shapes-demo")
 
@@ -27,8 +30,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.config and args.preset:
         raise ValueError("give --config or --preset, not both")
     config = load_config(args.config) if args.config else get_preset(args.preset or "shapes-demo")
-    overrides = {key: getattr(args, key) for key in ("data_root", "out_dir", "model", "init", "max_iters",
-                                                      "batch_size", "resume", "device", "num_workers", "seed")
+    overrides = {key: getattr(args, key) for key in ("dataset", "data_root", "train_split", "val_split",
+                                                      "image_column", "mask_column", "out_dir", "model", "init",
+                                                      "max_iters", "batch_size", "resume", "device", "num_workers",
+                                                      "seed")
                  if getattr(args, key) is not None}
     if args.no_progress:
         overrides["progress"] = False
@@ -66,7 +71,15 @@ def add_train_command(sub) -> None:
     )
     train.add_argument("--config", metavar="FILE", help="YAML/JSON config (a 'preset: NAME' key fills in the rest)")
     train.add_argument("--preset", choices=PRESET_NAMES, help="start from a preset (default: shapes-demo)")
-    train.add_argument("--data-root", dest="data_root", metavar="DIR", help="dataset root")
+    train.add_argument("--dataset", choices=DATASET_LAYOUTS, help="dataset layout (default: the preset's)")
+    train.add_argument("--data-root", "--data", dest="data_root", metavar="DIR",
+                       help="dataset root (for --dataset hf: a Hub dataset id, a save_to_disk folder or a folder of "
+                            "parquet files)")
+    train.add_argument("--split", dest="train_split", metavar="NAME", help="training split (default: the "
+                                                                           "dataset's: train, training, ...)")
+    train.add_argument("--val-split", dest="val_split", metavar="NAME",
+                       help="validation split (default: the dataset's; hf: validation or val if there is one)")
+    add_hf_column_args(train, with_defaults=False)
     train.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder")
     train.add_argument("--model", help="architecture, e.g. csap_tiny")
     train.add_argument("--init", help="imagenet, scratch, a zoo checkpoint name, or a local checkpoint/folder")

@@ -143,7 +143,11 @@ class SegmentationDataset:
     def load_mask(self, index: int) -> np.ndarray:
         """The mask as (H, W) int64 in 0..K-1 or 255; other values raise a ValueError naming the file."""
         path = self.samples[index].mask
-        mask = read_mask(path)
+        return self.check_labels(read_mask(path), path)
+
+    def check_labels(self, mask: np.ndarray, source: object) -> np.ndarray:
+        """``mask`` with reduce_zero_label applied; a label outside 0..K-1 that is not the ignore index raises a
+        ValueError naming ``source``."""
         ignore = self.info.ignore_index
         if self.reduce_zero_label:
             reduced = mask - 1
@@ -154,16 +158,18 @@ class SegmentationDataset:
             values = np.unique(mask[bad]).tolist()
             shown = values if len(values) <= _MAX_LISTED else values[:_MAX_LISTED] + ["..."]
             stored = " (after reduce_zero_label: stored value - 1)" if self.reduce_zero_label else ""
-            raise ValueError(f"{path}: mask labels {shown}{stored} are outside the class range "
+            hint = (" (or, if stored 0 means 'other', as in ADE20K and scene_parse_150: use reduce_zero_label)"
+                    if not self.reduce_zero_label and values == [self.num_classes] else "")
+            raise ValueError(f"{source}: mask labels {shown}{stored} are outside the class range "
                              f"0..{self.num_classes - 1} and not the ignore index {ignore}; is this the right "
-                             f"dataset / class count?")
+                             f"dataset / class count?{hint}")
         return mask
 
     def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         image, mask = self.load_image(index), self.load_mask(index)
         if image.shape[:2] != mask.shape:
-            raise ValueError(f"{self.samples[index].mask}: mask size {mask.shape} differs from image size "
-                             f"{image.shape[:2]} of {self.samples[index].image}")
+            raise ValueError(f"{self.mask_path(index)}: mask size {mask.shape} differs from image size "
+                             f"{image.shape[:2]} of {self.image_path(index)}")
         return image, mask
 
     def __repr__(self) -> str:
@@ -350,18 +356,18 @@ def open_train_val(name: str, root: Optional[PathLike] = None, train_split: Opti
 
 
 def _check_sample(dataset: SegmentationDataset, index: int) -> Optional[str]:
-    sample = dataset.samples[index]
+    image_source, mask_source = dataset.image_path(index), dataset.mask_path(index)
     try:
         image = dataset.load_image(index)
     except (FileNotFoundError, ValueError, OSError) as err:
-        return f"{sample.image}: {err}"
+        return f"{image_source}: {err}"
     try:
         mask = dataset.load_mask(index)
     except (FileNotFoundError, ValueError, OSError) as err:
         message = str(err)
-        return message if message.startswith(str(sample.mask)) else f"{sample.mask}: {message}"
+        return message if message.startswith(str(mask_source)) else f"{mask_source}: {message}"
     if image.shape[:2] != mask.shape:
-        return f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]} of {sample.image}"
+        return f"{mask_source}: mask size {mask.shape} differs from image size {image.shape[:2]} of {image_source}"
     return None
 
 

@@ -30,8 +30,9 @@ from ..fileio import not_a_regular_file
 from ..settings import MAX_PIXELS_ENV, max_image_pixels
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError",
-    "decode_reduced", "image_format", "max_pixels_limit", "open_rows", "read_image", "read_mask", "reduce_array",
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLike", "ImageRows", "ImageTooLargeError", "decode_bytes",
+    "decode_reduced", "image_format", "mask_array", "max_pixels_limit", "open_rows", "read_image", "read_mask",
+    "reduce_array",
     "to_rgb_array",
 ]
 
@@ -398,8 +399,28 @@ def read_mask(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -
     Accepts 8/16-bit grayscale and palette ("P") PNGs, whose stored indices are the labels. Colour (RGB) masks are
     rejected: convert them to class indices first.
     """
-    image = _open(path, max_pixels)
+    return mask_array(_open(path, max_pixels), path)
+
+
+def mask_array(image: Image.Image, source: object) -> np.ndarray:
+    """A decoded label mask as an (H, W) int64 array; a colour image is refused, naming ``source``."""
     if image.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
         return np.asarray(image).astype(np.int64)
-    raise ValueError(f"{path}: mask has image mode {image.mode!r}; masks must be single-channel class-index images "
+    raise ValueError(f"{source}: mask has image mode {image.mode!r}; masks must be single-channel class-index images "
                      f"(8/16-bit grayscale or palette PNG), not colour images. Convert colours to class indices.")
+
+
+def decode_bytes(data: bytes, source: object, max_pixels: Optional[int] = None) -> Image.Image:
+    """An encoded image held in memory (a table cell), decoded with the same pixel limit as a file; ``source``
+    names it in errors."""
+    import io
+
+    try:
+        image = _open_header(io.BytesIO(data), source, max_pixels)  # type: ignore[arg-type]
+        image.load()
+    except ImageTooLargeError:
+        raise
+    except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        raise ValueError(f"cannot decode {source} as an image ({type(err).__name__}: {err}); is the cell a "
+                         f"valid, complete encoded image?") from err
+    return image

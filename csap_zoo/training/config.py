@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..constants import DATASET_LAYOUTS
+from ..constants import DATASET_LAYOUTS, HF_IMAGE_COLUMN, HF_MASK_COLUMN
 from ..fileio import atomic_write
 from ..models.registry import apply_head_overrides, get_architecture
 from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
@@ -49,9 +49,12 @@ class TrainConfig:
         model_kwargs: head options (``dropout``, ``attention``, ...); backbone_args: timm backbone options.
 
     Data:
-        dataset: ``ade20k``, ``cityscapes``, ``cocostuff`` or ``folder``.
+        dataset: ``ade20k``, ``cityscapes``, ``cocostuff``, ``folder`` or ``hf`` (a Hugging Face dataset).
         data_root: dataset root; for ``folder`` it holds ``train/{images,masks}``, ``val/{images,masks}`` and
-            (unless ``classes_file`` is given) ``classes.txt``.
+            (unless ``classes_file`` is given) ``classes.txt``; for ``hf`` a Hub dataset id, a ``save_to_disk``
+            folder or a folder of parquet files (``csap_zoo.data.hf_datasets``; splits ``train`` and
+            ``validation``, classes from ``classes_file`` or a built-in ``dataset_name``).
+        image_column/mask_column: the Image columns of an ``hf`` dataset (default ``image``, ``annotation``).
         train_split/val_split: split names (default: the dataset's, ``csap_zoo.data.DEFAULT_SPLITS``; for
             ``folder`` the subfolders of data_root, ``train`` and ``val``).
         train_images/train_masks/val_images/val_masks: explicit folders for ``folder`` (override data_root's).
@@ -93,6 +96,8 @@ class TrainConfig:
     val_images: Optional[str] = None
     val_masks: Optional[str] = None
     classes_file: Optional[str] = None
+    image_column: str = option(HF_IMAGE_COLUMN, max_chars=256)
+    mask_column: str = option(HF_MASK_COLUMN, max_chars=256)
     dataset_name: Optional[str] = option(None, max_chars=256)
     ignore_index: int = option(255, 0, 65535)
     reduce_zero_label: bool = False
@@ -158,6 +163,9 @@ class TrainConfig:
                               f"divisible by accum_steps)", field="accum_steps")
         if self.dataset not in DATASETS:  # pragma: no cover - the field's choices say so first
             raise ConfigError(f"must be one of {DATASETS}, got {self.dataset!r}", field="dataset")
+        if self.dataset == "hf" and not self.data_root:
+            raise ConfigError("must name the Hugging Face dataset for dataset hf: a Hub dataset id, a save_to_disk "
+                              "folder or a folder of parquet files", field="data_root")
         if not self.ratio_range[0] <= self.ratio_range[1]:
             raise ConfigError(f"must be (low, high) with low <= high, got {self.ratio_range!r}", field="ratio_range")
         if not _DEVICE.fullmatch(self.device):

@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.datasets import DatasetError, SegmentationDataset, check_dataset, open_train_val
+from ..data.metadata import DatasetInfo, classes_file_info, get_dataset_info, list_datasets
+from ..validation import ConfigError
 from ..data.transforms import TrainTransform
 from ..distributed import DistEnv, gather_objects
 from .config import TrainConfig
@@ -25,13 +27,34 @@ __all__ = ["AugmentedDataset", "GlobalBatchSampler", "build_datasets", "train_lo
 
 def build_datasets(config: TrainConfig) -> Tuple[SegmentationDataset, Optional[SegmentationDataset]]:
     """Train and validation readers for a config (pairing checked; contents are checked by
-    :func:`validate_datasets`); the layouts and their default splits are csap_zoo.data.open_train_val's."""
+    :func:`validate_datasets`); the layouts and their default splits are csap_zoo.data.open_train_val's, and
+    csap_zoo.data.hf_datasets.open_hf_train_val's for ``dataset="hf"``."""
+    if config.dataset == "hf":
+        from ..data.hf_datasets import open_hf_train_val
+
+        return open_hf_train_val(
+            config.data_root, config.train_split or None, config.val_split or None, info=_hf_classes(config),
+            image_column=config.image_column, mask_column=config.mask_column,
+            reduce_zero_label=config.reduce_zero_label)
     return open_train_val(
         config.dataset, config.data_root or None, config.train_split or None, config.val_split or None,
         train_images=config.train_images or None, train_masks=config.train_masks or None,
         val_images=config.val_images or None, val_masks=config.val_masks or None,
         classes_file=config.classes_file or None, dataset_name=config.dataset_name,
         ignore_index=config.ignore_index, reduce_zero_label=config.reduce_zero_label)
+
+
+def _hf_classes(config: TrainConfig) -> DatasetInfo:
+    """The classes of an ``hf`` dataset: ``classes_file``'s, else those of the built-in dataset ``dataset_name``
+    names (``ade20k`` for scene_parse_150)."""
+    if config.classes_file:
+        return classes_file_info(config.classes_file, name=config.dataset_name or "custom",
+                                 ignore_index=config.ignore_index)
+    if config.dataset_name and config.dataset_name.lower() in list_datasets():
+        return get_dataset_info(config.dataset_name)
+    raise ConfigError(f"dataset hf needs its class names: classes_file (one class per line), or dataset_name "
+                      f"naming a built-in dataset ({', '.join(list_datasets())}) whose classes the masks use",
+                      field="classes_file")
 
 
 # ---------------------------------------------------------------------- the check before step 1
@@ -43,7 +66,8 @@ class _LabelTally:
     """Passes ``check_dataset``'s reads through to a dataset and counts the masks with a labelled pixel."""
 
     def __init__(self, dataset: SegmentationDataset) -> None:
-        self.dataset, self.samples = dataset, dataset.samples
+        self.dataset = dataset
+        self.image_path, self.mask_path = dataset.image_path, dataset.mask_path
         self.labelled = 0
         self._lock = threading.Lock()
 

@@ -12,7 +12,7 @@ import pytest
 import csap_zoo
 
 HEAVY = ("torch", "timm", "torchvision", "numpy", "PIL", "huggingface_hub", "safetensors", "openvino", "yaml",
-         "jsonschema", "einops")
+         "jsonschema", "einops", "datasets", "pyarrow")
 COMMANDS = ("models", "predict", "eval", "download", "convert", "publish", "push", "export", "bench", "train")
 
 _CHILD = """
