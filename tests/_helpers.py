@@ -39,3 +39,19 @@ def expect_config_error(load: Callable[[], object], *fragments: object) -> str:
     assert all(str(fragment) in message for fragment in fragments), message
     assert elapsed < 1.0, f"validation took {elapsed:.2f} s of CPU"
     return message
+
+
+def save_folder_dataset_as_hf(root, out, splits=(("train", "train"), ("val", "validation")),
+                              columns=("image", "annotation")) -> None:
+    """Write the folder dataset ``root/<folder split>/{images,masks}`` to ``out`` with ``save_to_disk``: a
+    DatasetDict of the named splits (``(folder split, split name)`` pairs), the files' bytes in two Image columns."""
+    import datasets
+
+    features = datasets.Features({column: datasets.Image() for column in columns})
+    tables = {}
+    for folder, split in splits:
+        files = [sorted((root / folder / kind).iterdir()) for kind in ("images", "masks")]
+        tables[split] = datasets.Dataset.from_dict(
+            {column: [{"bytes": path.read_bytes(), "path": None} for path in paths]
+             for column, paths in zip(columns, files)}, features=features)
+    datasets.DatasetDict(tables).save_to_disk(str(out))

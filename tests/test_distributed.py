@@ -25,6 +25,7 @@ from csap_zoo.evaluation import Evaluator, write_report
 from csap_zoo.fileio import temp_name
 from csap_zoo.predict import outputs_exist, predict_paths
 
+from _helpers import save_folder_dataset_as_hf
 from _servers import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,6 +174,8 @@ codes = dict(
     eval=main(["eval", "--data", "data", "--dataset", "folder", "--json", "two.json", *run]),
     predict=main(["predict", "in", "--out", "two", *run]),
     bad_eval=main(["eval", "--data", "bad", "--dataset", "folder", *run]),
+    hf_eval=main(["eval", "--data", "hf", "--dataset", "hf", "--classes", "data/classes.txt", "--json", "hf.json",
+                  *run]),
 )
 json.dump(codes, open(f"codes{{env.rank}}.json", "w"))
 end_distributed(env)
@@ -187,6 +190,7 @@ def test_eval_and_predict_on_two_processes_equal_one_process(tmp_path, capsys, o
     bad_image.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     src = _images(tmp_path / "in", 5, size=40)
     (src / "img03.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # index 3: rank 1's too
+    save_folder_dataset_as_hf(tmp_path / "data", tmp_path / "hf", splits=(("val", "validation"),))
     (tmp_path / "both.py").write_text(textwrap.dedent(_BOTH.format(run=RUN)))
     proc = _torchrun([str(tmp_path / "both.py")], tmp_path)
     try:  # the one-process runs, while the two processes start
@@ -199,9 +203,14 @@ def test_eval_and_predict_on_two_processes_equal_one_process(tmp_path, capsys, o
         stdout, stderr = _finish(proc)
     assert proc.returncode == 0, stderr[-3000:]
     for rank in (0, 1):  # every process knows of the failure of the other
-        assert json.loads((tmp_path / f"codes{rank}.json").read_text()) == dict(eval=0, predict=1, bad_eval=1)
+        assert json.loads((tmp_path / f"codes{rank}.json").read_text()) == dict(eval=0, predict=1, bad_eval=1,
+                                                                                 hf_eval=0)
     assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
     report = json.loads((tmp_path / "one.json").read_text())
+    # the same images as a Hugging Face dataset, sharded over the two processes: the same metrics and matrix
+    hf_report = json.loads((tmp_path / "hf.json").read_text())
+    assert hf_report.pop("protocol")["dataset"] == "hf" and hf_report == {k: v for k, v in report.items()
+                                                                          if k != "protocol"}
     assert report["images"] == 5 and report["protocol"]["mode"] == "whole" and len(report["classes"]) == 6
     assert sum(map(sum, report["confusion_matrix"])) == 5 * 40 * 40
     one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")

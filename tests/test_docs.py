@@ -415,17 +415,9 @@ HF_HUB_ERROR = r"the Hub dataset 'scene_parse_150' \(the Hub is unreachable"
 
 def _hf_dataset(root: Path, capsys: pytest.CaptureFixture) -> None:
     """``my_hf``: the workspace's shapes folder dataset saved as a DatasetDict (splits train and validation)."""
-    import datasets
+    from _helpers import save_folder_dataset_as_hf
 
-    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
-    splits = {}
-    for folder, split in (("train", "train"), ("val", "validation")):
-        pairs = zip(sorted((root / "my_data" / folder / "images").iterdir()),
-                    sorted((root / "my_data" / folder / "masks").iterdir()))
-        rows = [({"bytes": i.read_bytes(), "path": None}, {"bytes": m.read_bytes(), "path": None}) for i, m in pairs]
-        splits[split] = datasets.Dataset.from_dict({"image": [r[0] for r in rows], "annotation": [r[1] for r in rows]},
-                                                   features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(root / "my_hf"))
+    save_folder_dataset_as_hf(root / "my_data", root / "my_hf")
     capsys.readouterr()
 
 

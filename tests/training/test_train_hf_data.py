@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _helpers import save_folder_dataset_as_hf
+
 from .conftest import tiny_config
 
 datasets = pytest.importorskip("datasets")
@@ -18,18 +20,10 @@ from csap_zoo.validation import ConfigError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def shapes_hf(tiny_shapes, tmp_path_factory):
-    """The tiny shapes folder dataset as a save_to_disk DatasetDict (the PNG files' bytes, splits train and
-    validation, columns img and seg)."""
-    features = datasets.Features({"img": datasets.Image(), "seg": datasets.Image()})
-    splits = {}
-    for folder_split, split in (("train", "train"), ("val", "validation")):
-        images = sorted((tiny_shapes / folder_split / "images").iterdir())
-        masks = sorted((tiny_shapes / folder_split / "masks").iterdir())
-        splits[split] = datasets.Dataset.from_dict(
-            {"img": [{"bytes": p.read_bytes(), "path": None} for p in images],
-             "seg": [{"bytes": p.read_bytes(), "path": None} for p in masks]}, features=features)
+    """The tiny shapes folder dataset as a save_to_disk DatasetDict (splits train and validation, columns img and
+    seg)."""
     root = tmp_path_factory.mktemp("shapes_hf") / "dict"
-    datasets.DatasetDict(splits).save_to_disk(str(root))
+    save_folder_dataset_as_hf(tiny_shapes, root, columns=("img", "seg"))
     return root
 
 
