@@ -125,8 +125,8 @@ def _eval(args: argparse.Namespace, env: "DistEnv") -> int:
             num_classes = info.num_classes
     elif not is_saved_model(args.model) and "." not in args.model:
         num_classes = get_dataset_info(args.dataset).num_classes
-    # a wrong --data fails here, before weights are loaded (or downloaded); only a folder dataset without a classes
-    # file waits for the model, whose classes it takes
+    # a wrong --data fails here, before weights are loaded (or downloaded); only a folder or hf dataset without a
+    # classes file waits for the model, whose classes it takes (an hf dataset's split and columns are checked first)
     dataset = hf_table = None
     if args.dataset not in _OWN_CLASS_LAYOUTS or info is not None:
         dataset = _open_eval_dataset(args, info)

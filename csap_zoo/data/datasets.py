@@ -15,7 +15,8 @@ Layouts (``root`` is the folder you downloaded/prepared):
   matched by path relative to each folder minus the extension.
 
 :func:`open_dataset` opens any of them by name (one split); :func:`open_train_val` opens the training and
-validation splits a training run reads. ``DEFAULT_SPLITS`` holds each layout's default split names.
+validation splits a training run reads. ``DEFAULT_SPLITS`` holds each layout's default split names. The ``hf``
+layout (a Hugging Face dataset) has its own reader, :mod:`csap_zoo.data.hf_datasets`.
 
 Building a reader checks that the folders exist and that every image has exactly one mask and vice versa, and
 raises with the offending files listed. Reading a sample checks the mask's values (0..K-1 or 255) and that mask and
@@ -286,6 +287,9 @@ def _folder_dirs(root: Optional[PathLike], split: Optional[str], images: Optiona
 
 
 def _reader(name: str) -> Tuple[str, Callable[..., SegmentationDataset]]:
+    if name == "hf":
+        raise ValueError("a Hugging Face dataset (the hf layout) is read by csap_zoo.data.hf_datasets: "
+                         "open_hf_dataset / open_hf_train_val")
     canonical = get_dataset_info(name).name
     if canonical not in _READERS:
         raise ValueError(f"there is no reader for the {canonical!r} layout; use one of {list(DATASET_LAYOUTS)} "

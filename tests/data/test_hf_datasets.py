@@ -121,6 +121,7 @@ def _bad_labels(data, tmp_path):
     ("labels", ["row 0 column 'annotation': mask labels [3] are outside the class range 0..2",
                 "if stored 0 means 'other', as in ADE20K and scene_parse_150: use reduce_zero_label"]),
     ("no package", ['pip install "csap-zoo[hf-datasets]"']),
+    ("folder reader", ["is read by csap_zoo.data.hf_datasets: open_hf_dataset"]),
 ])
 def test_each_bad_input_is_one_clear_error(data, tmp_path, monkeypatch, case, fragments):
     source, options = data / "dict", {}
@@ -144,10 +145,12 @@ def test_each_bad_input_is_one_clear_error(data, tmp_path, monkeypatch, case, fr
         source = tmp_path / "missing" / "folder" / "x"
     elif case == "no package":
         monkeypatch.setitem(sys.modules, "datasets", None)
-    error = ValueError if case == "labels" else UsageError
+    error = ValueError if case in ("labels", "folder reader") else UsageError
     with pytest.raises(error) as caught:
         if case == "labels":
             open_hf_dataset(_bad_labels(data, tmp_path), info=INFO)[0]
+        elif case == "folder reader":
+            open_dataset("hf", data / "dict")
         else:
             open_hf_dataset(source, info=INFO, cache_dir=tmp_path / "cache", **options)
     for fragment in fragments:
