@@ -168,6 +168,9 @@ def _open_eval_dataset(args: argparse.Namespace, info, hf_table=None):
     loaded) or a folder layout."""
     if args.dataset == "hf":
         return (hf_table or _load_hf_table(args)).reader(info, args.reduce_zero_label)
+    if args.reduce_zero_label and args.dataset not in _OWN_CLASS_LAYOUTS:
+        raise UsageError(f"--reduce-zero-label is for folder and hf datasets; the {args.dataset} reader applies its "
+                         f"layout's own label convention")
     from ..data import open_dataset
 
     return open_dataset(args.dataset, args.data, split=args.split, info=info,

@@ -61,7 +61,7 @@ class TrainConfig:
         classes_file: one class per line, ``name`` or ``name R G B`` (palette optional; see
             ``csap_zoo.data.read_classes_file``).
         dataset_name: name recorded with a ``folder`` dataset's model (default ``custom``).
-        ignore_index, reduce_zero_label: label conventions of ``folder`` data.
+        ignore_index, reduce_zero_label: label conventions of ``folder`` and ``hf`` data.
         validate: check every image and mask before training (``"full"``) or only pairing (``"pairs"``).
 
     Pipeline (section 5): crop_size, scale (long, short) x ratio_range, cat_max_ratio, flip_prob, photometric,

@@ -98,6 +98,8 @@ def test_eval_on_a_save_to_disk_dataset_equals_the_folder_dataset(data, tmp_path
                  str(tmp_path / "w.safetensors"), "--mask-column", "label", "--no-progress"]) == 2
     assert "no column 'label' (--mask-column); its columns: image (Image), annotation (Image)" in \
         capsys.readouterr().err
+    assert main(["eval", "--dataset", "cityscapes", "--data", str(data), "--reduce-zero-label", *common]) == 2
+    assert "--reduce-zero-label is for folder and hf datasets" in capsys.readouterr().err
 
 
 def _bad_labels(data, tmp_path):
