@@ -18,7 +18,7 @@ datasets = pytest.importorskip("datasets")
 import csap_zoo  # noqa: E402
 from csap_zoo.cli import main  # noqa: E402
 from csap_zoo.data import custom_dataset_info, open_dataset  # noqa: E402
-from csap_zoo.data.hf_datasets import open_hf_dataset  # noqa: E402
+from csap_zoo.data.hf_datasets import HFDataset, open_hf_dataset  # noqa: E402
 from csap_zoo.errors import UsageError  # noqa: E402
 
 CLASSES = ["sky", "road", "car"]
@@ -76,6 +76,13 @@ def test_every_source_decodes_to_the_folder_dataset_items(data, tmp_path, reduce
             (image, mask), (want_image, want_mask) = ds[i], folder[i]
             assert image.dtype == np.uint8 and image.shape == (32, 40, 3) and mask.dtype == np.int64, source
             assert np.array_equal(image, want_image) and np.array_equal(mask, want_mask), (source, i)
+    # a table whose cells point at files (not embedded) reads the files
+    by_path = datasets.Dataset.from_dict(
+        {"image": [str(folder.image_path(i)) for i in range(3)], "annotation": [str(folder.mask_path(i))
+                                                                                 for i in range(3)]},
+        features=datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()}))
+    ds = HFDataset(by_path, INFO, "files", reduce_zero_label=reduce_zero_label)
+    assert all(np.array_equal(a, b) for i in range(3) for a, b in zip(ds[i], folder[i]))
 
 
 def test_eval_on_a_save_to_disk_dataset_equals_the_folder_dataset(data, tmp_path, capsys):
