@@ -4,7 +4,7 @@ Sources (``source``, what ``--data`` names):
 
 - a folder written by ``save_to_disk`` (of a ``DatasetDict``, whose splits are its keys, or of one ``Dataset``);
 - a folder of parquet files in the Hub's layout: ``data/<split>-00000-of-00001.parquet``, ``<split>/*.parquet``,
-  ``data/<split>/*.parquet`` or ``<split>-*.parquet``;
+  ``data/<split>/*.parquet`` or ``<split>.parquet``;
 - otherwise a Hub dataset id (``scene_parse_150``, ``org/name``), loaded by ``datasets.load_dataset`` into its
   cache (``HF_DATASETS_CACHE``), which honours ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``; ``CSAP_ZOO_OFFLINE``
   switches it offline too.
@@ -26,6 +26,7 @@ they are not guessed from it. The ``datasets`` package is imported here only, on
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,19 +125,27 @@ class HFDataset(SegmentationDataset):
 
 
 # ---------------------------------------------------------------------- sources
-_PARQUET_PATTERNS = ("data/{split}-*.parquet", "data/{split}/*.parquet", "{split}/*.parquet", "{split}-*.parquet")
+_PARQUET_PATTERNS = ("data/<split>-00000-of-00001.parquet", "<split>/*.parquet", "data/<split>/*.parquet",
+                     "<split>.parquet")
+_HUB_SHARD = re.compile(r"(?P<split>.+?)-\d{5}-of-\d{5}\.parquet")
 
 
 def _parquet_splits(folder: Path) -> Dict[str, List[str]]:
-    """The parquet files of a folder in the Hub's layout, by split name."""
+    """The parquet files of a folder in the Hub's layout, by split name: a shard's name says its split
+    (``train-00000-of-00002.parquet``, in any subfolder), else its folder (``validation/0.parquet``, also under
+    ``data/``), else its own name (``test.parquet``)."""
     splits: Dict[str, List[str]] = {}
     for path in sorted(folder.rglob("*.parquet")):
-        rel = path.relative_to(folder)
-        parts = rel.parts[1:] if rel.parts[0] == "data" and len(rel.parts) > 1 else rel.parts
-        if len(parts) == 2:
+        parts = path.relative_to(folder).parts
+        if parts[0] == "data" and len(parts) > 1:
+            parts = parts[1:]
+        shard = _HUB_SHARD.fullmatch(parts[-1])
+        if shard:
+            split = shard.group("split")
+        elif len(parts) == 2:
             split = parts[0]
-        elif len(parts) == 1 and "-" in parts[0]:
-            split = parts[0].split("-", 1)[0]
+        elif len(parts) == 1:
+            split = path.stem
         else:
             continue
         splits.setdefault(split, []).append(str(path))

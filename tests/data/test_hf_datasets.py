@@ -61,13 +61,17 @@ def data(tmp_path_factory):
     table.to_parquet(str(root / "hub" / "data" / "validation-00000-of-00001.parquet"))
     (root / "bysplit" / "val").mkdir(parents=True)
     table.to_parquet(str(root / "bysplit" / "val" / "part-0.parquet"))
+    (root / "named" / "default").mkdir(parents=True)  # a configuration's folder of shards, and a split file
+    table.to_parquet(str(root / "named" / "default" / "validation-00000-of-00001.parquet"))
+    table.to_parquet(str(root / "named" / "train.parquet"))
     return root
 
 
 @pytest.mark.parametrize("reduce_zero_label", [False, True])
 def test_every_source_decodes_to_the_folder_dataset_items(data, tmp_path, reduce_zero_label):
     folder = open_dataset("folder", data / "folder", info=INFO, reduce_zero_label=reduce_zero_label)
-    sources = {"dict": {}, "single": {}, "hub": {}, "bysplit": {}, "dict-train": {"split": "train"}}
+    sources = {"dict": {}, "single": {}, "hub": {}, "bysplit": {}, "dict-train": {"split": "train"}, "named": {},
+               "named-train": {"split": "train"}}
     for source, options in sources.items():
         ds = open_hf_dataset(data / source.split("-")[0], info=INFO, reduce_zero_label=reduce_zero_label,
                              cache_dir=tmp_path, **options)
