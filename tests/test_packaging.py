@@ -12,7 +12,7 @@ import csap_zoo
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 OPTIONAL = ("fvcore", "torchprofile", "onnx", "onnxscript", "onnxruntime", "transformers", "matplotlib", "psutil",
-            "openvino")
+            "nncf", "datasets")
 
 
 def _requirement_names(requirements):
@@ -32,7 +32,9 @@ def test_core_dependencies_hold_no_tool_of_the_lab():
     assert _requirement_names(extras["flops"]) == {"fvcore"}
     assert _requirement_names(extras["export"]) == {"onnx", "onnxscript", "onnxruntime"}
     assert _requirement_names(extras["export"]) <= _requirement_names(extras["bench"])
-    for extra in ("flops", "export", "bench"):
+    assert _requirement_names(extras["int8"]) == {"nncf"} <= _requirement_names(extras["bench"])
+    assert "openvino" in core  # the default CPU backend (backend="auto")
+    for extra in ("flops", "export", "int8", "bench"):
         assert _requirement_names(extras[extra]) <= _requirement_names(extras["dev"]), extra
 
 

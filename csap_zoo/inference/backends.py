@@ -259,8 +259,8 @@ class OpenVINONetwork:
             self._seen.popitem(last=False)
         return count >= STATIC_AFTER
 
-    def _static_model(self, shape: tuple, graph: Any = None) -> Any:
-        model = (graph if graph is not None else self.network_model()).clone()
+    def _static_model(self, shape: tuple) -> Any:
+        model = self.network_model().clone()
         model.reshape({0: self._ov.PartialShape(list(shape))})
         self.static_compiles += 1
         return model
