@@ -135,7 +135,7 @@ def _openvino_ops(threads: int, height: int, width: int, top: int, gemm_size: in
     shape = (1, 3, height, width)
     native = network.native_shape(shape)
     steps = (ResizeStep(tuple(native[2:]), (height, width), None),)
-    graph = label_map_graph(ov, network.network_model(shape).clone(), steps, native[1])
+    graph = label_map_graph(ov, network.network_model(shape), steps, native[1])
     config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}
     request = ov.Core().compile_model(graph, "CPU", config).create_infer_request()
     image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

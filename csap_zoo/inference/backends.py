@@ -76,7 +76,7 @@ def resolve_backend(backend: str, model: nn.Module, device: torch.device, precis
     check_backend(backend)
     if backend != "auto":
         return backend
-    if precision == "int8":  # only OpenVINO runs it (without openvino, precision's check says what to install)
+    if precision == "int8" and isinstance(model, Segmentor):  # only OpenVINO runs it
         return "openvino" if openvino_available() else "torch"
     override = backend_override()
     if override is not None:
@@ -234,9 +234,13 @@ class OpenVINONetwork:
         self.quantizations += 1
         return quantized
 
-    def network_model(self) -> Any:
+    def network_model(self, shape: Optional[tuple] = None) -> Any:
         """The uncompiled OpenVINO model it runs (dynamic shape; float32, or int8-quantized): converted, or read from
-        the cache, once. Clone it before changing it."""
+        the cache, once. Clone it before changing it. With ``shape`` (B, C, H, W): a clone reshaped to it."""
+        if shape is not None:
+            model = self.network_model().clone()
+            model.reshape({0: self._ov.PartialShape([int(s) for s in shape])})
+            return model
         if self._ir is None:
             key = self.cache_key()
             base = self._keys[0]  # type: ignore[index]
@@ -261,10 +265,8 @@ class OpenVINONetwork:
         return count >= STATIC_AFTER
 
     def _static_model(self, shape: tuple) -> Any:
-        model = self.network_model().clone()
-        model.reshape({0: self._ov.PartialShape(list(shape))})
         self.static_compiles += 1
-        return model
+        return self.network_model(shape)
 
     def compiled(self, shape: tuple) -> Any:
         """The compiled network for an input shape (B, C, H, W): a static compile for a repeated shape, else the
@@ -287,8 +289,7 @@ class OpenVINONetwork:
         shape = tuple(int(s) for s in shape)
         found = self._native_shapes.get(shape)
         if found is None:
-            model = self.network_model().clone()
-            model.reshape({0: self._ov.PartialShape(list(shape))})
+            model = self.network_model(shape)
             found = self._native_shapes[shape] = tuple(int(d) for d in model.output(0).get_shape())
             while len(self._native_shapes) > _SEEN_LIMIT:
                 self._native_shapes.popitem(last=False)
