@@ -4,11 +4,19 @@ Tests import this module as ``_helpers``: tests/conftest.py puts the tests folde
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence, Tuple
 
 import pytest
 import torch
+
+from _servers import free_loopback_port
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class ManyClasses(torch.nn.Module):
@@ -55,3 +63,27 @@ def save_folder_dataset_as_hf(root, out, splits=(("train", "train"), ("val", "va
             {column: [{"bytes": path.read_bytes(), "path": None} for path in paths]
              for column, paths in zip(columns, files)}, features=features)
     datasets.DatasetDict(tables).save_to_disk(str(out))
+
+
+def start_torchrun(args: Sequence[str], cwd: Path) -> subprocess.Popen:
+    """``torchrun`` with 2 processes on this machine (gloo on loopback, one thread each, a free port) running
+    ``args`` (a script, or ``-m module ...``), its output captured."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_loopback_port()}", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+
+
+def finish_torchrun(proc: subprocess.Popen, timeout: float = 240) -> Tuple[str, str]:
+    """Its (stdout, stderr) once it ends; a job still running after ``timeout`` is stopped (torchrun passes
+    SIGTERM on to its workers; SIGKILL after 30 s more)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()

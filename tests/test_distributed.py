@@ -25,7 +25,7 @@ from csap_zoo.evaluation import Evaluator, write_report
 from csap_zoo.fileio import temp_name
 from csap_zoo.predict import outputs_exist, predict_paths
 
-from _helpers import save_folder_dataset_as_hf
+from _helpers import finish_torchrun, save_folder_dataset_as_hf, start_torchrun
 from _servers import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,26 +43,6 @@ def _images(folder: Path, count: int, size: int = 48) -> Path:
 
 def _tree(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _torchrun(args, tmp_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_loopback_port()}", *args]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 240):
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:  # torchrun passes SIGTERM on to its workers
-            proc.terminate()
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
 
 
 # ---------------------------------------------------------------------------------------------------- in-process
@@ -192,7 +172,7 @@ def test_eval_and_predict_on_two_processes_equal_one_process(tmp_path, capsys, o
     (src / "img03.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # index 3: rank 1's too
     save_folder_dataset_as_hf(tmp_path / "data", tmp_path / "hf", splits=(("val", "validation"),))
     (tmp_path / "both.py").write_text(textwrap.dedent(_BOTH.format(run=RUN)))
-    proc = _torchrun([str(tmp_path / "both.py")], tmp_path)
+    proc = start_torchrun([str(tmp_path / "both.py")], tmp_path)
     try:  # the one-process runs, while the two processes start
         os.chdir(tmp_path)
         assert main(["eval", "--data", "data", "--dataset", "folder", "--json", "one.json", *RUN]) == 0
@@ -200,7 +180,7 @@ def test_eval_and_predict_on_two_processes_equal_one_process(tmp_path, capsys, o
             assert main(["predict", "in", "--out", "one", *RUN]) == 1
     finally:
         os.chdir(REPO)
-        stdout, stderr = _finish(proc)
+        stdout, stderr = finish_torchrun(proc)
     assert proc.returncode == 0, stderr[-3000:]
     for rank in (0, 1):  # every process knows of the failure of the other
         assert json.loads((tmp_path / f"codes{rank}.json").read_text()) == dict(eval=0, predict=1, bad_eval=1,
@@ -234,7 +214,7 @@ def demo_segmenter():
 def test_a_killed_rank_ends_the_job_and_a_rerun_finishes_it(tmp_path, demo_segmenter, one_torch_thread):
     src = _images(tmp_path / "in", 6)
     out = tmp_path / "out"
-    proc = _torchrun(["-m", "csap_zoo.cli", "predict", str(src), "--out", str(out), "--dist-timeout", "60", *RUN],
+    proc = start_torchrun(["-m", "csap_zoo.cli", "predict", str(src), "--out", str(out), "--dist-timeout", "60", *RUN],
                      tmp_path)
     try:
         rank1, frozen = None, False
@@ -251,7 +231,7 @@ def test_a_killed_rank_ends_the_job_and_a_rerun_finishes_it(tmp_path, demo_segme
             time.sleep(0.002)
         predict_paths(demo_segmenter, src, tmp_path / "reference", progress=False)  # while the job ends
     finally:
-        _, stderr = _finish(proc, timeout=120)
+        _, stderr = finish_torchrun(proc, timeout=120)
     assert rank1 is not None and proc.returncode != 0, stderr[-3000:]
     # torchrun names the killed rank; the survivor, stopped by the broken round or by torchrun, does not hang
     assert "rank      : 1 (local_rank: 1)" in stderr and "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]

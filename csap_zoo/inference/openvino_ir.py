@@ -147,9 +147,7 @@ def _classifier_names(network: Any) -> list:
     found = []
     for result in network.get_results():
         node = result.input_value(0).get_node()
-        while node.get_type_name() in ("Add", "Convert", "Reshape", "Transpose") and node.get_input_size():
-            if node.get_type_name() == "Add":
-                break
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose") and node.get_input_size():
             node = node.input_value(0).get_node()
         if node.get_type_name() == "Add":  # the bias add after the classifier's convolution
             for index in range(node.get_input_size()):

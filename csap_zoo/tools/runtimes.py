@@ -269,15 +269,20 @@ def openvino_model(path: str, threads: int, shape: Optional[Sequence[int]] = Non
                                              "INFERENCE_NUM_THREADS": threads})
 
 
-def _calibration_inputs(case: RuntimeCase) -> Optional[List[torch.Tensor]]:
-    """The normalised calibration images of an int8 contender that runs an exported graph (else None)."""
-    if case.precision != "int8":
-        return None
+def _imagenet_normalized(images: torch.Tensor) -> torch.Tensor:
+    """A (B, 3, H, W) 0-255 batch normalised with ImageNet's mean / std, as every exported contender is fed."""
     from ..constants import IMAGENET_MEAN_255, IMAGENET_STD_255
 
     mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
-    return [((image[None].float() - mean) / std) for image in calibration_images(case)]
+    return (images.float() - mean) / std
+
+
+def _calibration_inputs(case: RuntimeCase) -> Optional[List[torch.Tensor]]:
+    """The normalised calibration images of an int8 contender that runs an exported graph (else None)."""
+    if case.precision != "int8":
+        return None
+    return [_imagenet_normalized(image[None]) for image in calibration_images(case)]
 
 
 def _native_runner(case: RuntimeCase) -> Tuple[Callable[[torch.Tensor], torch.Tensor],
@@ -347,11 +352,8 @@ def build_runtime_call(case: RuntimeCase) -> RuntimeCall:
         if seg.network is not None:
             info["threads"] = seg.network.threads
         return RuntimeCall(case, lambda: seg.predict(one), info)
-    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
-
     def normalized() -> torch.Tensor:
-        return (image.float() - mean) / std
+        return _imagenet_normalized(image)
 
     if case.runtime == "openvino-labels":
         return _openvino_labels_call(case, normalized)

@@ -2,22 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import csap_zoo
 from csap_zoo.data import FolderDataset, get_dataset_info
 from csap_zoo.training import load_training_checkpoint, train
 
-from _servers import free_loopback_port
+from _helpers import finish_torchrun, start_torchrun
 
 from .conftest import TINY_BACKBONE, tiny_config
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -26,23 +19,11 @@ def test_two_process_gloo_ddp_matches_one_process(tiny_shapes, tmp_path):
     common = dict(max_iters=3, checkpoint_interval=3, eval_interval=3)
     config = tiny_config(tiny_shapes, tmp_path / "ddp", **common)
     config.save(tmp_path / "ddp.yaml")
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_loopback_port()}",
-           "-m", "csap_zoo.cli", "train", "--config", str(tmp_path / "ddp.yaml")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        # the one-process run, while the two processes start and train
+    proc = start_torchrun(["-m", "csap_zoo.cli", "train", "--config", str(tmp_path / "ddp.yaml")], tmp_path)
+    try:  # the one-process run, while the two processes start and train
         single = train(tiny_config(tiny_shapes, tmp_path / "single", accum_steps=2, **common))
-        _, stderr = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:  # torchrun passes SIGTERM on to its workers
-            proc.terminate()
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        _, stderr = finish_torchrun(proc)
     assert proc.returncode == 0, stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert log[0]["world_size"] == 2
